@@ -1,0 +1,31 @@
+"""`quantavirt`: the host-side CLI and daemon of the spec."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .common import OneLineErrors
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", message="%(version)s")
+@click.option("--config", "config", envvar="QUANTAVIRT_CONFIG", type=click.Path(dir_okay=False),
+              help="Agent config file (default /etc/quantavirt/quantavirt.conf).")
+@click.option("--state-dir", envvar="QUANTAVIRT_STATE_DIR", type=click.Path(file_okay=False),
+              help="Host state directory (default /var/lib/quantavirt as root).")
+@click.pass_context
+def main(ctx: click.Context, config: str | None, state_dir: str | None) -> None:
+    """QuantaVirt host agent and CLI."""
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config
+    ctx.obj["state_dir"] = state_dir
+
+
+def _register() -> None:
+    from . import qv_pqc
+
+    main.add_command(qv_pqc.pqc)
+
+
+_register()

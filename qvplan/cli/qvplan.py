@@ -1,0 +1,21 @@
+"""`qvplan`: declarative plan-and-apply for live migrations."""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .common import OneLineErrors
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", message="%(version)s")
+def main() -> None:
+    """Plan and apply live migrations of running VMs across QuantaVirt hosts."""
+
+
+def _register() -> None:
+    pass
+
+
+_register()
