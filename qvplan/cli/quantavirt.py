@@ -23,9 +23,14 @@ def main(ctx: click.Context, config: str | None, state_dir: str | None) -> None:
 
 
 def _register() -> None:
-    from . import qv_pqc
+    from . import qv_agent, qv_migrate, qv_pqc, qv_system, qv_vm
 
+    del qv_migrate  # its commands join the `vm` group on import
+
+    main.add_command(qv_agent.agent)
     main.add_command(qv_pqc.pqc)
+    main.add_command(qv_vm.vm)
+    main.add_command(qv_system.system)
 
 
 _register()

@@ -1,0 +1,121 @@
+"""The agent's config file (TOML, the spec's format), strictly validated.
+
+Unknown keys and bad values are refused at start with the file, key and reason.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import QVError
+from ..paths import config_path, state_dir
+
+
+class ConfigError(QVError):
+    pass
+
+
+def split_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """`10.0.0.1:9410` → ("10.0.0.1", 9410); `[::1]:9410` works too."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        if default_port is None:
+            raise ValueError(f"{text!r} is not HOST:PORT")
+        return text.strip("[]"), default_port
+    if not host:
+        raise ValueError(f"{text!r} has no host")
+    value = int(port)
+    if not 0 < value < 65536:
+        raise ValueError(f"port {value} out of range")
+    return host.strip("[]"), value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _hostport(value: str) -> str:
+    split_hostport(value)
+    return value
+
+
+class HostSection(_Section):
+    name: str = Field(default_factory=lambda: __import__("socket").gethostname(), pattern=r"^[A-Za-z0-9._-]+$")
+    state_dir: str | None = None
+    memory: str | None = None  # memory offered to VMs (e.g. "4G"); default: all of it
+
+
+class ApiSection(_Section):
+    listen: str = "127.0.0.1:9400"
+    _check = field_validator("listen")(_hostport)
+
+
+class MigrationSection(_Section):
+    listen: str = "0.0.0.0:9410"
+    advertise: str | None = None
+    pqc_required: bool = True
+    _check = field_validator("listen", "advertise")(lambda v: v if v is None else _hostport(v))
+
+
+class StorageSection(_Section):
+    pools: dict[str, str] = Field(default_factory=dict)
+    shared: list[str] = Field(default_factory=list)
+
+
+class AgentConfig(_Section):
+    host: HostSection = Field(default_factory=HostSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    migration: MigrationSection = Field(default_factory=MigrationSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    source: str = Field(default="(defaults)", exclude=True)
+
+    @property
+    def api_address(self) -> tuple[str, int]:
+        return split_hostport(self.api.listen)
+
+    @property
+    def migration_address(self) -> tuple[str, int]:
+        return split_hostport(self.migration.listen)
+
+    @property
+    def advertised_migration(self) -> str:
+        """The HOST:PORT peers use to reach this host's migration listener."""
+        if self.migration.advertise:
+            return self.migration.advertise
+        host, port = self.migration_address
+        return f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+
+    def state_dir(self, override: str | None = None) -> Path:
+        return state_dir(override or self.host.state_dir)
+
+    def pool_paths(self, override_state: str | None = None) -> dict[str, Path]:
+        pools = {name: Path(p) for name, p in self.storage.pools.items()}
+        pools.setdefault("default", self.state_dir(override_state) / "images")
+        for path in pools.values():
+            path.mkdir(parents=True, exist_ok=True)
+        return pools
+
+
+def load_config(path: str | Path | None = None, *, required: bool = False) -> AgentConfig:
+    """Read and validate the config; a missing default file means defaults unless `required`."""
+    file = config_path(path)
+    if not file.exists():
+        if required or path is not None:
+            raise ConfigError(f"config file {file} not found", "create it or pass --config FILE")
+        return AgentConfig()
+    try:
+        data = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{file}: not valid TOML: {err}", "fix the syntax") from None
+    try:
+        cfg = AgentConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"{file}: [{key}] {reason}", "fix or remove that key") from None
+    cfg.source = str(file)
+    return cfg

@@ -1,0 +1,96 @@
+"""`quantavirt vm …`: define, start, stop, show, list, undefine (migration commands join later)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from pydantic import ValidationError
+
+from ..errors import UsageError
+from ..units import format_size
+from . import local
+from .common import run_async
+
+
+@click.group()
+def vm() -> None:
+    """Manage the VMs of this host."""
+
+
+def load_vm_file(path: Path) -> dict[str, Any]:
+    from ..vmm import VMSpec
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise UsageError(f"cannot read {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise UsageError(f"{path}: not valid YAML: {err}".splitlines()[0], "fix the syntax") from None
+    try:
+        return VMSpec.model_validate(data).model_dump(mode="json")
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise UsageError(f"{path}: {key}: {first['msg']}", "fix that key (see README: VM definitions)") from None
+
+
+@vm.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@run_async
+async def define(ctx: click.Context, file: Path) -> None:
+    """Define a VM from a YAML file."""
+    body = load_vm_file(file)
+    async with local.agent_client(ctx) as api:
+        out = await api.post("vms", body)
+    click.echo(f"Defined {out['name']}")
+
+
+def _lifecycle(verb: str, method: str, path: str):
+    @click.argument("name")
+    @click.pass_context
+    @run_async
+    async def command(ctx: click.Context, name: str) -> None:
+        async with local.agent_client(ctx, timeout=120) as api:
+            await api.request(method, path.format(name=name), {} if method == "POST" else None)
+        click.echo(f"{verb} {name}")
+
+    return command
+
+
+vm.command("start", help="Start a defined VM.")(_lifecycle("Started", "POST", "vms/{name}/start"))
+vm.command("stop", help="Stop a running VM.")(_lifecycle("Stopped", "POST", "vms/{name}/stop"))
+vm.command("undefine", help="Remove a stopped VM's definition (disks stay).")(
+    _lifecycle("Undefined", "DELETE", "vms/{name}"))
+
+
+@vm.command("list")
+@click.pass_context
+@run_async
+async def list_(ctx: click.Context) -> None:
+    """List this host's VMs."""
+    async with local.agent_client(ctx) as api:
+        vms = await api.get("vms")
+    click.echo(f"{'NAME':<20} {'STATE':<11} {'MEMORY':>10} {'VCPUS':>5}  CPU")
+    for v in vms:
+        click.echo(f"{v['name']:<20} {v['state']:<11} {format_size(v['memory']):>10} {v['vcpus']:>5}  "
+                   f"{v['cpu']['model']}")
+
+
+@vm.command()
+@click.argument("name")
+@click.pass_context
+@run_async
+async def show(ctx: click.Context, name: str) -> None:
+    """Show one VM."""
+    async with local.agent_client(ctx) as api:
+        v = await api.get(f"vms/{name}")
+    click.echo(f"VM:       {v['name']}\nState:    {v['state']}\nMemory:   {format_size(v['memory'])}\n"
+               f"vCPUs:    {v['vcpus']}\nCPU:      {v['cpu']['model']} {' '.join(v['cpu'].get('features', []))}")
+    if v.get("pid"):
+        click.echo(f"PID:      {v['pid']}")
+    for d in v["disks"]:
+        click.echo(f"Disk:     {d['path']} ({d['format']})")
