@@ -1,0 +1,90 @@
+"""Migration routes of the agent API: start, status, cancel, events (SSE)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..agent.api import error_response, sse
+from ..agent.events import drain
+from ..agent.registry import VMError
+from .errors import MigrationError
+from .flags import MigrateFlags
+from .source import SourceMigration
+
+if TYPE_CHECKING:
+    from ..agent.daemon import Agent
+
+OUTCOMES = {"completed", "failed", "cancelled"}
+
+
+def add_routes(app: web.Application, agent: Agent) -> None:
+    routes = web.RouteTableDef()
+
+    @routes.post("/api/v1/vms/{name}/migrate")
+    async def migrate(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.json()
+        vm = agent.registry.get(name)
+        flags = MigrateFlags.model_validate(body.get("flags", {}))
+        dest = str(body.get("dest", ""))
+        if vm.busy:
+            raise VMError(f"VM {name!r} is already {vm.busy}", f"see `quantavirt vm migrate-status {name}`")
+        if not vm.running:
+            if not flags.offline:
+                raise VMError(f"VM {name!r} is not running", "start it, or use --offline for a stopped VM")
+        elif flags.offline:
+            raise VMError(f"VM {name!r} is running", "stop it first for --offline, or drop --offline")
+        if dest in (agent.config.advertised_migration, agent.config.migration.listen):
+            raise MigrationError("Migration rejected: destination is the source host", "pick another --dest")
+        job = SourceMigration(agent, vm, dest, flags)
+        agent.migrations[name] = job
+        job.start()
+        await job.setup_done.wait()
+        status = job.status.as_dict()
+        if job.status.state == "FAILED":
+            return web.json_response({"error": job.status.error, "fix": job.status.fix, "status": status},
+                                     status=409)
+        return web.json_response(status, status=202)
+
+    @routes.get("/api/v1/vms/{name}/migrate")
+    async def status(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        job = agent.migrations.get(name)
+        if job is None:
+            return error_response(404, f"no migration of {name!r} on this host",
+                                  f"start one with `quantavirt vm migrate {name} --dest HOST:9410`")
+        return web.json_response(job.status.as_dict())
+
+    @routes.post("/api/v1/vms/{name}/migrate/cancel")
+    async def cancel(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        job = agent.migrations.get(name)
+        if job is None or job.status.done:
+            return error_response(409, f"VM {name!r} is not migrating")
+        job.cancel()
+        if job.task:
+            await job.task
+        return web.json_response(job.status.as_dict())
+
+    @routes.get("/api/v1/vms/{name}/migrate/events")
+    async def events(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        job = agent.migrations.get(name)
+        if job is None:
+            return error_response(404, f"no migration of {name!r} on this host")
+        topic = f"{name}/migrate"
+        # Subscribe before reading the status, so an outcome in between is not lost.
+        with agent.events.subscribe(topic) as queue:
+            first = {"event": "status", "topic": topic, **job.status.as_dict()}
+            if job.status.done:
+                return await sse(request, _nothing(), first)
+            return await sse(request, drain(queue, until=OUTCOMES), first)
+
+    app.add_routes(routes)
+
+
+async def _nothing():
+    return
+    yield

@@ -1,0 +1,172 @@
+"""The destination side: check, start QEMU -incoming, carry the streams in, commit or roll back.
+
+Protocol on the control channel (source → destination, one JSON message each):
+  {"op": "migrate", ...}          → {"ok": true} once QEMU listens, or {"ok": false, "error", "fix"}
+  (data connections: {"op": "migrate-data", "session"} each, then raw stream records)
+  ← {"event": "received"}          QEMU has loaded all state and waits paused (-S)
+  {"cmd": "commit"}               → resume, announce-self, ← {"event": "running", "resumed_at"}
+  {"cmd": "abort"} or EOF before commit → QEMU killed, nothing left behind
+The destination never resumes the guest without the source's commit, and the source releases its
+VM only after "running": a VM runs on exactly one host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..pqc import SecureChannel
+from ..vmm import VMSpec
+from . import checks
+from .errors import MigrationError, refused
+from .flags import MigrateFlags
+from .qmp import configure, event_time
+from .tunnel import relay
+
+if TYPE_CHECKING:
+    from ..agent.daemon import Agent
+    from ..agent.registry import VM
+
+log = logging.getLogger(__name__)
+INCOMING_MARK = "incoming"
+
+
+@dataclass
+class Incoming:
+    session: str
+    vm: VM
+    sock: str
+    state: str = "waiting"  # waiting, received, running, aborted
+
+
+def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> tuple[VMSpec, MigrateFlags]:
+    """Every check of phase 1, before any VM state moves. Raises the spec's refusal."""
+    from ..agent.facts import host_facts
+
+    spec = VMSpec.model_validate(request["vm"])
+    flags = MigrateFlags.model_validate(request["flags"])
+    if channel.peer_fingerprint == agent.identity.fingerprint:
+        raise refused("destination is the source host", "pick another --dest")
+    if flags.insecure and agent.config.migration.pqc_required:
+        raise refused("plaintext migration refused (pqc_required = true on the destination)",
+                      "drop --insecure, or set pqc_required = false on the destination")
+    if spec.name in agent.registry.vms:
+        raise refused(f"a VM named {spec.name!r} already exists on the destination",
+                      "undefine it there or rename the VM")
+    facts = host_facts(agent)
+    for problem in (
+        checks.check_version(request.get("version", "?"), __version__),
+        checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), facts["cpu"]),
+        checks.check_memory(spec.memory_bytes, facts["memory"]["free"]),
+        None if flags.storage_migrate else checks.check_shared_disks(request.get("disks", []), os.path.exists),
+    ):
+        if problem:
+            raise problem
+    return spec, flags
+
+
+async def handle_migrate(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+    try:
+        spec, flags = preflight(agent, channel, request)
+    except MigrationError as err:
+        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
+        return
+    vm = agent.registry.define(spec)
+    vm.busy = "incoming"
+    (vm.dir / INCOMING_MARK).write_text(request["session"])
+    incoming = Incoming(request["session"], vm, str(vm.run_dir / "incoming.sock"))
+    agent.incoming[incoming.session] = incoming
+    try:
+        await agent.registry.start(spec.name, incoming="defer", paused=True)
+        assert vm.proc is not None
+        await configure(vm.proc.qmp, flags)
+        await vm.proc.qmp.execute("migrate-incoming", {"uri": f"unix:{incoming.sock}"})
+        await channel.send_json({"ok": True})
+        await _follow(agent, channel, incoming)
+    except Exception as err:
+        log.warning("incoming migration of %s failed: %s", spec.name, err)
+        with contextlib.suppress(Exception):
+            await channel.send_json({"event": "failed", "error": str(err)})
+    finally:
+        agent.incoming.pop(incoming.session, None)
+        if incoming.state != "running":
+            await discard(agent, vm)
+
+
+async def _follow(agent: Agent, channel: SecureChannel, incoming: Incoming) -> None:
+    """Wait for QEMU to load everything, then for the source's verdict."""
+    vm = incoming.vm
+    assert vm.proc is not None
+    qmp = vm.proc.qmp
+    loaded = asyncio.ensure_future(_wait_loaded(qmp))
+    verdict = asyncio.ensure_future(channel.recv_json())
+    try:
+        done, _ = await asyncio.wait({loaded, verdict}, return_when=asyncio.FIRST_COMPLETED)
+        if verdict in done:  # abort or EOF before QEMU finished loading
+            raise MigrationError(f"source ended the migration: {verdict.result()}")
+        loaded.result()
+        incoming.state = "received"
+        await channel.send_json({"event": "received"})
+        message = await verdict
+    finally:
+        loaded.cancel()
+        verdict.cancel()
+    if not message or message.get("cmd") != "commit":
+        raise MigrationError(f"source did not commit: {message}")
+    with qmp.listener(("RESUME",)) as listener:
+        await qmp.execute("cont")
+        resume = await asyncio.wait_for(listener.get(), 10)
+    incoming.state = "running"
+    vm.busy = None
+    (vm.dir / INCOMING_MARK).unlink(missing_ok=True)
+    with contextlib.suppress(Exception):
+        await qmp.execute("announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100})
+    agent.events.publish(vm.name, "migrated-in", source=channel.peer_name)
+    await channel.send_json({"event": "running", "resumed_at": event_time(resume),
+                             "host": agent.config.host.name})
+
+
+async def _wait_loaded(qmp: Any) -> None:
+    while True:
+        info = await qmp.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise MigrationError(f"destination QEMU could not load the VM state ({status})")
+        await asyncio.sleep(0.02)
+
+
+async def discard(agent: Agent, vm: VM) -> None:
+    """Remove an incoming VM that did not become ours: its QEMU and its directory."""
+    if vm.proc is not None:
+        with contextlib.suppress(Exception):
+            await vm.proc.stop(graceful=False)
+    vm.busy = None
+    if vm.name in agent.registry.vms and agent.registry.vms[vm.name] is vm:
+        agent.registry.forget(vm.name)
+
+
+async def handle_data(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+    incoming = agent.incoming.get(request.get("session", ""))
+    if incoming is None or incoming.state != "waiting":
+        await channel.send_json({"ok": False, "error": "no such migration session"})
+        return
+    reader, writer = await asyncio.open_unix_connection(incoming.sock)
+    await channel.send_json({"ok": True})
+    started = time.monotonic()
+    await relay(channel, reader, writer)
+    log.debug("stream for %s done after %.1fs", incoming.vm.name, time.monotonic() - started)
+
+
+async def handle_session_state(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+    """After a lost control channel: does this host run the VM now? (Decides source resume.)"""
+    name = request.get("vm", "")
+    vm = agent.registry.vms.get(name)
+    await channel.send_json({"ok": True, "running": bool(vm and vm.running and not vm.busy)})

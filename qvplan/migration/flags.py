@@ -1,0 +1,82 @@
+"""The migrate flags of the spec, in one model shared by the CLI, the agent API and plans."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..units import parse_duration, parse_size
+
+KEMS = ("ML-KEM-768", "ML-KEM-1024")
+UNLIMITED = 0  # bandwidth 0 = unlimited (QEMU's own default is 128 MiB/s, so it must be set)
+
+
+class MigrateFlags(BaseModel):
+    """How to migrate one VM. Defaults are the spec's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pqc_kem: Literal["ML-KEM-768", "ML-KEM-1024"] = "ML-KEM-768"
+    bandwidth: int = Field(default=UNLIMITED, ge=0, description="bytes/s, 0 = unlimited")
+    timeout: float = Field(default=600.0, gt=0, description="seconds")
+    max_iterations: int = Field(default=30, ge=1)
+    max_downtime: float = Field(default=0.3, gt=0, description="seconds")
+    auto_converge: bool = True
+    compress: bool = False
+    threads: int = Field(default=4, ge=1, le=64)
+    insecure: bool = False
+    storage_migrate: bool = False
+    dest_pool: str | None = None
+    delete_source_disks: bool = False
+    offline: bool = False
+
+    @field_validator("bandwidth", mode="before")
+    @classmethod
+    def _bandwidth(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return UNLIMITED if v.lower() in ("unlimited", "0", "") else parse_size(v, "bandwidth")
+        return v
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, v: Any) -> Any:
+        return parse_duration(v, "timeout") if isinstance(v, str) else v
+
+    @field_validator("max_downtime", mode="before")
+    @classmethod
+    def _downtime(cls, v: Any) -> Any:
+        # A bare number is milliseconds, as the spec's "300ms" default reads.
+        return parse_duration(v, "max downtime", default_unit="ms") if isinstance(v, str | int) else v
+
+    @property
+    def multifd(self) -> bool:
+        # zstd compression is a multifd feature, so --compress uses multifd even with one thread.
+        return self.threads > 1 or self.compress
+
+    def qemu_capabilities(self) -> list[dict[str, Any]]:
+        caps = {
+            "events": True,
+            "auto-converge": self.auto_converge,
+            "multifd": self.multifd,
+            "pause-before-switchover": self.storage_migrate,
+        }
+        return [{"capability": k, "state": v} for k, v in caps.items()]
+
+    def qemu_parameters(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            # 1 TiB/s stands for "unlimited": QEMU has no unlimited value of its own.
+            "max-bandwidth": self.bandwidth or (1 << 40),
+            "downtime-limit": max(1, int(self.max_downtime * 1000)),
+        }
+        if self.multifd:
+            params["multifd-channels"] = self.threads
+            params["multifd-compression"] = "zstd" if self.compress else "none"
+        return params
+
+    def summary(self) -> str:
+        from ..units import format_duration, format_size
+
+        bw = "unlimited" if not self.bandwidth else format_size(self.bandwidth) + "/s"
+        enc = "plaintext (--insecure)" if self.insecure else self.pqc_kem
+        return f"{enc}, {bw}, ≤{format_duration(self.max_downtime)}"

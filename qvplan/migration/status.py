@@ -1,0 +1,117 @@
+"""A migration's live figures, as `vm migrate-status` prints them and events carry them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..units import format_duration, format_rate, format_size
+
+PHASES = {
+    1: "setup",
+    2: "initial transfer",
+    3: "iterative dirty copy",
+    4: "stop-and-copy",
+    5: "activation",
+}
+
+
+@dataclass
+class MigrationStatus:
+    vm: str
+    destination: str
+    encryption: str
+    max_iterations: int
+    state: str = "MIGRATING"  # MIGRATING, COMPLETED, FAILED, CANCELLED
+    phase: int = 1
+    transferred: int = 0
+    total: int = 0  # honest estimate: transferred + remaining, never shrinking below transferred
+    iteration: int = 0
+    dirty_rate: float = 0.0  # bytes/s
+    transfer_rate: float = 0.0  # bytes/s
+    expected_downtime: float | None = None  # seconds
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    downtime: float | None = None  # QEMU's figure, seconds
+    pause: float | None = None  # source STOP → destination RESUME, seconds
+    error: str | None = None
+    fix: str | None = None
+    storage_copied: int = 0
+    storage_total: int = 0
+    storage_dirty: int = 0
+    forced_stop_and_copy: bool = False
+    percent: float = 0.0  # never runs backwards
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+    @property
+    def done(self) -> bool:
+        return self.state != "MIGRATING"
+
+    def update_from_qemu(self, info: dict[str, Any]) -> None:
+        """Fold one `query-migrate` answer into the figures."""
+        ram = info.get("ram") or {}
+        if ram:
+            self.transferred = max(self.transferred, int(ram.get("transferred", 0)))
+            remaining = int(ram.get("remaining", 0))
+            self.total = max(self.transferred + remaining, self.transferred)
+            self.iteration = max(self.iteration, int(ram.get("dirty-sync-count", 0)))
+            page = int(ram.get("page-size", 4096))
+            self.dirty_rate = float(ram.get("dirty-pages-rate", 0)) * page
+            self.transfer_rate = float(ram.get("mbps", 0.0)) * 1e6 / 8
+        if "expected-downtime" in info:
+            self.expected_downtime = info["expected-downtime"] / 1000
+        if "downtime" in info:
+            self.downtime = info["downtime"] / 1000
+        status = info.get("status")
+        if status in ("device", "pre-switchover"):
+            self.phase = 4
+        elif self.iteration >= 2:
+            self.phase = max(self.phase, 3)
+        elif status == "active":
+            self.phase = max(self.phase, 2)
+        if self.total:
+            self.percent = max(self.percent, min(99.0 if not self.done else 100.0,
+                                                 100.0 * self.transferred / self.total))
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["elapsed"] = self.elapsed
+        out["phase_name"] = PHASES[self.phase]
+        return out
+
+    def render(self) -> str:
+        """The spec's migrate-status layout."""
+        lines = [f"VM:              {self.vm}"]
+        if self.done:
+            lines.append(f"State:           {self.state}" + (f" ({self.error})" if self.error else ""))
+        else:
+            lines.append(f"State:           MIGRATING (phase {self.phase}: {PHASES[self.phase]})")
+        lines += [
+            f"Destination:     {self.destination}",
+            f"Encryption:      {self.encryption}",
+            f"Progress:        {self.percent:.0f}% ({format_size(self.transferred)} / "
+            f"{format_size(self.total)} transferred)",
+            f"Iteration:       {self.iteration} / {self.max_iterations}"
+            + (" (forced stop-and-copy)" if self.forced_stop_and_copy else ""),
+            f"Dirty Rate:      {format_rate(self.dirty_rate)}",
+            f"Transfer Rate:   {format_rate(self.transfer_rate)}",
+        ]
+        if self.storage_total:
+            lines.append(f"Storage:         {format_size(self.storage_copied)} / {format_size(self.storage_total)}"
+                         f" copied, {format_size(self.storage_dirty)} dirty")
+        if self.done:
+            if self.downtime is not None:
+                lines.append(f"Downtime:        {format_duration(self.downtime)} (QEMU)")
+            if self.pause is not None:
+                lines.append(f"Guest Pause:     {format_duration(self.pause)} (source stop → destination resume)")
+            lines.append(f"Total Time:      {format_duration(self.elapsed)}")
+            if self.fix:
+                lines.append(f"Fix:             {self.fix}")
+        else:
+            est = "n/a" if self.expected_downtime is None else f"~{self.expected_downtime * 1000:.0f} ms"
+            lines += [f"Est. Downtime:   {est}", f"Elapsed:         {format_duration(self.elapsed)}"]
+        return "\n".join(lines)
