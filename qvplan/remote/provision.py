@@ -1,0 +1,191 @@
+"""Make sure a host runs a `quantavirt agent` of our version: install, configure, start, verify.
+
+Install = upload the local wheelhouse over SFTP and `pip install --no-index` it into a venv on
+the host (works offline; falls back to the host's pip index if the offline install fails, e.g. a
+different Python there). Start = a systemd unit where systemd runs, else a detached process whose
+pid is recorded next to the venv.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from dataclasses import dataclass, field
+
+from .. import __version__
+from .connection import HostConnection
+from .errors import AgentUnreachable, ProvisionError, RemoteError
+from .wheelhouse import wheelhouse
+
+UNIT_NAME = "quantavirt-agent.service"
+
+
+@dataclass(frozen=True)
+class ProvisionOptions:
+    """Where the agent goes on a host. The defaults are the production layout."""
+
+    prefix: str = "/opt/quantavirt"                        # venv, wheelhouse, pid and log
+    config: str = "/etc/quantavirt/quantavirt.conf"        # written only if missing
+    state_dir: str | None = None                           # None: the agent's default
+    python: str = "python3"                                # the host's interpreter for the venv
+    use_systemd: bool | None = None                        # None: when systemd is PID 1 and running
+    start_timeout: float = 30.0
+    extra_config: dict[str, str] = field(default_factory=dict)  # e.g. {"storage": 'pools = {...}'}
+
+    @property
+    def venv(self) -> str:
+        return f"{self.prefix}/venv"
+
+    @property
+    def quantavirt(self) -> str:
+        return f"{self.venv}/bin/quantavirt"
+
+
+@dataclass
+class AgentStatus:
+    host: str
+    version: str
+    installed: bool = False   # we installed the package this time
+    configured: bool = False  # we wrote the config this time
+    started: bool = False     # we started the agent this time
+
+
+def default_config(conn: HostConnection, opts: ProvisionOptions) -> str:
+    t = conn.target
+    lines = ["[host]", f'name = "{t.name}"']
+    if opts.state_dir:
+        lines.append(f'state_dir = "{opts.state_dir}"')
+    lines += ["", "[api]", f'listen = "{t.api}"', "", "[migration]", 'listen = "0.0.0.0:9410"',
+              f'advertise = "{t.migration_address}"', "pqc_required = true"]
+    for section, body in opts.extra_config.items():
+        lines += ["", f"[{section}]", body]
+    return "\n".join(lines) + "\n"
+
+
+async def running_version(conn: HostConnection) -> str | None:
+    """The version of the agent answering on the host's API, or None when none answers."""
+    try:
+        host = await conn.api("GET", "host", timeout=10)
+    except AgentUnreachable:
+        return None
+    return str(host.get("version")) if isinstance(host, dict) else None
+
+
+async def installed_version(conn: HostConnection, opts: ProvisionOptions) -> str | None:
+    res = await conn.run(f"{shlex.quote(opts.quantavirt)} --version", timeout=30)
+    return (res.stdout.strip() or None) if res.ok else None
+
+
+async def install(conn: HostConnection, opts: ProvisionOptions) -> None:
+    """Upload the wheelhouse and install qvplan into `opts.venv` on the host."""
+    wheels = await asyncio.to_thread(wheelhouse)
+    remote_wh = f"{opts.prefix}/wheelhouse"
+    listing = await conn.run(["sh", "-c", f"mkdir -p {shlex.quote(remote_wh)} && ls {shlex.quote(remote_wh)}"],
+                             check=True)
+    present = set(listing.stdout.split())
+    missing = [w for w in wheels if w.name not in present]
+    if missing:
+        await conn.put(missing, remote_wh)
+    pip_whl = next(w.name for w in wheels if w.name.startswith("pip-"))
+    venv, wh = shlex.quote(opts.venv), shlex.quote(remote_wh)
+    # --without-pip: no ensurepip needed on the host (Debian splits it out); pip runs from its wheel.
+    await conn.run(f"{shlex.quote(opts.python)} -m venv --without-pip {venv}", check=True, timeout=120)
+    pip = f"{venv}/bin/python {wh}/{pip_whl}/pip install -q --disable-pip-version-check"
+    spec = shlex.quote(f"qvplan=={__version__}")
+    offline = await conn.run(f"{pip} --no-index --find-links {wh} --force-reinstall --no-deps "
+                             f"{wh}/{shlex.quote(wheels[0].name)} && {pip} --no-index --find-links {wh} {spec}",
+                             timeout=300)
+    if not offline.ok:
+        online = await conn.run(f"{pip} --find-links {wh} {spec}", timeout=600)
+        if not online.ok:
+            last = (online.stderr.strip() or offline.stderr.strip()).splitlines()[-1:] or ["?"]
+            raise ProvisionError(f"{conn.name}: installing qvplan {__version__} into {opts.venv} failed: {last[0]}",
+                                 f"check that {opts.python} on the host is Python 3.11+ with venv support")
+
+
+async def systemd_available(conn: HostConnection) -> bool:
+    res = await conn.run("test -d /run/systemd/system && systemctl is-system-running", timeout=15)
+    return res.stdout.strip() in ("running", "degraded", "starting")
+
+
+def unit_text(opts: ProvisionOptions) -> str:
+    return (
+        "[Unit]\nDescription=QuantaVirt host agent\nAfter=network-online.target\n\n"
+        f"[Service]\nExecStart={opts.quantavirt} --config {opts.config} agent\n"
+        "Restart=on-failure\nKillMode=process\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+async def start_agent(conn: HostConnection, opts: ProvisionOptions) -> None:
+    """Start the agent: systemd unit when systemd runs, else a detached process (pid recorded)."""
+    use_systemd = opts.use_systemd if opts.use_systemd is not None else await systemd_available(conn)
+    if use_systemd:
+        await conn.write_file(f"/etc/systemd/system/{UNIT_NAME}", unit_text(opts))
+        await conn.run(f"systemctl daemon-reload && systemctl enable --now {UNIT_NAME} && "
+                       f"systemctl restart {UNIT_NAME}", check=True, timeout=60)
+        return
+    # KillMode=process above and start_new_session here: VMs (QEMU) outlive agent restarts.
+    argv = [opts.quantavirt, "--config", opts.config, "agent"]
+    launcher = (
+        "import os, subprocess, sys\n"
+        "log = open(sys.argv[1], 'ab')\n"
+        "p = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,"
+        " start_new_session=True)\n"
+        "open(sys.argv[2], 'w').write(str(p.pid))\n"
+    )
+    await conn.run([f"{opts.venv}/bin/python", "-c", launcher, f"{opts.prefix}/agent.log",
+                    f"{opts.prefix}/agent.pid", *argv], check=True, timeout=30)
+
+
+async def stop_agent(conn: HostConnection, opts: ProvisionOptions) -> None:
+    """Stop an agent we started detached (by its recorded pid); VMs keep running."""
+    pidfile = shlex.quote(f"{opts.prefix}/agent.pid")
+    await conn.run(f"test -f {pidfile} && kill $(cat {pidfile}) 2>/dev/null; rm -f {pidfile}", timeout=15)
+    for _ in range(50):
+        if await running_version(conn) is None:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def wait_agent(conn: HostConnection, timeout: float, log_hint: str) -> str:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        version = await running_version(conn)
+        if version is not None:
+            return version
+        if loop.time() > deadline:
+            tail = await conn.run(f"tail -n 3 {shlex.quote(log_hint)} 2>/dev/null", timeout=10)
+            last = tail.stdout.strip().splitlines()[-1:] or ["no log"]
+            raise ProvisionError(f"{conn.name}: the agent did not answer within {timeout:g}s: {last[0]}",
+                                 f"see {log_hint} on the host")
+        await asyncio.sleep(0.3)
+
+
+async def ensure_agent(conn: HostConnection, opts: ProvisionOptions | None = None) -> AgentStatus:
+    """Check that the host runs an agent of our version; install/configure/start it if not."""
+    opts = opts or ProvisionOptions()
+    status = AgentStatus(conn.name, __version__)
+    running = await running_version(conn)
+    if running == __version__:
+        return status
+    try:
+        if running is not None:
+            await stop_agent(conn, opts)
+            if (now := await running_version(conn)) is not None:
+                raise ProvisionError(f"{conn.name}: an agent of version {now} runs and is not ours to stop",
+                                     f"stop it on the host, then rerun (we need {__version__})")
+        if await installed_version(conn, opts) != __version__:
+            await install(conn, opts)
+            status.installed = True
+        if not (await conn.run(["test", "-e", opts.config])).ok:
+            await conn.write_file(opts.config, default_config(conn, opts))
+            status.configured = True
+        await start_agent(conn, opts)
+        status.started = True
+        await wait_agent(conn, opts.start_timeout, f"{opts.prefix}/agent.log")
+    except ProvisionError:
+        raise
+    except RemoteError as err:
+        raise ProvisionError(f"{conn.name}: provisioning failed: {err.cause}", err.fix) from None
+    return status
