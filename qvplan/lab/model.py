@@ -1,0 +1,150 @@
+"""What a lab is made of: its hosts, their names and addresses, and where its files live.
+
+Two modes. `netns` (root): each host is a network namespace `<prefix>-<host>` whose `eth0` is
+one end of a veth pair `<prefix>-v<i>`, the other end in the bridge `<prefix>-br0` (SUBNET.1) in
+the root namespace; sshd on :22 and the agent API on 127.0.0.1:9400 inside. `loopback` (no
+root): each host is an address 127.0.77.(10+i); sshd on that address, port 2200+(10+i), agent API
+and migration bound to it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import QVError
+
+Mode = Literal["netns", "loopback"]
+STATE_FILE = "lab.json"
+MAX_HOSTS = 26
+
+
+class LabError(QVError):
+    pass
+
+
+def default_lab_dir() -> Path:
+    if env := os.environ.get("QVPLAN_LAB_DIR"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/qvplan-lab")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/qvplan-lab-{os.getuid()}"
+    return Path(runtime) / "qvplan-lab"
+
+
+def default_mode() -> Mode:
+    return "netns" if os.geteuid() == 0 else "loopback"
+
+
+@dataclass(frozen=True)
+class LabHost:
+    name: str
+    index: int
+    address: str
+    ssh_port: int
+    api: str                 # agent API, as seen on the host itself
+    migration_listen: str
+    migration: str           # advertised HOST:PORT of the migration listener
+    dir: str                 # this host's files: sshd config/keys/pid, agent config/log/pid, state/
+    netns: str | None = None
+    veth: str | None = None  # root-namespace end of the host's link
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    """Everything that decides the shape of a lab (stored in lab.json: down/status/faults read it)."""
+
+    dir: str
+    prefix: str = "qvlab"
+    hosts: int = 3
+    mode: Mode = "netns"
+    subnet: str = ""          # first three octets; default 10.77.0 (netns) / 127.0.77 (loopback)
+    user: str = "root"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9]{0,10}", self.prefix):
+            raise LabError(f"bad lab prefix {self.prefix!r}",
+                           "use 1-11 lowercase letters/digits, starting with a letter")
+        if not 1 <= self.hosts <= MAX_HOSTS:
+            raise LabError(f"a lab has 1 to {MAX_HOSTS} hosts, not {self.hosts}", "pick --hosts in that range")
+        if not self.subnet:
+            object.__setattr__(self, "subnet", "10.77.0" if self.mode == "netns" else "127.0.77")
+        if not re.fullmatch(r"\d{1,3}\.\d{1,3}\.\d{1,3}", self.subnet):
+            raise LabError(f"bad lab subnet {self.subnet!r}", "give the first three octets, e.g. 10.77.0")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-br0"
+
+    @property
+    def gateway(self) -> str:
+        return f"{self.subnet}.1"
+
+    def host_names(self) -> list[str]:
+        return [f"hv-{string.ascii_lowercase[i]}" for i in range(self.hosts)]
+
+    def host(self, i: int) -> LabHost:
+        name = self.host_names()[i]
+        last = 10 + i + 1
+        addr = f"{self.subnet}.{last}"
+        hdir = str(self.path / name)
+        if self.mode == "netns":
+            return LabHost(name, i, addr, 22, "127.0.0.1:9400", "0.0.0.0:9410", f"{addr}:9410", hdir,
+                           netns=f"{self.prefix}-{name}", veth=f"{self.prefix}-v{i}")
+        return LabHost(name, i, addr, 2200 + last, f"{addr}:9400", f"{addr}:9410", f"{addr}:9410", hdir)
+
+    def all_hosts(self) -> list[LabHost]:
+        return [self.host(i) for i in range(self.hosts)]
+
+    # -- files -------------------------------------------------------------------------------
+
+    @property
+    def key(self) -> Path:
+        return self.path / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.path / "known_hosts"
+
+    @property
+    def authorized_keys(self) -> Path:
+        return self.path / "authorized_keys"
+
+    @property
+    def inventory(self) -> Path:
+        return self.path / "inventory.yaml"
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+    def save(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, lab_dir: Path) -> LabSpec:
+        file = lab_dir / STATE_FILE
+        try:
+            data: dict[str, Any] = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab at {lab_dir}", "start one with `qvplan lab up` (or pass --dir)") from None
+        except ValueError:
+            raise LabError(f"{file} is damaged", "remove the lab by hand (ip netns, the dir)") from None
+        return cls(**data)
