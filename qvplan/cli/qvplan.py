@@ -15,7 +15,10 @@ def main() -> None:
 
 
 def _register() -> None:
-    pass
+    from . import qvplan_lab
+
+    main.add_command(qvplan_lab.lab)
+    main.add_command(qvplan_lab.facts)
 
 
 _register()

@@ -173,9 +173,14 @@ class HostConnection:
         return f"http://{self.name}{path}"
 
     def _unreachable(self, err: BaseException) -> AgentUnreachable:
+        if isinstance(err, TimeoutError):
+            why = "did not answer in time"
+        elif isinstance(err, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
+            why = "nothing answers there"  # the SSH forward could not connect on the host
+        else:
+            why = f"{type(err).__name__}: {err}"
         return AgentUnreachable(
-            f"{self.name}: agent API {self.target.api} not reachable over SSH "
-            f"({type(err).__name__}{': ' + str(err) if str(err) else ''})",
+            f"{self.name}: agent API {self.target.api} (through SSH): {why}",
             "start it with `quantavirt agent` on the host (or let qvplan provision it)")
 
     async def api(self, method: str, path: str, json: Any = None, *, timeout: float = 30.0) -> Any:
