@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shlex
 import socket
 import time
@@ -96,11 +97,40 @@ def set_link(host: LabHost, up: bool) -> None:
     sh(["ip", "link", "set", host.veth or "", "up" if up else "down"])
 
 
+def _qdisc(spec: str) -> list[str]:
+    """A netem spec as tc arguments. A bare `rate R` becomes a tbf when the kernel lacks netem."""
+    words = shlex.split(spec)
+    if len(words) == 2 and words[0] == "rate" and not netem_supported():
+        return ["tbf", "rate", words[1], "burst", "64kb", "latency", "400ms"]
+    if not netem_supported():
+        raise LabError("this kernel has no netem qdisc (sch_netem), so delay/loss cannot be injected",
+                       "load sch_netem (modprobe) or use a bare `rate R` spec (tbf)")
+    return ["netem", *words]
+
+
+_NETEM: bool | None = None
+
+
+def netem_supported() -> bool:
+    """Whether `tc ... netem` works here (probed once on a throwaway dummy link)."""
+    global _NETEM
+    if _NETEM is None:
+        probe = f"qvnetem{os.getpid() % 100000}"
+        sh(["ip", "link", "add", probe, "type", "veth", "peer", "name", probe + "p"], check=False)
+        try:
+            _NETEM = sh(["tc", "qdisc", "add", "dev", probe, "root", "netem", "delay", "1ms"],
+                        check=False).returncode == 0
+        finally:
+            sh(["ip", "link", "del", probe], check=False)
+    return _NETEM
+
+
 def set_netem(host: LabHost, spec: str | None) -> None:
     """Apply `tc netem` (e.g. "delay 50ms loss 1%") on both ends of the host's link; None clears."""
     ns = _need_netns(host, "netem")
+    args = _qdisc(spec) if spec else []
     for prefix, dev in ((["ip", "netns", "exec", ns], "eth0"), ([], host.veth or "")):
-        if spec:
-            sh([*prefix, "tc", "qdisc", "replace", "dev", dev, "root", "netem", *shlex.split(spec)])
+        if args:
+            sh([*prefix, "tc", "qdisc", "replace", "dev", dev, "root", *args])
         else:
             sh([*prefix, "tc", "qdisc", "del", "dev", dev, "root"], check=False)
