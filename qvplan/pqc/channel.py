@@ -55,6 +55,7 @@ from .records import (
     RecordOpener,
     RecordSealer,
 )
+from .transport import RecordProtocol
 
 DEFAULT_TIMEOUT = 10.0
 STREAM_LIMIT = 8 << 20  # StreamReader buffer for channels we open: room for whole 4 MiB records
@@ -83,6 +84,9 @@ class SecureChannel:
         self.kem = kem
         self.transcript_hash = transcript_hash
         self.state = ChannelState.OPEN
+        # From here on, bytes go from the socket straight into the opener's buffer (transport.py);
+        # `reader` stays idle.
+        self._proto = RecordProtocol.install(reader, writer, opener)
 
     def __repr__(self) -> str:
         return f"<SecureChannel {self.role} peer={self.peer_name} {self.kem} {self.state.value}>"
@@ -107,14 +111,14 @@ class SecureChannel:
         self._require_open()
         try:
             while True:
-                try:
-                    header = await self.reader.readexactly(HEADER_LEN)
-                    _, length = self.opener.parse_header(header)
-                    body = await self.reader.readexactly(length)
-                except asyncio.IncompleteReadError:
-                    self.opener.eof()
-                    raise  # eof() always raises before this
-                rtype, payload = self.opener.open(header, body)
+                record = self.opener.pull()
+                if record is None:
+                    if self._proto.eof:
+                        self.opener.eof()  # raises: the stream ended without END
+                    await self._proto.wait_data()
+                    continue
+                self._proto.consumed()
+                rtype, payload = record
                 if rtype == DATA:
                     return payload
                 if rtype == END:
@@ -141,12 +145,18 @@ class SecureChannel:
             raise ProtocolError("peer sent a record that is not JSON where a message was expected",
                                 "the peer is out of step; retry") from None
 
+    async def end(self) -> None:
+        """Send the end-of-stream record (once) but keep receiving (a half-close)."""
+        self._require_open()
+        if not self.sealer.ended:
+            self.writer.write(self.sealer.seal_end())
+            await self.writer.drain()
+
     async def close(self) -> None:
         """Send the end-of-stream record (once) and close the socket."""
         if self.state is ChannelState.OPEN and not self.sealer.ended and not self.writer.is_closing():
             with contextlib.suppress(OSError, ConnectionError):
-                self.writer.write(self.sealer.seal_end())
-                await self.writer.drain()
+                await self.end()
         if self.state is ChannelState.OPEN:
             self.state = ChannelState.CLOSED
         self.writer.close()

@@ -50,8 +50,10 @@ def dearmor(text: str, kind: str, source: str) -> bytes:
     lines = [line.strip() for line in text.strip().splitlines()]
     begin, end = f"-----BEGIN {_label(kind)}-----", f"-----END {_label(kind)}-----"
     if len(lines) < 3 or lines[0] != begin or lines[-1] != end:
-        head = lines[0][:60] if lines else "(empty)"
-        raise KeyFileError(f"{source}: not a {SIG_ALG} {kind.lower()} file (first line {head!r})", fix)
+        if kind == PUBLIC and lines and lines[0] == f"-----BEGIN {_label(PRIVATE)}-----":
+            raise KeyFileError(f"{source}: is a private key, not a public key", fix)
+        why = "empty file" if not lines else f"no '{begin}' ... '{end}' armor"
+        raise KeyFileError(f"{source}: not an {SIG_ALG} {kind.lower()} file ({why})", fix)
     try:
         raw = base64.b64decode("".join(lines[1:-1]), validate=True)
     except (binascii.Error, ValueError):

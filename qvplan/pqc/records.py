@@ -160,8 +160,16 @@ class RecordOpener(_Direction):
 
     # -- buffered input (for relays doing their own recv_into) --------------------------------
 
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet parsed."""
+        return self._end - self._start
+
     def get_buffer(self, sizehint: int = -1) -> memoryview:
-        """Free space to receive into; call `buffer_updated(n)` after writing n bytes there."""
+        """Free space to receive into; call `buffer_updated(n)` after writing n bytes there.
+
+        Release the view before the next call (the buffer may have to grow).
+        """
         want = max(sizehint, 1 << 18)
         if self._start and self._start == self._end:
             self._start = self._end = 0
