@@ -78,6 +78,13 @@ async def installed_version(conn: HostConnection, opts: ProvisionOptions) -> str
 
 async def install(conn: HostConnection, opts: ProvisionOptions) -> None:
     """Upload the wheelhouse and install qvplan into `opts.venv` on the host."""
+    venv = shlex.quote(opts.venv)
+    # --without-pip: no ensurepip needed on the host (Debian splits it out); pip runs from its wheel.
+    made = await conn.run(f"{shlex.quote(opts.python)} -m venv --without-pip {venv}", timeout=120)
+    if not made.ok:
+        last = (made.stderr.strip() or made.stdout.strip()).splitlines()[-1:] or ["?"]
+        raise ProvisionError(f"{conn.name}: cannot create a venv with {opts.python}: {last[0]}",
+                             "install Python 3.11+ with venv on the host or set the python to use")
     wheels = await asyncio.to_thread(wheelhouse)
     remote_wh = f"{opts.prefix}/wheelhouse"
     listing = await conn.run(["sh", "-c", f"mkdir -p {shlex.quote(remote_wh)} && ls {shlex.quote(remote_wh)}"],
@@ -87,9 +94,7 @@ async def install(conn: HostConnection, opts: ProvisionOptions) -> None:
     if missing:
         await conn.put(missing, remote_wh)
     pip_whl = next(w.name for w in wheels if w.name.startswith("pip-"))
-    venv, wh = shlex.quote(opts.venv), shlex.quote(remote_wh)
-    # --without-pip: no ensurepip needed on the host (Debian splits it out); pip runs from its wheel.
-    await conn.run(f"{shlex.quote(opts.python)} -m venv --without-pip {venv}", check=True, timeout=120)
+    wh = shlex.quote(remote_wh)
     pip = f"{venv}/bin/python {wh}/{pip_whl}/pip install -q --disable-pip-version-check"
     spec = shlex.quote(f"qvplan=={__version__}")
     offline = await conn.run(f"{pip} --no-index --find-links {wh} --force-reinstall --no-deps "
@@ -116,14 +121,15 @@ def unit_text(opts: ProvisionOptions) -> str:
     )
 
 
-async def start_agent(conn: HostConnection, opts: ProvisionOptions) -> None:
-    """Start the agent: systemd unit when systemd runs, else a detached process (pid recorded)."""
+async def start_agent(conn: HostConnection, opts: ProvisionOptions) -> bool:
+    """Start the agent: systemd unit when systemd runs, else a detached process (pid recorded).
+    Returns True when detached (pid in PREFIX/agent.pid)."""
     use_systemd = opts.use_systemd if opts.use_systemd is not None else await systemd_available(conn)
     if use_systemd:
         await conn.write_file(f"/etc/systemd/system/{UNIT_NAME}", unit_text(opts))
         await conn.run(f"systemctl daemon-reload && systemctl enable --now {UNIT_NAME} && "
                        f"systemctl restart {UNIT_NAME}", check=True, timeout=60)
-        return
+        return False
     # KillMode=process above and start_new_session here: VMs (QEMU) outlive agent restarts.
     argv = [opts.quantavirt, "--config", opts.config, "agent"]
     launcher = (
@@ -135,6 +141,7 @@ async def start_agent(conn: HostConnection, opts: ProvisionOptions) -> None:
     )
     await conn.run([f"{opts.venv}/bin/python", "-c", launcher, f"{opts.prefix}/agent.log",
                     f"{opts.prefix}/agent.pid", *argv], check=True, timeout=30)
+    return True
 
 
 async def stop_agent(conn: HostConnection, opts: ProvisionOptions) -> None:
@@ -147,18 +154,23 @@ async def stop_agent(conn: HostConnection, opts: ProvisionOptions) -> None:
         await asyncio.sleep(0.2)
 
 
-async def wait_agent(conn: HostConnection, timeout: float, log_hint: str) -> str:
+async def wait_agent(conn: HostConnection, opts: ProvisionOptions, detached: bool) -> str:
+    """Wait for the agent's API; a detached agent that exits is reported at once, with its log."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + opts.start_timeout
+    log = f"{opts.prefix}/agent.log"
+    pidfile = shlex.quote(f"{opts.prefix}/agent.pid")
     while True:
         version = await running_version(conn)
         if version is not None:
             return version
-        if loop.time() > deadline:
-            tail = await conn.run(f"tail -n 3 {shlex.quote(log_hint)} 2>/dev/null", timeout=10)
+        exited = detached and not (await conn.run(f"kill -0 $(cat {pidfile})", timeout=10)).ok
+        if exited or loop.time() > deadline:
+            tail = await conn.run(f"tail -n 3 {shlex.quote(log)} 2>/dev/null", timeout=10)
             last = tail.stdout.strip().splitlines()[-1:] or ["no log"]
-            raise ProvisionError(f"{conn.name}: the agent did not answer within {timeout:g}s: {last[0]}",
-                                 f"see {log_hint} on the host")
+            why = "exited" if exited else f"did not answer within {opts.start_timeout:g}s"
+            raise ProvisionError(f"{conn.name}: the agent {why}: {last[0]}",
+                                 f"see {log if detached else 'journalctl -u ' + UNIT_NAME} on the host")
         await asyncio.sleep(0.3)
 
 
@@ -181,9 +193,9 @@ async def ensure_agent(conn: HostConnection, opts: ProvisionOptions | None = Non
         if not (await conn.run(["test", "-e", opts.config])).ok:
             await conn.write_file(opts.config, default_config(conn, opts))
             status.configured = True
-        await start_agent(conn, opts)
+        detached = await start_agent(conn, opts)
         status.started = True
-        await wait_agent(conn, opts.start_timeout, f"{opts.prefix}/agent.log")
+        await wait_agent(conn, opts, detached)
     except ProvisionError:
         raise
     except RemoteError as err:
