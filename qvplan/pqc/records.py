@@ -193,6 +193,7 @@ class RecordOpener(_Direction):
 
     def pull(self) -> tuple[int, bytes] | None:
         """The next complete record from the buffer as (type, payload), or None if incomplete."""
+        self._check_alive()
         avail = self._end - self._start
         if avail < HEADER_LEN:
             return None
