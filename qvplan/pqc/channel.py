@@ -58,7 +58,6 @@ from .records import (
 from .transport import RecordProtocol
 
 DEFAULT_TIMEOUT = 10.0
-STREAM_LIMIT = 8 << 20  # StreamReader buffer for channels we open: room for whole 4 MiB records
 SOCKET_BUFFER = 4 << 20
 
 
@@ -246,7 +245,7 @@ async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: T
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=STREAM_LIMIT)
+            reader, writer = await asyncio.open_connection(host, port)
             _tune(writer)
             return await _initiate(reader, writer, identity, trust, offers, extra)
     except TimeoutError:
@@ -316,9 +315,6 @@ async def accept_channel(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     extra = dict(hello_extra or {})
     peer_addr = writer.get_extra_info("peername")
     _tune(writer)
-    # Whole records are read at once; the server's default 64 KiB limit would stall on them.
-    if getattr(reader, "_limit", STREAM_LIMIT) < STREAM_LIMIT:
-        reader._limit = STREAM_LIMIT  # asyncio has no public setter
     try:
         async with asyncio.timeout(timeout):
             return await _respond(reader, writer, identity, trust, tuple(allowed_kems), extra)

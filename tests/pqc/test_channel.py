@@ -105,3 +105,19 @@ async def test_unknown_kem_refused_before_connecting(hosts: tuple[Host, Host]) -
     a, _ = hosts
     with pytest.raises(PQCError, match="unsupported KEM 'ML-KEM-512'"):
         await open_channel("127.0.0.1", 9, identity=a.identity, trust=a.trust, kem="ML-KEM-512")
+
+
+async def test_records_right_behind_the_handshake_are_kept(hosts: tuple[Host, Host], responder) -> None:
+    """Data the responder sends with its FINISHED lands in the StreamReader; the channel must keep it."""
+    a, _ = hosts
+
+    async def greet(ch: SecureChannel) -> None:
+        await ch.send_json({"hello": "from hv-b"})
+        await ch.close()
+
+    server = await responder(greet)
+    ch = await open_channel("127.0.0.1", server.port, identity=a.identity, trust=a.trust)
+    await asyncio.sleep(0.1)  # let the greeting and the close arrive before reading
+    assert await ch.recv_json() == {"hello": "from hv-b"}
+    assert await ch.recv() is None
+    await ch.close()
