@@ -1,0 +1,165 @@
+"""What this host offers VMs: the accelerator, the QEMU version, the CPU.
+
+Each answer is cached for the life of the process. `detect_accel` also keeps its answer in a
+small file in the temp dir, keyed by boot id and QEMU binary, because the honest check (boot the
+test guest under KVM) takes seconds when KVM is broken and every agent start asks.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import QemuError
+
+QEMU = "qemu-system-x86_64"
+KVM_BOOT_TIMEOUT = 4.0
+_accel_cache: str | None = None
+
+
+def qemu_binary() -> str:
+    path = shutil.which(QEMU)
+    if path is None:
+        raise QemuError(f"{QEMU} is not installed", "install it: apt-get install qemu-system-x86")
+    return path
+
+
+@functools.cache
+def qemu_version() -> str:
+    """`7.2.22` from `qemu-system-x86_64 --version`."""
+    out = subprocess.run([qemu_binary(), "--version"], capture_output=True, text=True, timeout=10).stdout
+    m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", out)
+    if not m:
+        raise QemuError(f"cannot read the QEMU version from {out.strip()[:60]!r}", "check the QEMU install")
+    return m.group(1)
+
+
+def detect_accel() -> str:
+    """"kvm" if KVM really runs a guest here, else "tcg". `$QVPLAN_ACCEL` overrides."""
+    global _accel_cache
+    if forced := os.environ.get("QVPLAN_ACCEL"):
+        if forced not in ("kvm", "tcg"):
+            raise QemuError(f"QVPLAN_ACCEL={forced} is not kvm or tcg", "unset it or set kvm or tcg")
+        return forced
+    if _accel_cache is None:
+        key = _accel_key()
+        cache = Path(tempfile.gettempdir()) / f"qvplan-accel-{os.getuid()}.json"
+        try:
+            saved = json.loads(cache.read_text())
+            _accel_cache = saved["accel"] if saved.get("key") == key else None
+        except (OSError, ValueError, KeyError):
+            pass
+        if _accel_cache is None:
+            _accel_cache = "kvm" if _kvm_works() else "tcg"
+            try:
+                cache.write_text(json.dumps({"key": key, "accel": _accel_cache}))
+            except OSError:
+                pass
+    return _accel_cache
+
+
+def _accel_key() -> str:
+    boot = Path("/proc/sys/kernel/random/boot_id")
+    boot_id = boot.read_text().strip() if boot.exists() else "?"
+    binary = shutil.which(QEMU)
+    stamp = os.stat(binary).st_mtime if binary else 0
+    return f"{boot_id}:{binary}:{stamp}"
+
+
+def _kvm_works() -> bool:
+    """/dev/kvm opens read-write, runs a `hlt` (qvplan.vmm.kvmprobe), and boots the test guest
+    with `-cpu host` (our default model) within a few seconds.
+
+    The last step matters: some nested setups pass the ioctl check while QEMU aborts setting
+    MSRs for `-cpu host`, or runs guests far slower than TCG."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which(QEMU) is None:
+        return False
+    try:
+        probe = subprocess.run([sys.executable, "-m", "qvplan.vmm.kvmprobe"], capture_output=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        return False
+    if probe.returncode != 0:
+        return False
+    return _boots_under_kvm()
+
+
+def _boots_under_kvm() -> bool:
+    from .guest import START_LINE, GuestParams, find_guest_image, test_guest_image
+
+    try:
+        image = find_guest_image()
+    except QemuError:
+        return True  # nothing to boot; the ioctl probe is all we can check
+    with tempfile.TemporaryDirectory(prefix="qvplan-kvm-") as tmp:
+        disk = test_guest_image(GuestParams(start=16 << 20, size=64 << 10), Path(tmp, "g.img"), source=image)
+        serial = Path(tmp, "serial.log")
+        argv = [QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-machine", "pc", "-accel", "kvm",
+                "-cpu", "host", "-m", "32M", "-drive", f"file={disk},format=raw,if=ide", "-serial", f"file:{serial}"]
+        qemu = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + KVM_BOOT_TIMEOUT
+            while time.monotonic() < deadline and qemu.poll() is None:
+                if serial.exists() and START_LINE in serial.read_bytes():
+                    return True
+                time.sleep(0.05)
+            return False
+        finally:
+            qemu.kill()
+            qemu.wait()
+
+
+@functools.cache
+def _cpuinfo() -> dict[str, Any]:
+    fields: dict[str, str] = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return {
+        "vendor": fields.get("vendor_id", "unknown"),
+        "model": fields.get("model name", "unknown"),
+        "flags": sorted(fields.get("flags", "").split()),
+    }
+
+
+@functools.cache
+def qemu_cpu_features(accel: str) -> tuple[str, list[str]]:
+    """(model, enabled features) of QEMU's `host` (kvm) or `max` (tcg) CPU model, asked with
+    `query-cpu-model-expansion` from a short-lived QEMU with no machine."""
+    model = "host" if accel == "kvm" else "max"
+    requests = [
+        {"execute": "qmp_capabilities"},
+        {"execute": "query-cpu-model-expansion", "arguments": {"type": "full", "model": {"name": model}}},
+        {"execute": "quit"},
+    ]
+    argv = [qemu_binary(), "-machine", "none", "-accel", accel, "-nodefaults", "-no-user-config",
+            "-display", "none", "-S", "-qmp", "stdio"]
+    try:
+        run = subprocess.run(argv, input="".join(json.dumps(r) + "\n" for r in requests),
+                             capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        raise QemuError("QEMU's CPU probe timed out", "check that qemu-system-x86_64 runs") from None
+    for line in run.stdout.splitlines():
+        reply = json.loads(line) if line.startswith("{") else {}
+        props = reply.get("return", {}).get("model", {}).get("props") if isinstance(reply.get("return"), dict) else None
+        if props is not None:
+            return model, sorted(k for k, v in props.items() if v is True)
+    last = (run.stderr.strip().splitlines() or ["no answer"])[-1]
+    raise QemuError(f"QEMU's CPU probe failed: {last}", "check that qemu-system-x86_64 runs")
+
+
+def cpu_facts(accel: str | None = None) -> dict[str, Any]:
+    """Vendor, model and flags from /proc/cpuinfo, and the features QEMU's host/max model exposes."""
+    accel = accel or detect_accel()
+    model, features = qemu_cpu_features(accel)
+    return {**_cpuinfo(), "qemu_model": model, "qemu_host_features": features}
