@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -28,6 +29,8 @@ from .guest import START_LINE, SWEEP_LINE, test_guest_image
 from .host import qemu_binary
 from .spec import VMSpec
 
+# "2026-01-02T03:04:05.123456Z qemu-system-x86_64: " before each QEMU message (-msg timestamp=on)
+_LOG_PREFIX = re.compile(r"^(\S+Z )?qemu-system-\w+: ")
 CONNECT_TIMEOUT = 15.0  # QEMU under TCG on a loaded 2-core CI box can take a while
 QUIT_TIMEOUT = 10.0
 
@@ -189,7 +192,7 @@ class QemuProcess:
                      if line.strip() and not line.startswith("---")]
         except OSError:
             return "no log"
-        return lines[-1] if lines else "no output"
+        return _LOG_PREFIX.sub("", lines[-1]) if lines else "no output"
 
     # -- QMP -----------------------------------------------------------------------------
 
