@@ -19,6 +19,9 @@ def _register() -> None:
 
     main.add_command(qvplan_lab.lab)
     main.add_command(qvplan_lab.facts)
+    from . import qvplan_plan
+
+    qvplan_plan.register(main)
 
 
 _register()

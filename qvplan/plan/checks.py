@@ -1,0 +1,249 @@
+"""The checks of one move: pure functions over facts, each answering (ok, message, fix).
+
+Failure messages use the spec's troubleshooting wording ("untrusted host", "CPU incompatible",
+"Storage not found on destination", "Destination out of resources") so an operator can look them up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..units import format_size
+
+TRUST_FIX = ("exchange and import PQC keys between hosts (`quantavirt pqc key-export host-identity --public` "
+             "on one, `quantavirt pqc key-import --name HOST` on the other), or set trust.exchange: true")
+CPU_FIX = 'use cpu.model with explicit feature flags, not "host"'
+STORAGE_FIX = "run `quantavirt system storage-check`, verify the NFS/Ceph mount on the destination"
+RESOURCES_FIX = "free memory on the destination, pick another host, or order moves with after:"
+VERSION_FIX = "run the same QuantaVirt major version on both hosts"
+NETWORK_FIX = "check port 9410 is open, verify the network route, retry"
+MIGRATION_PORT = 9410
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    message: str
+    fix: str | None = None
+
+
+def ok(message: str) -> Result:
+    return Result(True, message)
+
+
+def fail(message: str, fix: str | None) -> Result:
+    return Result(False, message, fix)
+
+
+def _d(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _l(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+# -- trust ------------------------------------------------------------------------------------------
+
+def fingerprint(facts: dict[str, Any]) -> str | None:
+    fp = _d(facts.get("pqc")).get("fingerprint")
+    return fp if isinstance(fp, str) else None
+
+
+def trusts(truster: dict[str, Any], peer: dict[str, Any]) -> bool:
+    """Does `truster` hold `peer`'s key? Matched by fingerprint, whatever name it was imported as."""
+    fp = fingerprint(peer)
+    return fp is not None and fp in _d(_d(truster.get("pqc")).get("trusted")).values()
+
+
+def check_trust(src: str, dst: str, facts: dict[str, dict[str, Any]], exchange: bool,
+                pinned: dict[str, str], insecure: bool) -> tuple[Result, list[tuple[str, str]]]:
+    """Both directions: the source must trust the destination and the destination the source.
+    Returns the result and the key imports apply must do: (importing host, host whose key)."""
+    for host in (src, dst):
+        want, got = pinned.get(host), fingerprint(facts[host])
+        if want is not None and want != got:
+            return fail(f"untrusted host: {host}'s key is {got}, trust.pinned expects {want}",
+                        "verify the host (reinstalled? impostor?) and update trust.pinned"), []
+    if insecure and _d(facts[dst].get("migration")).get("pqc_required"):
+        return fail(f"{dst} requires PQC (pqc_required = true) but the move is insecure",
+                    "drop insecure: true"), []
+    missing = [(a, b) for a, b in ((src, dst), (dst, src)) if not trusts(facts[a], facts[b])]
+    if not missing:
+        return ok(f"{src} ⇄ {dst} trusted"), []
+    if exchange:
+        unknown = [b for _, b in missing if fingerprint(facts[b]) is None]
+        if unknown:
+            return fail(f"untrusted host: {unknown[0]} reports no key fingerprint", TRUST_FIX), []
+        shown = ", ".join(f"{a} imports {b}" for a, b in missing)
+        return ok(f"{src} ⇄ {dst} keys will be exchanged at apply ({shown})"), missing
+    a, b = missing[0]
+    return fail(f"untrusted host: {a} has not imported the key of {b}", TRUST_FIX), []
+
+
+# -- version ----------------------------------------------------------------------------------------
+
+def version_key(version: str, policy: str) -> tuple[str, ...]:
+    """The part of a version that must match. The spec counts 0.1.x as one major version, so for
+    0.x versions "major" is the first two numbers (as in semver)."""
+    parts = tuple(version.split("."))
+    if policy == "exact":
+        return parts
+    width = 1 if policy == "same-major" else 2
+    return parts[: width + (parts[0] == "0")]
+
+
+def check_version(src: str, dst: str, facts: dict[str, dict[str, Any]], policy: str) -> Result:
+    a, b = str(facts[src].get("version") or "?"), str(facts[dst].get("version") or "?")
+    if policy == "any" or version_key(a, policy) == version_key(b, policy):
+        return ok(f"versions {a} / {b} ({policy})")
+    return fail(f"version mismatch: {src} runs {a}, {dst} runs {b} (policy {policy})", VERSION_FIX)
+
+
+# -- CPU --------------------------------------------------------------------------------------------
+
+def _norm(flag: str) -> str:
+    return flag.replace(".", "_").replace("-", "_").lower()
+
+
+def cpu_problem(vm: dict[str, Any], src: dict[str, Any], dst: dict[str, Any], policy: str = "strict") -> str | None:
+    """Why `vm` cannot run on `dst`'s CPU, or None. A `host`/`max` model takes the source's CPU, so
+    it needs the same vendor and a superset of the source's flags; a named model needs each `+feature`
+    in the destination's qemu_host_features."""
+    if policy == "any":
+        return None
+    cpu = _d(vm.get("cpu"))
+    model = str(cpu.get("model") or "host")
+    s_cpu, d_cpu = _d(src.get("cpu")), _d(dst.get("cpu"))
+    if model in ("host", "max") or policy == "vendor":
+        if s_cpu.get("vendor") != d_cpu.get("vendor"):
+            return f"vendor {s_cpu.get('vendor')} → {d_cpu.get('vendor')}"
+        if policy == "vendor":
+            return None
+    if model in ("host", "max"):
+        missing = sorted(set(map(_norm, _l(s_cpu.get("flags")))) - set(map(_norm, _l(d_cpu.get("flags")))))
+    else:
+        have = {_norm(str(f)) for f in _l(d_cpu.get("qemu_host_features")) + _l(d_cpu.get("flags"))}
+        wanted = [str(f) for f in _l(cpu.get("features")) if not str(f).startswith("-")]
+        missing = sorted({f.lstrip("+") for f in wanted if _norm(f.lstrip("+")) not in have})
+    if missing:
+        return "lacks " + ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
+    return None
+
+
+def check_cpu(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[str, Any]], policy: str) -> Result:
+    model = _d(vm.get("cpu")).get("model") or "host"
+    problem = cpu_problem(vm, facts[src], facts[dst], policy)
+    if problem:
+        return fail(f"CPU incompatible: {dst} {problem} (cpu.model {model})", CPU_FIX)
+    return ok(f"cpu.model {model} runs on {dst}")
+
+
+# -- VM state ---------------------------------------------------------------------------------------
+
+def check_state(vm: dict[str, Any], mode: str) -> Result:
+    state = vm.get("state")
+    if mode == "live" and state in ("running", "paused"):
+        return ok(f"{state}, live migration")
+    if mode == "offline" and state == "defined":
+        return ok("stopped, offline migration")
+    if state == "migrating":
+        return fail(f"{vm.get('name')} is already migrating", "wait for it or run `quantavirt vm migrate-cancel`")
+    if mode == "live":
+        return fail(f"{vm.get('name')} is {state}: live migration needs it running", "start it, or set mode: offline")
+    return fail(f"{vm.get('name')} is {state}: offline migration needs it stopped", "stop it first, or set mode: live")
+
+
+# -- storage ----------------------------------------------------------------------------------------
+
+def _under(path: str, prefixes: list[Any]) -> bool:
+    return any(isinstance(p, str) and p and path.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+def _checked(checks: dict[str, Any], path: str) -> Any:
+    """The storage check for `path`, or for the deepest checked folder holding it."""
+    if path in checks:
+        return checks[path]
+    holders = [p for p in checks if isinstance(p, str) and _under(path, [p])]
+    return checks[max(holders, key=len)] if holders else None
+
+
+def find_pool(dst_facts: dict[str, Any], wanted: str) -> tuple[str, dict[str, Any]] | None:
+    pools = _d(_d(dst_facts.get("storage")).get("pools"))
+    if wanted in pools:
+        return wanted, _d(pools[wanted])
+    for name, pool in pools.items():  # the spec's --dest-pool takes a path
+        if isinstance(pool, dict) and str(pool.get("path", "")).rstrip("/") == wanted.rstrip("/"):
+            return str(name), pool
+    return None
+
+
+def check_storage(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[str, Any]],
+                  shared_prefixes: list[str], migrate: bool, dest_pool: str | None,
+                  pool_used: dict[tuple[str, str], int]) -> Result:
+    """Shared disks must be reachable from the destination; local ones need storage migration into a
+    pool with room (`pool_used` carries what earlier moves already put there)."""
+    disks = [d for d in _l(vm.get("disks")) if isinstance(d, dict) and isinstance(d.get("path"), str)]
+    if not disks:
+        return ok("no disks")
+    s, d = facts[src], facts[dst]
+    shared_lists = shared_prefixes + _l(_d(s.get("storage")).get("shared")) + _l(_d(d.get("storage")).get("shared"))
+    checks = _d(d.get("storage_checks"))
+    local: list[dict[str, Any]] = []
+    for disk in disks:
+        path = disk["path"]
+        if not (disk.get("shared") or _under(path, shared_lists)):
+            local.append(disk)
+            continue
+        seen = _checked(checks, path)
+        if seen is False or (isinstance(seen, dict) and not seen.get("accessible")):
+            return fail(f"Storage not found on destination: {dst} cannot reach {path}", STORAGE_FIX)
+        if seen is None and not _under(path, _l(_d(d.get("storage")).get("shared"))):
+            return fail(f"Storage not found on destination: {path} not checked or not shared on {dst}",
+                        STORAGE_FIX + " (or gather facts with storage checks)")
+    if not local:
+        return ok(f"{len(disks)} shared disk(s) reachable from {dst}")
+    if not migrate:
+        return fail(f"Storage not found on destination: {local[0]['path']} is local to {src}",
+                    "set storage: {migrate: true} to copy it, or put it on shared storage")
+    need = sum(int(x.get("size") or 0) for x in local if isinstance(x.get("size") or 0, int))
+    wanted = dest_pool or str(local[0].get("pool") or "default")
+    found = find_pool(d, wanted)
+    if found is None:
+        return fail(f"Storage not found on destination: {dst} has no pool {wanted!r}",
+                    "set storage.dest_pool to one of the destination's pools")
+    name, pool = found
+    free = int(pool.get("free") or 0) - pool_used.get((dst, name), 0)
+    if need > free:
+        return fail(f"Destination out of resources: pool {name} on {dst} has {format_size(max(free, 0))} free, "
+                    f"disks need {format_size(need)}", "free space in the pool or pick another pool")
+    pool_used[(dst, name)] = pool_used.get((dst, name), 0) + need
+    return ok(f"{len(local)} disk(s) copied to pool {name} on {dst} ({format_size(need)})")
+
+
+# -- network ----------------------------------------------------------------------------------------
+
+def check_network(src: str, dst: str, facts: dict[str, dict[str, Any]], address: str | None) -> Result:
+    seen = _d(facts[src].get("reachable")).get(dst)
+    if seen is False:
+        return fail(f"migration port unreachable: {src} cannot reach {dst} at {address}", NETWORK_FIX)
+    if seen is None:
+        return ok(f"{dst} at {address} (not probed by gather; assumed reachable)")
+    return ok(f"{src} reaches {dst} at {address}")
+
+
+def migration_address(dst: str, facts: dict[str, Any] | None, host_spec: Any) -> str | None:
+    """Where peers reach the destination's migration listener: facts, else plan/inventory, else
+    address:9410."""
+    addr = _d(_d(facts).get("migration")).get("address")
+    if isinstance(addr, str) and addr:
+        return addr
+    if host_spec is not None:
+        return host_spec.migration or f"{host_spec.address}:{MIGRATION_PORT}"
+    return None
+
+
+def memory_message(dst: str, free: int, need: int) -> str:
+    return (f"Destination out of resources: {dst} has {format_size(max(free, 0))} free after earlier "
+            f"moves, needs {format_size(need)}")
