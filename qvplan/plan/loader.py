@@ -45,6 +45,7 @@ def pydantic_diagnostics(err: ValidationError, located: Located, prefix: tuple[A
             msg, fix = f"unknown key {loc[-1]!r}", f"check its spelling; {SCHEMA_FIX}"
         elif kind == "missing":
             msg, fix = f"missing required key {loc[-1]!r}", SCHEMA_FIX
+            path = path[:-1]
         elif kind == "value_error" and " — " in msg:
             msg, fix = msg.removeprefix("Value error, ").split(" — ", 1)
         else:

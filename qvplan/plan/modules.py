@@ -96,10 +96,10 @@ def expand_modules(spec: PlanSpec, located: Located, facts: Facts, hosts: dict[s
         except PlanError as err:
             problems.extend(err.diagnostics)
             continue
-        yield from _placements(frag, use.module, problems)
+        yield from _placements(frag, use.module, problems, (located.file, located.line_of(at)))
 
 
-def _placements(frag: Located, module: str, problems: list[Diagnostic]
+def _placements(frag: Located, module: str, problems: list[Diagnostic], use_loc: tuple[str, int | None]
                 ) -> Iterator[tuple[str, Placement, tuple[str, int | None], tuple[str, int | None]]]:
     data = frag.data if isinstance(frag.data, dict) else {}
     extra = set(data) - {"vms"}
@@ -114,5 +114,4 @@ def _placements(frag: Located, module: str, problems: list[Diagnostic]
         problems.extend(pydantic_diagnostics(err, frag))
         return
     for vm, placement in vms.items():
-        yield (vm, placement, (frag.file, frag.line_of(("vms", vm))),
-               (frag.file, frag.line_of(("vms", vm, "after"))))
+        yield vm, placement, use_loc, use_loc  # problems point at the plan's use: entry

@@ -77,8 +77,8 @@ class Helpers:
 
     def rebalance(self, hosts: list[str] | None = None, tolerance: float = 0.1,
                   extra: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-        """Move running VMs from the most to the least used host (memory used / total) while that
-        narrows the gap by more than `tolerance`."""
+        """Move running VMs, one at a time, between the pair of hosts (memory used / total) where
+        that narrows their gap most, until every host is within `tolerance` of the others."""
         hosts = [h for h in (hosts or self.hosts or list(self.facts)) if h in self.facts]
         used = {h: self._total(h) - self.free_memory(h) for h in hosts}
         moved: dict[str, dict[str, Any]] = {}
@@ -88,24 +88,26 @@ class Helpers:
             return used[h] / self._total(h)
 
         for _ in range(sum(len(v) for v in vms.values())):
-            if len(hosts) < 2:
+            if len(hosts) < 2 or max(map(ratio, hosts)) - min(map(ratio, hosts)) <= tolerance:
                 break
-            src, dst = max(hosts, key=ratio), min(hosts, key=ratio)
-            gap = ratio(src) - ratio(dst)
-            if gap <= tolerance:
-                break
-            best, best_gap = None, gap
-            for vm in vms[src]:
-                m = _mem(vm)
-                if m > self._total(dst) - used[dst] or not self._compatible(vm, src, dst):
-                    continue
-                new_gap = abs((used[src] - m) / self._total(src) - (used[dst] + m) / self._total(dst))
-                if new_gap < best_gap:
-                    best, best_gap = vm, new_gap
+            best: tuple[float, str, str, dict[str, Any]] | None = None
+            for src in hosts:
+                for dst in hosts:
+                    gap = ratio(src) - ratio(dst)
+                    if gap <= tolerance:
+                        continue
+                    for vm in vms[src]:
+                        m = _mem(vm)
+                        if m > self._total(dst) - used[dst] or not self._compatible(vm, src, dst):
+                            continue
+                        new_gap = abs((used[src] - m) / self._total(src) - (used[dst] + m) / self._total(dst))
+                        if gap - new_gap > 0 and (best is None or gap - new_gap > best[0]):
+                            best = (gap - new_gap, src, dst, vm)
             if best is None:
                 break
-            vms[src].remove(best)
-            used[src] -= _mem(best)
-            used[dst] += _mem(best)
-            moved[best["name"]] = self._entry(best, dst, extra)
+            _, src, dst, vm = best
+            vms[src].remove(vm)
+            used[src] -= _mem(vm)
+            used[dst] += _mem(vm)
+            moved[vm["name"]] = self._entry(vm, dst, extra)
         return moved
