@@ -21,7 +21,7 @@ from .diagnostics import Diagnostic, PlanError
 from .facts import Facts
 from .placement import Helpers
 from .schema import HostSpec, Placement, PlanSpec
-from .source import Located, jinja_env, parse_yaml, render
+from .source import Located, parse_yaml, render_cached
 
 SHIPPED = Path(__file__).resolve().parents[2] / "modules"
 TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "list": (list,), "int": (int,), "bool": (bool,),
@@ -90,9 +90,10 @@ def expand_modules(spec: PlanSpec, located: Located, facts: Facts, hosts: dict[s
             problems.extend(bad)
             continue
         file = str(folder / "plan.yaml.j2")
-        context = {**variables, **inputs, "inputs": inputs, "facts": facts, "hosts": list(hosts)}
+        context = {**variables, **helpers.globals(), **inputs, "inputs": inputs, "facts": facts,
+                   "hosts": list(hosts)}
         try:
-            frag = parse_yaml(render(template, context, file, jinja_env(**helpers.globals())), file)
+            frag = parse_yaml(render_cached(template, context, file), file)
         except PlanError as err:
             problems.extend(err.diagnostics)
             continue

@@ -6,6 +6,7 @@ so for plans whose loops don't add lines they match the file.
 
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,12 +80,29 @@ def render(text: str, variables: dict[str, Any], file: str, env: SandboxedEnviro
 
 
 def _render(env: SandboxedEnvironment, text: str, variables: dict[str, Any], file: str) -> str:
+    if env is _SHARED:
+        return _compiled(text, file).render(**variables)
     code = env.compile(text, name=file, filename=file)
     return env.template_class.from_code(env, code, env.make_globals(None)).render(**variables)
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+_SHARED = jinja_env()
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(text: str, file: str) -> jinja2.Template:
+    """Module templates are rendered once per use: compile each text once per process."""
+    code = _SHARED.compile(text, name=file, filename=file)
+    return _SHARED.template_class.from_code(_SHARED, code, _SHARED.make_globals(None))
+
+
+def render_cached(text: str, variables: dict[str, Any], file: str) -> str:
+    """`render` with the compiled template kept (helpers come in `variables`, not env globals)."""
+    return render(text, variables, file, _SHARED)
+
+
+# libyaml when present: plans, modules and fuzzing parse several times faster.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _key(node: yaml.Node) -> Any:
