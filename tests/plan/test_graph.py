@@ -1,0 +1,64 @@
+"""The graph transformers and the memory simulation, each alone."""
+
+from __future__ import annotations
+
+from qvplan.plan import load_plan_text
+from qvplan.plan.graph import Build, _cycles, add_after_edges, add_checks, add_moves, order_nodes
+from qvplan.plan.model import Action
+from qvplan.plan.schedule import HostMemory
+from qvplan.plan.source import parse_yaml
+
+from .factsgen import expand
+
+HOSTS = "hosts: {hv-a: {address: a}, hv-b: {address: b}}\n"
+
+
+def build(vms: str, facts: dict | None = None) -> Build:
+    f = expand(facts) if facts is not None else None
+    return Build(load_plan_text(HOSTS + vms, "p.yaml", {}, f), f)
+
+
+def test_add_moves_decides_action_from_facts() -> None:
+    b = build("vms: {vm-1: hv-b, vm-2: hv-b, ghost: hv-a}",
+              {"hv-a": {"vms": {"vm-1": {}}}, "hv-b": {"vms": {"vm-2": {}}}})
+    add_moves(b)
+    assert [(m.vm, m.source, m.action) for m in b.moves.values()] == [
+        ("vm-1", "hv-a", Action.MOVE), ("vm-2", "hv-b", Action.NOOP), ("ghost", None, Action.UNKNOWN)]
+    assert b.moves["vm-1"].flags["max_iterations"] == 30 and b.moves["vm-1"].dest_address == "hv-b.test:9410"
+
+
+def test_add_checks_only_for_moves() -> None:
+    b = build("vms: {vm-1: hv-b, vm-2: hv-b}", {"hv-a": {"vms": {"vm-1": {}}}, "hv-b": {"vms": {"vm-2": {}}}})
+    add_moves(b)
+    add_checks(b)
+    assert sorted(c.kind for c in b.checks.values()) == sorted(
+        ["host", "state", "trust", "version", "cpu", "storage", "network"])
+    assert b.deps["move:vm-1"] == {f"check:vm-1:{c.kind}" for c in b.checks.values()}
+
+
+def test_cycles_are_all_found_and_cut() -> None:
+    edges = {"a": {"b"}, "b": {"a"}, "c": {"d"}, "d": {"e"}, "e": {"c"}, "f": {"a"}}
+    cycles = _cycles(edges)
+    assert len(cycles) == 2 and {frozenset(c) for c in cycles} == {frozenset("ab"), frozenset("cde")}
+
+
+def test_order_breaks_ties_by_plan_order() -> None:
+    b = build("vms: {z: {host: hv-b, after: [y]}, x: hv-b, y: hv-b, w: hv-b}")
+    add_moves(b)
+    add_after_edges(b)
+    order_nodes(b)
+    assert b.order == ["x", "y", "z", "w"]
+
+
+def test_memory_floor_counts_frees_from_the_next_wave() -> None:
+    mem = HostMemory(free=1000)
+    mem.grow(3)
+    mem.taken[0] = 800  # a move in wave 1 brings 800 here
+    mem.freed[0] = 500  # a move in wave 1 takes 500 away (gone from wave 2 on)
+    assert mem.floor(2) == [200, 700, 700]
+
+
+def test_yaml_lines_per_key_path() -> None:
+    loc = parse_yaml("a:\n  b: 1\n  c:\n    - x\n    - {d: 2}\n", "f.yaml")
+    assert loc.lines[("a", "b")] == 2 and loc.lines[("a", "c", 1)] == 5 and loc.lines[("a", "c", 1, "d")] == 5
+    assert loc.line_of(("a", "c", 0, "missing")) == 4
