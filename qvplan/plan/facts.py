@@ -96,9 +96,9 @@ def live_facts(hosts: dict[str, dict[str, Any]], storage_paths: list[str] | None
     result = gather_facts(targets, storage_paths=list(storage_paths or []))
     found, errors = asyncio.run(result) if inspect.isawaitable(result) else result  # type: ignore[misc]
     if errors:
-        first = next(iter(errors.values()))
-        raise FactsError(f"cannot gather facts of {len(errors)} host(s): {first}",
-                         "check the hosts are up (`qvplan lab status`), or plan from --facts FILE")
+        cause, _, fix = next(iter(errors.values())).partition(" — ")
+        raise FactsError(f"cannot gather facts of {len(errors)} host(s): {cause}",
+                         fix or "check the hosts are up (`qvplan lab status`), or plan from --facts FILE")
     return FactsDoc(dict(found), now(), "live")
 
 
