@@ -62,3 +62,15 @@ def test_yaml_lines_per_key_path() -> None:
     loc = parse_yaml("a:\n  b: 1\n  c:\n    - x\n    - {d: 2}\n", "f.yaml")
     assert loc.lines[("a", "b")] == 2 and loc.lines[("a", "c", 1)] == 5 and loc.lines[("a", "c", 1, "d")] == 5
     assert loc.line_of(("a", "c", 0, "missing")) == 4
+
+
+def test_move_flags_are_migrate_flags() -> None:
+    """Apply hands `move.flags` to the migrate API: the names and units of qvplan.migration.flags."""
+    import pytest
+
+    flags_mod = pytest.importorskip("qvplan.migration.flags")
+    b = build("defaults: {bandwidth: 10G}\nvms: {vm-1: {host: hv-b, max_downtime: 50, timeout: 10m}}",
+              {"hv-a": {"vms": {"vm-1": {}}}, "hv-b": {}})
+    add_moves(b)
+    flags = flags_mod.MigrateFlags(**b.moves["vm-1"].flags)
+    assert (flags.bandwidth, flags.max_downtime, flags.timeout) == (10 << 30, 0.05, 600.0)
