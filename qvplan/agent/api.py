@@ -87,6 +87,16 @@ def build_app(agent: Agent) -> web.Application:
         reg.undefine(request.match_info["name"])
         return web.json_response({"ok": True})
 
+    @routes.post("/api/v1/vms/{name}/verify-ram")
+    async def verify(request: web.Request) -> web.Response:
+        from ..vmm import verify_ram
+
+        vm = reg.get(request.match_info["name"])
+        if not vm.running or vm.proc is None or vm.spec.guest.test is None:
+            raise QVError(f"VM {vm.name!r} is not a running test guest", "start a VM with guest.test")
+        report = await verify_ram(vm.proc, vm.spec)
+        return web.json_response({"ok": report.ok, "report": str(report), "edge": report.edge})
+
     @routes.get("/api/v1/vms/{name}/events")
     async def vm_events(request: web.Request) -> web.StreamResponse:
         return await sse(request, agent.events.stream(request.match_info["name"]))

@@ -72,6 +72,7 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> 
 
 
 async def handle_migrate(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+    log.info("incoming migration of %s from %s", request.get("vm", {}).get("name"), channel.peer_name)
     try:
         spec, flags = preflight(agent, channel, request)
     except MigrationError as err:
@@ -140,7 +141,7 @@ async def _wait_loaded(qmp: Any) -> None:
             return
         if status in ("failed", "cancelled"):
             raise MigrationError(f"destination QEMU could not load the VM state ({status})")
-        await asyncio.sleep(0.02)
+        await asyncio.sleep(0.005)
 
 
 async def discard(agent: Agent, vm: VM) -> None:

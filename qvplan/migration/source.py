@@ -46,6 +46,7 @@ class SourceMigration:
         self.control: SecureChannel | None = None
         self._server: asyncio.AbstractServer | None = None
         self._relays: set[asyncio.Task[None]] = set()
+        self._from_dest: asyncio.Future[Any] | None = None
         self._cancel_reason: str | None = None
         self._stop_at: float | None = None
         self.task: asyncio.Task[None] | None = None
@@ -63,8 +64,8 @@ class SourceMigration:
     # -- phases --------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        self._publish("phase", phase=1)
         try:
+            self._publish("phase", phase=1)
             await self._setup()
             self.setup_done.set()
             info = await self._transfer()
@@ -83,7 +84,9 @@ class SourceMigration:
     async def _setup(self) -> None:
         """Phase 1: handshake, the destination's checks, QEMU listening there, our socket here."""
         host, port = split_hostport(self.dest, MIGRATION_PORT)
+        log.info("migrating %s to %s: phase 1 (setup)", self.vm.name, self.dest)
         self.control = await self._open(host, port, "migrate")
+        log.debug("control channel to %s up (%s)", self.dest, self.control.kem)
         if self.control.peer_fingerprint == self.agent.identity.fingerprint:
             raise MigrationError("destination is the source host", "pick another --dest")
         from ..agent.facts import host_facts
@@ -95,6 +98,7 @@ class SourceMigration:
             "cpu": facts["cpu"], "disks": self.agent.registry.disk_facts(self.vm.spec),
         })
         reply = await asyncio.wait_for(self.control.recv_json(), 60)
+        log.debug("destination answered setup: %s", reply)
         if not reply or not reply.get("ok"):
             raise MigrationError((reply or {}).get("error", "destination closed the connection"),
                                  (reply or {}).get("fix"))
@@ -138,19 +142,29 @@ class SourceMigration:
                 self._stop_at = event_time(event)
 
     async def _transfer(self) -> dict[str, Any]:
-        """Phases 2–4: follow QEMU's pre-copy; enforce iterations, timeout, stalls and cancel."""
+        """Phases 2–4: follow QEMU's pre-copy; enforce iterations, timeout, stalls and cancel.
+
+        Ends as soon as the destination reports it has loaded everything (the fastest signal
+        that stop-and-copy is over), or when QEMU reports an end here.
+        """
+        assert self.control is not None
         qmp = self.vm.proc.qmp
         last_pass = 0
         last_moved, last_move_time = 0, time.monotonic()
+        self._from_dest = asyncio.ensure_future(self.control.recv_json())
         while True:
             info = await qmp.execute("query-migrate")
             self.status.update_from_qemu(info)
             state = info.get("status")
-            if state in ENDINGS:
-                if state != "completed":
-                    raise MigrationError(f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}",
-                                         NETWORK_FIX)
-                return info
+            if self._from_dest.done():
+                message = self._from_dest.result()
+                if message and message.get("event") == "received":
+                    return info
+                raise MigrationError(f"destination failed: {(message or {}).get('error', 'connection closed')}",
+                                     NETWORK_FIX)
+            if state in ENDINGS and state != "completed":
+                raise MigrationError(f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}",
+                                     NETWORK_FIX)
             if self.status.iteration != last_pass:
                 last_pass = self.status.iteration
                 self._publish("pass", phase=self.status.phase)
@@ -167,22 +181,19 @@ class SourceMigration:
                 self.status.phase = 4
                 await qmp.execute("stop")
                 self._publish("phase", phase=4, forced=True)
-            if self.status.transferred > last_moved:
+            if self.status.transferred > last_moved or state == "completed":
                 last_moved, last_move_time = self.status.transferred, time.monotonic()
             elif time.monotonic() - last_move_time > STALL_LIMIT:
                 raise MigrationError(f"Connection reset during transfer (no progress for {STALL_LIMIT:.0f}s)",
                                      NETWORK_FIX)
-            await asyncio.sleep(POLL)
+            await asyncio.wait({self._from_dest}, timeout=POLL)
 
     async def _activate(self, info: dict[str, Any]) -> None:
         """Phase 5: the destination resumes the guest; only then is the source VM released."""
         assert self.control is not None
         self.status.phase = 5
-        self._publish("phase", phase=5)
-        message = await asyncio.wait_for(self.control.recv_json(), 60)
-        if not message or message.get("event") != "received":
-            raise MigrationError(f"destination could not load the VM: {message}", NETWORK_FIX)
         await self.control.send_json({"cmd": "commit"})
+        self._publish("phase", phase=5)
         try:
             message = await asyncio.wait_for(self.control.recv_json(), 30)
         except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError):
@@ -193,7 +204,8 @@ class SourceMigration:
             message = {"resumed_at": None}
         if message.get("resumed_at") and self._stop_at:
             self.status.pause = max(0.0, message["resumed_at"] - self._stop_at)
-        self.status.update_from_qemu(info)
+        final = await self.vm.proc.qmp.execute("query-migrate")
+        self.status.update_from_qemu(final if final.get("status") == "completed" else info)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
@@ -243,6 +255,8 @@ class SourceMigration:
         self._publish("cancelled" if self._cancel_reason else "failed", error=err.cause, fix=err.fix)
 
     async def _teardown(self) -> None:
+        if self._from_dest is not None:
+            self._from_dest.cancel()
         if getattr(self, "_watch_stop", None):
             self._watch_stop.cancel()
         if self._server is not None:
@@ -255,4 +269,4 @@ class SourceMigration:
         self.vm.last_migration = self.status.as_dict()
 
     def _publish(self, kind: str, **extra: Any) -> None:
-        self.agent.events.publish(self.topic, kind, **self.status.as_dict(), **extra)
+        self.agent.events.publish(self.topic, kind, **{**self.status.as_dict(), **extra})

@@ -39,8 +39,10 @@ async def relay(channel: SecureChannel, reader: asyncio.StreamReader, writer: as
              asyncio.ensure_future(_channel_to_local(channel, writer))]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
+        # Once our side has sent its end-of-stream, the far side may hang up at will.
+        if tasks[0] not in done or tasks[0].exception():
+            for task in done:
+                task.result()
     finally:
         for task in tasks:
             task.cancel()

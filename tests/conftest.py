@@ -1,0 +1,50 @@
+"""Fixtures shared by the integration tests: real agents on loopback addresses."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .agents import AgentProc, free_port
+
+_addresses = itertools.count(20)
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path) -> Iterator:
+    """Start agents named hv-a, hv-b… on their own 127.0.0.x addresses; all stopped at the end."""
+    started: list[AgentProc] = []
+
+    def make(name: str, memory: str | None = None, start: bool = True, extra_config: str = "") -> AgentProc:
+        address = f"127.0.{next(_addresses) % 250}.{len(started) + 2}"
+        agent = AgentProc(name, address, tmp_path / name, free_port(address), free_port(address),
+                          memory=memory, extra_config=extra_config)
+        started.append(agent)
+        return agent.start() if start else agent
+
+    yield make
+    for agent in started:
+        # Stop the VMs first: QEMU outlives its agent on purpose.
+        if agent.proc and agent.proc.poll() is None:
+            try:
+                for vm in agent.api("GET", "vms", timeout=10):
+                    if vm["state"] == "running":
+                        agent.api("POST", f"vms/{vm['name']}/stop", {}, timeout=20)
+            except Exception:
+                pass
+        agent.stop()
+        _kill_leftover_qemus(agent.state)
+
+
+def _kill_leftover_qemus(state: Path) -> None:
+    import os
+    import signal
+
+    for pidfile in state.glob("vms/*/run/qemu.pid"):
+        try:
+            os.kill(int(pidfile.read_text().strip()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError, PermissionError):
+            pass
