@@ -23,6 +23,10 @@ def _register() -> None:
 
     qvplan_plan.register(main)
 
+    from . import qvplan_apply
+
+    qvplan_apply.register(main)
+
 
 _register()
 

@@ -92,7 +92,7 @@ def live_facts(hosts: dict[str, dict[str, Any]], storage_paths: list[str] | None
     except ImportError:
         raise FactsError("live facts need qvplan.remote",
                          "pass recorded facts with --facts FILE until qvplan.remote is installed") from None
-    targets = {name: HostTarget.from_dict(name, _drop_none(h)) for name, h in hosts.items()}
+    targets = {name: HostTarget.from_dict(name, drop_none(h)) for name, h in hosts.items()}
     result = gather_facts(targets, storage_paths=list(storage_paths or []))
     found, errors = asyncio.run(result) if inspect.isawaitable(result) else result  # type: ignore[misc]
     if errors:
@@ -102,8 +102,8 @@ def live_facts(hosts: dict[str, dict[str, Any]], storage_paths: list[str] | None
     return FactsDoc(dict(found), now(), "live")
 
 
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+def drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
 # Fields that change on their own (free memory, pids, counters) are left out of the hash so that a
