@@ -20,6 +20,7 @@ from ..vmm import QemuProcess, VMSpec
 from .events import EventHub
 
 log = logging.getLogger(__name__)
+INCOMING_MARK = "incoming"  # file in a VM's folder while it is an uncommitted incoming migration
 
 
 class VMError(QVError):
@@ -77,8 +78,15 @@ class Registry:
                 log.warning("skipping %s: %s", vm_json, err)
                 continue
             vm = VM(spec, vm_json.parent)
-            self.vms[spec.name] = vm
             proc = self._process(vm)
+            if (vm.dir / INCOMING_MARK).exists():
+                # An incoming migration that never committed: its QEMU never ran the guest.
+                log.info("removing uncommitted incoming VM %s", spec.name)
+                if proc.is_alive():
+                    await proc.stop(graceful=False)
+                shutil.rmtree(vm.dir, ignore_errors=True)
+                continue
+            self.vms[spec.name] = vm
             if proc.is_alive():
                 try:
                     await proc.attach()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..agent.registry import INCOMING_MARK
 from ..pqc import SecureChannel
 from ..vmm import VMSpec
 from . import checks
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from ..agent.registry import VM
 
 log = logging.getLogger(__name__)
-INCOMING_MARK = "incoming"
 
 
 @dataclass

@@ -97,3 +97,15 @@ def test_insecure_is_refused_by_pqc_required_destination(pair):
         assert "pqc_required" in err.body["error"]
     runs_only_on(a, b, "vm-1")
 
+
+
+def test_destination_qemu_killed_mid_transfer(pair):
+    import os
+    import signal
+
+    a, b = pair
+    start_guest(a, **HEAVY)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": SLOW})
+    wait_phase(a, "vm-1", 2)
+    os.kill(b.vm("vm-1")["pid"], signal.SIGKILL)
+    assert_rolled_back(a, b, wait_outcome(a, "vm-1"))
