@@ -8,6 +8,7 @@ by the agents (its guest keeps running on the source); `on_failure` decides what
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,22 @@ class Executor:
         self.say(f"{move.vm}: {outcome}")
         return result
 
+    async def run_wave(self, batch: list[Move], cancel_on_failure: bool) -> list[MoveResult]:
+        """Run one wave's moves at once; with `cancel_on_failure`, a failure cancels the others
+        (the agents roll each of them back: their guests keep running on their sources)."""
+        tasks = {asyncio.ensure_future(self.migrate(m, m.source, m.dest, m.dest_address)): m for m in batch}
+        cancelled = False
+        for finished in asyncio.as_completed(list(tasks)):
+            result = await finished
+            if not result.ok and cancel_on_failure and not cancelled:
+                cancelled = True
+                for task, move in tasks.items():
+                    if not task.done():
+                        self.say(f"{move.vm}: cancelling (on_failure: rollback)")
+                        with contextlib.suppress(Exception):
+                            await (await self.conn(move.source)).api("POST", f"vms/{move.vm}/migrate/cancel")
+        return [t.result() for t in tasks]
+
     async def run(self) -> list[MoveResult]:
         policy = self.plan.settings.get("on_failure", "rollback")
         results: dict[str, MoveResult] = {}
@@ -119,7 +136,7 @@ class Executor:
                     self.journal.write("skip", vm=name, reason=results[name].error)
                     continue
                 batch.append(move)
-            done = await asyncio.gather(*(self.migrate(m, m.source, m.dest, m.dest_address) for m in batch))
+            done = await self.run_wave(batch, cancel_on_failure=policy in ("rollback", "rollback-all"))
             results.update({r.vm: r for r in done})
             if any(not r.ok for r in done) and policy != "continue":
                 halted = True

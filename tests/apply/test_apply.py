@@ -64,3 +64,31 @@ def test_apply_honours_limits_then_is_a_noop(lab, tmp_path):
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout + again.stderr
     replan = qvplan("plan", str(plan), "--var", var, "--detailed-exitcode")
     assert replan.returncode == 0, replan.stdout
+
+
+ROLLBACK_ALL = """
+inventory: {inventory}
+trust: {{exchange: true}}
+limits: {{parallel: 1}}
+on_failure: rollback-all
+vms:
+  vm-4: hv-b
+  vm-1: {{host: hv-c, bandwidth: 1M, timeout: 3s, auto_converge: false, after: [vm-4]}}
+"""
+
+
+def test_failed_move_rolls_back_all_and_reports_it(lab, tmp_path):
+    """Runs after the first test: vm-1 is on hv-b and vm-4 on hv-a."""
+    plan = tmp_path / "rollback.yaml"
+    plan.write_text(ROLLBACK_ALL.format(inventory=lab.inventory_path))
+    junit = tmp_path / "report.xml"
+    out = qvplan("apply", str(plan), "--auto-approve", "--junit", str(junit), "--json")
+    assert out.returncode == 1, out.stdout + out.stderr
+    import json
+
+    report = json.loads(out.stdout)
+    assert report["placement"]["vm-1"] == "hv-b"  # the failed move: still on its source
+    assert report["placement"]["vm-4"] == "hv-a"  # the finished move: migrated back
+    failures = [c for c in ET.parse(junit).getroot().findall("testcase") if c.find("failure") is not None]
+    assert len(failures) == 1 and "vm-1" in failures[0].get("name")
+    assert "Timeout exceeded" in failures[0].find("failure").get("message")
