@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Benchmark of live migration: the same test guest over several data paths, in one run.
+
+Run: .venv/bin/python bench/migration.py
+
+Rows: plaintext QEMU→QEMU (one TCP channel, and multifd ×4), QEMU's own x509 TLS (one channel and
+multifd ×4), and ours — two real `quantavirt agent` processes on 127.0.0.x with mutual trust, the
+guest carried over the PQC channel (threads 1 and 4). Every path uses the same MigrateFlags, so
+QEMU's capabilities/parameters are identical (unlimited bandwidth, 300 ms downtime limit,
+auto-converge). Figures per row:
+
+- throughput: RAM bytes transferred × 8 / total time, in Gb/s;
+- total time: from the migration request to the guest resuming on the destination, starting the
+  destination QEMU included (the agents do that inside a migration, so the direct runs do too);
+- downtime: QEMU's own "downtime" from query-migrate on the source;
+- pause: source STOP event → destination RESUME event (QEMU's event timestamps, same host clock).
+
+Each is also printed as a ratio to the plaintext multifd anchor measured in the same run.
+Floor checks: ours ≥ QEMU TLS (same channel count) in throughput, and our pause ≤ max-downtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from qvplan.migration.flags import MigrateFlags
+from qvplan.migration.qmp import configure, event_time
+from qvplan.vmm import QemuProcess, VMSpec, detect_accel
+from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
+
+GUEST = {"name": "vm-1", "memory": "256M", "vcpus": 1,
+         "guest": {"test": {"working_set": "96M", "pace": 0, "marker_every": 16}}}
+WARMUP = 2.0  # seconds the guest runs (dirtying its working set) before each migration
+MAX_DOWNTIME = 0.3
+MIGRATION_TIMEOUT = 120.0
+
+
+@dataclass
+class Row:
+    name: str
+    transferred: int = 0  # bytes
+    total: float = 0.0  # seconds
+    downtime: float | None = None  # seconds (QEMU)
+    pause: float | None = None  # seconds (STOP → RESUME)
+    note: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return self.total > 0
+
+    @property
+    def gbps(self) -> float:
+        return self.transferred * 8 / self.total / 1e9 if self.total else 0.0
+
+
+# -- QEMU's TLS: a throwaway CA, server and client certificates --------------------------------
+
+
+def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
+          ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+               .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+            key_encipherment=False, data_encipherment=False, key_agreement=False, encipher_only=False,
+            decipher_only=False), critical=True)
+    else:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def make_tls_dir(base: Path) -> Path:
+    """The file names QEMU's tls-creds-x509 expects: ca-cert, server-cert/key, client-cert/key."""
+    base.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "qvplan bench CA")])
+    ca = _cert("qvplan bench CA", ca_key, ca_name, ca_key, ca=True)
+    (base / "ca-cert.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    for role in ("server", "client"):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _cert(f"bench-{role}", key, ca_name, ca_key, ca=False)
+        (base / f"{role}-cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (base / f"{role}-key.pem").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        os.chmod(base / f"{role}-key.pem", 0o600)
+    return base
+
+
+# -- direct QEMU → QEMU -------------------------------------------------------------------------
+
+
+async def _until(what: str, check: Any, timeout: float = MIGRATION_TIMEOUT, poll: float = 0.005) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(poll)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+async def _add_tls(proc: QemuProcess, tls_dir: Path, endpoint: str) -> None:
+    await proc.execute("object-add", {"qom-type": "tls-creds-x509", "id": "tls0", "dir": str(tls_dir),
+                                      "endpoint": endpoint, "verify-peer": True})
+    params: dict[str, Any] = {"tls-creds": "tls0"}
+    if endpoint == "client":
+        params["tls-hostname"] = "localhost"
+    await proc.execute("migrate-set-parameters", params)
+
+
+async def direct(name: str, base: Path, accel: str, threads: int, tls_dir: Path | None,
+                 procs: list[QemuProcess]) -> Row:
+    spec = VMSpec.load(GUEST)
+    flags = MigrateFlags(threads=threads)
+    tag = f"{threads}{'-tls' if tls_dir else ''}"
+    src = QemuProcess(spec, base / f"src-{tag}", accel)
+    dst = QemuProcess(spec, base / f"dst-{tag}", accel)
+    procs += [src, dst]
+    await src.start()
+    await src.wait_markers(0, timeout=60)
+    await asyncio.sleep(WARMUP)
+
+    async def dest_loaded() -> bool:
+        status = (await dst.execute("query-migrate")).get("status")
+        if status in ("failed", "cancelled"):
+            raise RuntimeError(f"{name}: destination reports {status}")
+        return status == "completed"
+
+    async def source_done() -> dict[str, Any] | None:
+        info = await src.execute("query-migrate")
+        if info.get("status") in ("failed", "cancelled"):
+            raise RuntimeError(f"{name}: source reports {info.get('status')}: {info.get('error-desc')}")
+        return info if info.get("status") == "completed" else None
+
+    with src.listener("STOP") as stops:
+        t0 = time.monotonic()
+        await dst.start(incoming="defer", paused=True)
+        await configure(src.qmp, flags)
+        await configure(dst.qmp, flags)
+        if tls_dir:
+            await _add_tls(src, tls_dir, "client")
+            await _add_tls(dst, tls_dir, "server")
+        port = free_port("127.0.0.1")
+        await dst.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
+        await src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+        await _until("destination to load the guest", dest_loaded)
+        with dst.listener("RESUME") as resumes:
+            await dst.execute("cont")
+            resume = await asyncio.wait_for(resumes.get(), 10)
+        total = time.monotonic() - t0
+        info = await _until("source to complete", source_done)
+        stop = await asyncio.wait_for(stops.get(), 10)
+    row = Row(name, transferred=int(info["ram"]["transferred"]), total=total,
+              downtime=info.get("downtime", 0) / 1000, pause=event_time(resume) - event_time(stop))
+    await dst.wait_markers(0, timeout=30)  # the guest really runs over there
+    await src.stop()
+    await dst.stop()
+    return row
+
+
+async def direct_rows(base: Path, accel: str) -> list[Row]:
+    procs: list[QemuProcess] = []
+    rows: list[Row] = []
+    try:
+        rows.append(await direct("plaintext direct, 1 channel", base, accel, 1, None, procs))
+        rows.append(await direct("plaintext direct, multifd 4", base, accel, 4, None, procs))
+        tls_dir = make_tls_dir(base / "tls")
+        for threads, label in ((1, "QEMU TLS x509, 1 channel"), (4, "QEMU TLS x509, multifd 4")):
+            try:
+                rows.append(await direct(label, base, accel, threads, tls_dir, procs))
+            except Exception as err:  # TLS is optional: report it, keep the rest of the table
+                rows.append(Row(label, note=f"not measured ({err})"))
+    finally:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                await proc.stop(graceful=False)
+    return rows
+
+
+# -- ours: two agents over the PQC channel -------------------------------------------------------
+
+
+def wait_outcome(agent: AgentProc, timeout: float = MIGRATION_TIMEOUT) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = agent.api("GET", "vms/vm-1/migrate")
+        if status["state"] != "MIGRATING":
+            return status
+        time.sleep(0.1)
+    raise TimeoutError("agent migration did not end")
+
+
+def start_guest(agent: AgentProc) -> None:
+    test = GUEST["guest"]["test"]  # type: ignore[index]
+    agent.api("POST", "vms", guest_vm("vm-1", memory=GUEST["memory"], **test))  # type: ignore[arg-type]
+    agent.api("POST", "vms/vm-1/start", {})
+    agent.wait_markers("vm-1", 0)
+    time.sleep(WARMUP)
+
+
+def ours(name: str, src: AgentProc, dst: AgentProc, threads: int) -> Row:
+    start_guest(src)
+    src.api("POST", "vms/vm-1/migrate", {"dest": dst.migration, "flags": {"threads": threads}})
+    status = wait_outcome(src)
+    if status["state"] != "COMPLETED":
+        raise RuntimeError(f"{name}: {status['state']}: {status.get('error')} — {status.get('fix')}")
+    dst.wait_markers("vm-1", 0, timeout=30)
+    dst.api("POST", "vms/vm-1/stop", {})
+    dst.api("DELETE", "vms/vm-1")
+    with contextlib.suppress(Exception):
+        src.api("DELETE", "vms/vm-1")  # normally already forgotten after a completed migration
+    return Row(name, transferred=int(status["transferred"]), total=float(status["elapsed"]),
+               downtime=status.get("downtime"), pause=status.get("pause"))
+
+
+def _kill_leftover_qemu(root: Path) -> None:
+    """QEMU outlives its agent on purpose; kill (by pid) any QEMU still owning a pidfile under root."""
+    for pidfile in root.rglob("qemu.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pidfile.read_text().strip())
+            if str(pidfile).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGKILL)
+
+
+def agent_rows(base: Path) -> list[Row]:
+    net = 200 + os.getpid() % 50
+    agents = [AgentProc(name, f"127.0.{net}.{i + 2}", base / name, 0, 0) for i, name in enumerate(("hv-a", "hv-b"))]
+    for agent in agents:
+        agent.api_port, agent.mig_port = free_port(agent.address), free_port(agent.address)
+    try:
+        for agent in agents:
+            agent.start()
+        a, b = agents
+        mutual_trust(a, b)
+        return [ours("ours (PQC), 1 channel", a, b, 1), ours("ours (PQC), 4 channels", a, b, 4)]
+    finally:
+        for agent in agents:
+            with contextlib.suppress(Exception):
+                for vm in agent.api("GET", "vms", timeout=10):
+                    if vm["state"] == "running":
+                        agent.api("POST", f"vms/{vm['name']}/stop", {}, timeout=20)
+            agent.stop()
+        _kill_leftover_qemu(base)
+
+
+# -- the table -------------------------------------------------------------------------------------
+
+
+def _ratio(value: float | None, anchor: float | None) -> str:
+    return f"×{value / anchor:.2f}" if value is not None and anchor else "-"
+
+
+def _ms(value: float | None) -> str:
+    return f"{value * 1000:.0f}" if value is not None else "-"
+
+
+def render(rows: list[Row], anchor: Row) -> str:
+    head = (f"{'path':30} {'Gb/s':>6} {'vs':>6} {'total s':>8} {'vs':>6} {'downtime ms':>12} {'vs':>6}"
+            f" {'pause ms':>9} {'vs':>6}  GiB sent")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if not r.measured:
+            lines.append(f"{r.name:30} {r.note or 'not measured'}")
+            continue
+        lines.append(
+            f"{r.name:30} {r.gbps:6.2f} {_ratio(r.gbps, anchor.gbps):>6}"
+            f" {r.total:8.2f} {_ratio(r.total, anchor.total):>6}"
+            f" {_ms(r.downtime):>12} {_ratio(r.downtime, anchor.downtime):>6}"
+            f" {_ms(r.pause):>9} {_ratio(r.pause, anchor.pause):>6}  {r.transferred / 2**30:.2f}")
+    lines.append("(vs = ratio to plaintext direct, multifd 4; total = request → guest resumed on the destination)")
+    return "\n".join(lines)
+
+
+def floor_checks(rows: list[Row]) -> list[str]:
+    by_name = {r.name: r for r in rows}
+    out = []
+    for threads, ours_name, tls_name in ((1, "ours (PQC), 1 channel", "QEMU TLS x509, 1 channel"),
+                                         (4, "ours (PQC), 4 channels", "QEMU TLS x509, multifd 4")):
+        mine, tls = by_name.get(ours_name), by_name.get(tls_name)
+        if mine is None or not mine.measured:
+            out.append(f"floor ({threads} ch): ours not measured — FAIL")
+            continue
+        if tls is None or not tls.measured:
+            out.append(f"floor ({threads} ch): QEMU TLS not measured — throughput floor not checked")
+        else:
+            ok = mine.gbps >= tls.gbps
+            out.append(f"floor ({threads} ch): ours {mine.gbps:.2f} Gb/s ≥ QEMU TLS {tls.gbps:.2f} Gb/s — "
+                       f"{'PASS' if ok else 'FAIL'}")
+        ok = mine.pause is not None and mine.pause <= MAX_DOWNTIME
+        out.append(f"floor ({threads} ch): ours pause {_ms(mine.pause)} ms ≤ max-downtime "
+                   f"{MAX_DOWNTIME * 1000:.0f} ms — {'PASS' if ok else 'FAIL'}")
+    return out
+
+
+def main() -> int:
+    accel = detect_accel()
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="qv-bench-mig-") as tmp:
+        base = Path(tmp)
+        rows = asyncio.run(direct_rows(base / "direct", accel))
+        try:
+            rows += agent_rows(base / "agents")
+        except Exception as err:
+            rows += [Row("ours (PQC), 1 channel", note=f"not measured ({err})"),
+                     Row("ours (PQC), 4 channels", note=f"not measured ({err})")]
+    order = ["plaintext direct, 1 channel", "plaintext direct, multifd 4", "ours (PQC), 1 channel",
+             "ours (PQC), 4 channels", "QEMU TLS x509, 1 channel", "QEMU TLS x509, multifd 4"]
+    rows.sort(key=lambda r: order.index(r.name))
+    anchor = rows[1]
+    print(f"Live migration, guest 256M RAM / 96M working set (pace 0), accel={accel}, "
+          f"downtime-limit {MAX_DOWNTIME * 1000:.0f} ms, bandwidth unlimited, auto-converge on")
+    print(render(rows, anchor))
+    for line in floor_checks(rows):
+        print(line)
+    print(f"benchmark wall time: {time.monotonic() - started:.0f} s")
+    return 0 if anchor.measured else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
