@@ -28,7 +28,7 @@ from . import checks
 from .errors import MigrationError, refused
 from .flags import MigrateFlags
 from .qmp import configure, event_time
-from .tunnel import relay
+from .tunnel import STREAM_BUFFER, relay
 
 if TYPE_CHECKING:
     from ..agent.daemon import Agent
@@ -159,7 +159,7 @@ async def handle_data(agent: Agent, channel: SecureChannel, request: dict[str, A
     if incoming is None or incoming.state != "waiting":
         await channel.send_json({"ok": False, "error": "no such migration session"})
         return
-    reader, writer = await asyncio.open_unix_connection(incoming.sock)
+    reader, writer = await asyncio.open_unix_connection(incoming.sock, limit=STREAM_BUFFER)
     await channel.send_json({"ok": True})
     started = time.monotonic()
     await relay(channel, reader, writer)

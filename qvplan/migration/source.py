@@ -16,7 +16,7 @@ from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError
 from .flags import MigrateFlags
 from .qmp import configure, ensure_running, event_time
 from .status import MigrationStatus
-from .tunnel import relay
+from .tunnel import STREAM_BUFFER, relay
 
 if TYPE_CHECKING:
     from ..agent.daemon import Agent
@@ -104,7 +104,7 @@ class SourceMigration:
                                  (reply or {}).get("fix"))
         sock = self.vm.run_dir / "migrate.sock"
         sock.unlink(missing_ok=True)
-        self._server = await asyncio.start_unix_server(self._carry, str(sock))
+        self._server = await asyncio.start_unix_server(self._carry, str(sock), limit=STREAM_BUFFER)
         qmp = self.vm.proc.qmp
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())

@@ -12,6 +12,9 @@ import contextlib
 from ..pqc import SecureChannel
 
 CHUNK = 1 << 20
+# A QEMU socket's reader may buffer this much, so records are big (the default 64 KiB limit made
+# small records and per-record overhead dominate).
+STREAM_BUFFER = 4 << 20
 
 
 async def _local_to_channel(reader: asyncio.StreamReader, channel: SecureChannel) -> None:

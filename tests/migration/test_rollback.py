@@ -109,3 +109,4 @@ def test_destination_qemu_killed_mid_transfer(pair):
     wait_phase(a, "vm-1", 2)
     os.kill(b.vm("vm-1")["pid"], signal.SIGKILL)
     assert_rolled_back(a, b, wait_outcome(a, "vm-1"))
+
