@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,22 @@ import pytest
 from .agents import AgentProc, free_port
 
 _addresses = itertools.count(20)
+LAB_FOLDERS = ("lab", "remote", "apply")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests of the lab folders need root (network namespaces) and Debian's sshd."""
+    reason = None
+    if not Path("/usr/sbin/sshd").exists():
+        reason = "needs openssh-server (/usr/sbin/sshd): make setup"
+    elif os.geteuid() != 0 or not shutil.which("ip"):
+        reason = "needs root and iproute2 for network namespaces"
+    here = Path(__file__).parent
+    for item in items:
+        if any(here / folder in Path(item.fspath).parents for folder in LAB_FOLDERS):
+            item.add_marker(pytest.mark.lab)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

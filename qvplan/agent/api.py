@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from ..errors import QVError
 from ..vmm import VMSpec
+from ..vmm.spec import describe_error
 from .events import Event
 from .facts import host_facts, storage_check
 
@@ -33,9 +34,8 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
         status = 404 if str(err.cause).startswith("unknown VM") else 409
         return error_response(status, err.cause, err.fix)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(body)"
-        return error_response(400, f"invalid VM definition: {key}: {first['msg']}", "fix that key")
+        cause, fix = describe_error(err)
+        return error_response(400, cause, fix)
     except json.JSONDecodeError:
         return error_response(400, "request body is not JSON")
 

@@ -5,32 +5,20 @@ Unknown keys and bad values are refused at start with the file, key and reason.
 
 from __future__ import annotations
 
+__all__ = ["AgentConfig", "ConfigError", "load_config", "split_hostport"]
+
 import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..addresses import split_hostport
 from ..errors import QVError
 from ..paths import config_path, state_dir
 
 
 class ConfigError(QVError):
     pass
-
-
-def split_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """`10.0.0.1:9410` → ("10.0.0.1", 9410); `[::1]:9410` works too."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        if default_port is None:
-            raise ValueError(f"{text!r} is not HOST:PORT")
-        return text.strip("[]"), default_port
-    if not host:
-        raise ValueError(f"{text!r} has no host")
-    value = int(port)
-    if not 0 < value < 65536:
-        raise ValueError(f"port {value} out of range")
-    return host.strip("[]"), value
 
 
 class _Section(BaseModel):

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ..agent.config import split_hostport
+from ..addresses import split_hostport
 from ..errors import UsageError
 from ..pqc import PQCError, open_channel
 from . import local

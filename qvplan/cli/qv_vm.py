@@ -22,6 +22,7 @@ def vm() -> None:
 
 def load_vm_file(path: Path) -> dict[str, Any]:
     from ..vmm import VMSpec
+    from ..vmm.spec import describe_error
 
     try:
         data = yaml.safe_load(path.read_text())
@@ -32,9 +33,8 @@ def load_vm_file(path: Path) -> dict[str, Any]:
     try:
         return VMSpec.model_validate(data).model_dump(mode="json")
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-        raise UsageError(f"{path}: {key}: {first['msg']}", "fix that key (see README: VM definitions)") from None
+        cause, fix = describe_error(err)
+        raise UsageError(f"{path}: {cause}", fix) from None
 
 
 @vm.command()

@@ -1,5 +1,6 @@
 """Reaching hosts over SSH: connections, the agent API through them, provisioning, facts."""
 
+from ..addresses import split_hostport
 from .connection import HostConnection, RunResult
 from .errors import (
     AgentAPIError,
@@ -10,7 +11,7 @@ from .errors import (
     RemoteError,
 )
 from .facts import fan_out, gather_facts
-from .inventory import HostTarget, SSHOptions, dump_inventory, load_inventory, split_hostport
+from .inventory import HostTarget, SSHOptions, dump_inventory, load_inventory
 from .provision import AgentStatus, ProvisionOptions, ensure_agent, start_agent, stop_agent
 
 __all__ = [

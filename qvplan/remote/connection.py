@@ -21,8 +21,9 @@ from typing import Any
 import aiohttp
 import asyncssh
 
+from ..addresses import split_hostport
 from .errors import AgentAPIError, AgentUnreachable, HostUnreachable, RemoteCommandError
-from .inventory import HostTarget, split_hostport
+from .inventory import HostTarget
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,10 @@ import shlex
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+from ..addresses import split_hostport
 from .connection import HostConnection
 from .errors import AgentAPIError, RemoteError
-from .inventory import HostTarget, split_hostport
+from .inventory import HostTarget
 from .provision import ProvisionOptions, ensure_agent
 
 REACH_TIMEOUT = 3

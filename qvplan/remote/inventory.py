@@ -26,16 +26,6 @@ AGENT_API = "127.0.0.1:9400"
 MIGRATION_PORT = 9410
 
 
-def split_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """`10.0.0.1:9410` -> ("10.0.0.1", 9410); `[::1]:9410` too; a bare host gets `default_port`."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or (host.count(":") and not host.endswith("]")):
-        if default_port is None:
-            raise ValueError(f"{text!r} is not HOST:PORT")
-        return text.strip("[]"), default_port
-    return host.strip("[]"), int(port)
-
-
 class SSHOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
