@@ -10,7 +10,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..agent.config import split_hostport
+from ..addresses import split_hostport
 from ..pqc import PQCError, SecureChannel, open_channel
 from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError
 from .flags import MigrateFlags
@@ -206,13 +206,15 @@ class SourceMigration:
             self.status.pause = max(0.0, message["resumed_at"] - self._stop_at)
         final = await self.vm.proc.qmp.execute("query-migrate")
         self.status.update_from_qemu(final if final.get("status") == "completed" else info)
+        # Release the source VM before the outcome is visible: whoever sees COMPLETED must find
+        # the VM on the destination only.
+        with contextlib.suppress(Exception):
+            await self.vm.proc.stop(graceful=False)
+        self.vm.busy = None
+        self.agent.registry.forget(self.vm.name)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
-        self.vm.busy = None
-        with contextlib.suppress(Exception):
-            await self.vm.proc.stop(graceful=False)
-        self.agent.registry.forget(self.vm.name)
         self._publish("completed")
 
     async def _destination_runs_vm(self) -> bool:

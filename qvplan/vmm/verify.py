@@ -71,12 +71,15 @@ class RamReport:
 def best_split(counters: bytes) -> tuple[int, int, int]:
     """(behind, edge, mismatches): pages [0, edge) should hold behind+1, pages [edge, n) behind.
 
-    Tries the two values the most common counter can be (the behind or the ahead group) and every
+    Tries the values the most common counters can be (the behind or the ahead group) and every
     edge, in O(n) each, keeping the split with the fewest mismatching pages."""
     n = len(counters)
-    mode = Counter(counters).most_common(1)[0][0]
+    # The true values are the behind and ahead counters; with a few corrupt pages they are still
+    # among the three most common (with very few pages a corrupt value can tie with them).
+    common = [value for value, _ in Counter(counters).most_common(3)]
+    candidates = dict.fromkeys(v for value in common for v in (value, (value - 1) % 256))
     best: tuple[int, int, int] | None = None
-    for behind in (mode, (mode - 1) % 256):
+    for behind in candidates:
         ahead = (behind + 1) % 256
         not_behind_total = sum(1 for c in counters if c != behind)
         ahead_misses = 0  # pages before k that are not `ahead`
