@@ -59,6 +59,8 @@ from .transport import RecordProtocol
 
 DEFAULT_TIMEOUT = 10.0
 SOCKET_BUFFER = 4 << 20
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 10, 5, 3  # a dead idle link ends in ~25 s
+UNACKED_TIMEOUT_MS = 30_000
 
 
 class ChannelState(enum.Enum):
@@ -232,6 +234,14 @@ def _tune(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+            # A link that dies silently (no FIN, no RST) must still end the channel, or a relay
+            # and a destination QEMU would wait on it forever: probe idle links, and give up on
+            # data the peer has not acknowledged for a while.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKED_TIMEOUT_MS)
 
 
 async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: TrustStore,
