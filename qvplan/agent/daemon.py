@@ -23,6 +23,7 @@ from .listener import MigrationListener
 from .registry import Registry
 
 log = logging.getLogger(__name__)
+SHUTDOWN_TIMEOUT = 2.0  # seconds the API waits for open requests when the agent stops
 
 
 class Agent:
@@ -67,7 +68,8 @@ class Agent:
         from ..migration import install as install_migration
 
         install_migration(self)
-        self._runner = web.AppRunner(build_app(self), access_log=None)
+        # Open event streams would hold shutdown for aiohttp's default 60 s; a client reconnects anyway.
+        self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()
         host, port = self.config.api_address
         await web.TCPSite(self._runner, host, port, reuse_address=True).start()

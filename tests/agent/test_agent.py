@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import time
+import urllib.request
+
 import pytest
 
 from ..agents import ApiError, guest_vm, mutual_trust
@@ -77,3 +81,14 @@ def test_system_ping_shows_version_and_trust(make_agent):
     assert out.returncode == 0 and "Accessible: ✅" in out.stdout
     out = a.cli("system", "storage-check", "--host", b.migration, "--path", "/nonexistent/disk.qcow2")
     assert out.returncode == 1 and "Accessible: ❌" in out.stdout
+
+
+def test_sigterm_stops_the_agent_promptly_despite_an_open_event_stream(make_agent):
+    agent = make_agent("hv-a")
+    stream = urllib.request.urlopen(f"http://{agent.address}:{agent.api_port}/api/v1/vms/anything/events",
+                                    timeout=30)
+    started = time.monotonic()
+    agent.proc.send_signal(signal.SIGTERM)
+    agent.proc.wait(15)
+    assert time.monotonic() - started < 8
+    stream.close()
