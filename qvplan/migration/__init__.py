@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 def install(agent: Agent) -> None:
     """Give an agent its migration operations (on :9410) and API routes (on :9400)."""
     from ..agent.listener import OPERATIONS
-    from . import api, destination, offline_dest
+    from . import api, destination, offline_dest, offline_doubt
 
     agent.incoming = {}
     agent.migrations = {}
@@ -20,4 +20,5 @@ def install(agent: Agent) -> None:
     OPERATIONS["session-state"] = destination.handle_session_state
     OPERATIONS["offline-receive"] = offline_dest.handle_receive
     OPERATIONS["offline-state"] = offline_dest.handle_state
+    offline_doubt.resume(agent)
     agent.api_extensions.append(api.add_routes)

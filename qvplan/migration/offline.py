@@ -12,7 +12,8 @@ Protocol on the channel (op "offline-receive" on :9410; destination side in offl
 Only "committed" makes the destination own the VM; only then does the source undefine it and
 delete its disk files (the VM moved: its disks are not kept). Shared disks (under [storage]
 shared) are neither copied nor deleted, and disks never created (a VM never started) are skipped.
-If the answer to commit is lost, the source asks the destination ("offline-state") before deciding.
+If the answer to commit is lost, the source asks the destination ("offline-state") before deciding;
+a crash in between is settled at the next start (offline_doubt.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .. import __version__
 from ..addresses import split_hostport
 from ..pqc import PQCError, SecureChannel, open_channel
 from ..units import format_duration
+from . import offline_doubt as doubt
 from .errors import NETWORK_FIX, MigrationError
 from .flags import MigrateFlags
 from .offline_disks import CHUNK, DiskSource, allocated
@@ -46,10 +48,6 @@ PUBLISH_EVERY = 0.25
 SETUP_TIMEOUT = 60.0
 COMMIT_TIMEOUT = 60.0
 STATE_RETRIES = 6
-
-
-def under(path: Path, prefixes: list[str]) -> bool:
-    return any(path == Path(p) or Path(p) in path.parents for p in prefixes)
 
 
 @dataclass
@@ -88,6 +86,7 @@ class OfflineMigration:
         self._reading: asyncio.Future[Any] | None = None
         self._cancel_reason: str | None = None
         self._committing = False
+        self._in_doubt = False
         self._published = 0.0
 
     # -- public --------------------------------------------------------------------------
@@ -130,7 +129,7 @@ class OfflineMigration:
         shared = self.agent.config.storage.shared
         for i, disk in enumerate(self.vm.spec.disks):
             path = disk.resolve(self.agent.pools)
-            entry = SourceDisk(i, path, under(path, shared))
+            entry = SourceDisk(i, path, doubt.under(path, shared))
             if not entry.shared and path.exists():
                 entry.source = await asyncio.to_thread(DiskSource, path, compress=self.flags.compress,
                                                        chunk=self._chunk_size())
@@ -234,6 +233,7 @@ class OfflineMigration:
         self._committing = True
         self.status.phase = 5
         self._publish("phase", phase=5)
+        await asyncio.to_thread(doubt.mark, self.vm, self.dest, self.session, self.flags.pqc_kem)
         await self.channel.send_json({"cmd": "commit"})
         try:
             reply = await asyncio.wait_for(self.channel.recv_json(), COMMIT_TIMEOUT)
@@ -241,11 +241,15 @@ class OfflineMigration:
             log.warning("no answer to commit of %s from %s: %s", self.vm.name, self.dest, err)
             reply = None
         if not reply or reply.get("event") != "committed":
-            if reply and reply.get("event") == "failed":
+            if reply and reply.get("event") == "failed":  # it did not commit, and removed its copy
+                doubt.unmark(self.vm)
                 self._dest_said(reply, "committed")
             if not await self._destination_owns_vm():
+                doubt.unmark(self.vm)
                 raise MigrationError("destination did not commit the VM", NETWORK_FIX)
-        self._release()
+        self._close_disks()
+        doubt.release(self.agent, self.vm)
+        self.agent.events.publish(self.vm.name, "migrated-out", destination=self.dest)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
@@ -255,45 +259,26 @@ class OfflineMigration:
 
     async def _destination_owns_vm(self) -> bool:
         """The answer to commit was lost: ask the destination whether it committed."""
-        host, port = split_hostport(self.dest, MIGRATION_PORT)
-        last: Exception | None = None
         for _ in range(STATE_RETRIES):
-            try:
-                channel = await self._open(host, port, "offline-state")
-                await channel.send_json({"op": "offline-state", "vm": self.vm.name, "session": self.session})
-                reply = await asyncio.wait_for(channel.recv_json(), 10)
-                await channel.close()
-                state = (reply or {}).get("state")
-                if state in ("committed", "absent"):
-                    return state == "committed"
-            except Exception as err:  # unreachable for now: try again
-                last = err
+            state = await doubt.ask(self.agent, self.dest, self.vm.name, self.session, self.flags.pqc_kem)
+            if state in ("committed", "absent"):
+                return state == "committed"
             await asyncio.sleep(2)
+        # Still in doubt: the VM stays busy here and the marker stays, as after a crash.
+        self._in_doubt = True
+        doubt.settle_later(self.agent, self.vm)
         raise MigrationError(
-            f"VM state unknown after commit: destination {self.dest} did not answer ({last or 'still pending'})",
-            f"check `quantavirt vm list` on {self.dest}; if the VM is there, undefine it here "
-            "(its disks here are intact), otherwise retry the migration")
-
-    def _release(self) -> None:
-        """The VM lives on the destination now: forget it here and delete its copied disk files."""
-        self._close_disks()
-        self.vm.busy = None
-        self.agent.registry.forget(self.vm.name)
-        for disk in self.disks:
-            if disk.shared or not disk.path.exists():
-                continue
-            try:
-                disk.path.unlink()
-            except OSError as err:
-                log.warning("could not remove %s after migrating %s: %s", disk.path, self.vm.name, err)
-        self.agent.events.publish(self.vm.name, "migrated-out", destination=self.dest)
+            f"VM in doubt after commit: destination {self.dest} did not answer",
+            f"the agent keeps asking {self.dest} and releases or keeps {self.vm.name} accordingly; "
+            "check the network path")
 
     async def _fail(self, err: MigrationError) -> None:
         """Any failure before the destination commits: the VM stays here, defined and untouched."""
         if self.channel is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.channel.send_json({"cmd": "abort"}), 5)
-        self.vm.busy = None
+        if not self._in_doubt:
+            self.vm.busy = None
         cancelled = bool(self._cancel_reason) and not self._committing
         self.status.state = "CANCELLED" if cancelled else "FAILED"
         self.status.error = err.cause

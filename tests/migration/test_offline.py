@@ -8,6 +8,7 @@ code — so the disk digest check is tested on the records themselves.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -180,6 +181,32 @@ def test_destination_killed_mid_copy_is_cleaned_at_restart(make_agent, tmp_path)
     assert leftovers(b)  # what the killed agent wrote is still there…
     b.start()
     wait_empty(b)  # …until it starts again
+
+
+def test_source_restarted_in_doubt_asks_the_destination(pair, tmp_path):
+    """A source killed after sending commit finds its marker at start and settles with the destination."""
+    a, b = pair
+    make_qcow2(a.root / "images" / QCOW2["file"], tmp_path)
+    a.api("POST", "vms", guest_vm("vm-1", memory="64M", disks=[QCOW2]))
+    assert migrate(a, b, "vm-1", offline=True)["state"] == "COMPLETED"
+    # Put back what a crash right after "commit" would have left on the source: vm-1 (which the
+    # destination did commit) and vm-2 (which it did not), each with its marker.
+    for name in ("vm-1", "vm-2"):
+        disk = {**QCOW2, "file": f"{name}.qcow2"}
+        shutil.copyfile(b.root / "images" / QCOW2["file"], a.root / "images" / disk["file"])
+        a.api("POST", "vms", guest_vm(name, memory="64M", disks=[disk]))
+        marker = {"dest": b.migration, "session": "0" * 32, "kem": "ML-KEM-768"}
+        (a.state / "vms" / name / "outgoing.json").write_text(json.dumps(marker))
+    a.stop()
+    a.start()
+    marker_2 = a.state / "vms" / "vm-2" / "outgoing.json"
+    deadline = time.monotonic() + 20
+    while ("vm-1" in a.vm_names() or marker_2.exists()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "vm-1" not in a.vm_names() and not (a.root / "images" / "vm-1.qcow2").exists()
+    assert b.vm("vm-1")["state"] == "defined"
+    assert a.vm("vm-2")["state"] == "defined" and (a.root / "images" / "vm-2.qcow2").exists()
+    assert not marker_2.exists()
 
 
 # -- the disk wire, pure ---------------------------------------------------------------------------
