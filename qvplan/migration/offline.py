@@ -112,8 +112,9 @@ class OfflineMigration:
         except MigrationError as err:
             await self._fail(err)
         except (PQCError, OSError, asyncio.IncompleteReadError, ConnectionError) as err:
-            await self._fail(MigrationError(f"Connection reset during transfer: {getattr(err, 'cause', err)}",
-                                            NETWORK_FIX))
+            reason = await self._dest_reason()  # a destination that gave up says why before it hangs up
+            await self._fail(reason or MigrationError(
+                f"Connection reset during transfer: {getattr(err, 'cause', err)}", NETWORK_FIX))
         except Exception as err:
             log.exception("offline migration of %s failed", self.vm.name)
             await self._fail(MigrationError(f"offline migration failed: {err}"))
@@ -137,14 +138,15 @@ class OfflineMigration:
         to_copy = [d for d in self.disks if d.source]
         self.status.disks = len(to_copy)
         self.status.total = self.status.storage_total = sum(d.source.data_bytes for d in to_copy if d.source)
-        host, port = split_hostport(self.dest, MIGRATION_PORT)
-        self.channel = await self._open(host, port, "offline-migrate")
         from ..vmm import cpu_facts
 
+        cpu = await asyncio.to_thread(cpu_facts, self.agent.accel)  # may ask QEMU the first time
+        host, port = split_hostport(self.dest, MIGRATION_PORT)
+        self.channel = await self._open(host, port, "offline-migrate")
         await self.channel.send_json({
             "op": "offline-receive", "session": self.session, "version": __version__,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
-            "cpu": cpu_facts(self.agent.accel), "disks": [d.describe() for d in self.disks],
+            "cpu": cpu, "disks": [d.describe() for d in self.disks],
         })
         reply = await asyncio.wait_for(self.channel.recv_json(), SETUP_TIMEOUT)
         if not reply or not reply.get("ok"):
@@ -217,6 +219,16 @@ class OfflineMigration:
         message = message or {}
         raise MigrationError(message.get("error", f"destination closed the connection before {expected!r}"),
                              message.get("fix", NETWORK_FIX))
+
+    async def _dest_reason(self) -> MigrationError | None:
+        if self._from_dest is None:
+            return None
+        with contextlib.suppress(Exception):
+            await asyncio.wait({self._from_dest}, timeout=1)
+            message = self._from_dest.result() if self._from_dest.done() else None
+            if message and message.get("error"):
+                return MigrationError(message["error"], message.get("fix"))
+        return None
 
     async def _await_dest(self, expected: str) -> None:
         """Wait for the destination's next word, still honouring cancel and timeout."""

@@ -106,10 +106,8 @@ def _retarget(disk: DiskSpec, pool: str | None) -> DiskSpec:
     return DiskSpec(pool=pool, file=name, size=disk.size, format=disk.format)
 
 
-def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> Landing:
-    """Every check before any byte of disk moves. Raises the spec's refusal."""
-    from ..vmm import cpu_facts
-
+def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu: dict[str, Any]) -> Landing:
+    """Every check before any byte of disk moves (`cpu`: this host's CPU facts). Raises the spec's refusal."""
     spec = VMSpec.model_validate(request["vm"])
     flags = MigrateFlags.model_validate(request["flags"])
     session = str(request.get("session", ""))
@@ -121,7 +119,7 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> 
         raise refused(f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
     problem = (checks.check_version(str(request.get("version", "?")), __version__)
-               or checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu_facts(agent.accel)))
+               or checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu))
     if problem:
         raise problem
     info = {d.get("index"): d for d in request.get("disks", []) if isinstance(d, dict)}
@@ -167,8 +165,11 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> 
 
 async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
     log.info("incoming offline migration of %s from %s", request.get("vm", {}).get("name"), channel.peer_name)
+    from ..vmm import cpu_facts
+
+    cpu = await asyncio.to_thread(cpu_facts, agent.accel)  # may ask QEMU the first time
     try:
-        landing = preflight(agent, channel, request)
+        landing = preflight(agent, channel, request, cpu)
     except MigrationError as err:
         await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
         return
@@ -178,10 +179,9 @@ async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str
         return
     vm = agent.registry.define(landing.spec)
     vm.busy = "incoming"
-    (vm.dir / INCOMING_MARK).write_text(landing.session)
-    (vm.dir / INCOMING_FILES).write_text(json.dumps(landing.files()))
     committed = False
     try:
+        await asyncio.to_thread(_mark_incoming, vm, landing)
         for staging in landing.staging_dirs:
             staging.mkdir()
         await channel.send_json({"ok": True})
@@ -200,7 +200,8 @@ async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str
             await channel.send_json({"event": "committed", "host": agent.config.host.name})
     except Exception as err:
         log.warning("incoming offline migration of %s failed: %s", vm.name, err)
-        cause, fix = (err.cause, err.fix) if isinstance(err, MigrationError) else (str(err), None)
+        cause, fix = ((err.cause, err.fix) if isinstance(err, MigrationError)
+                      else (f"destination failed to receive the VM: {err}", "see the destination agent's log"))
         with contextlib.suppress(Exception):
             await channel.send_json({"event": "failed", "error": cause, "fix": fix})
     finally:
@@ -253,6 +254,16 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _mark_incoming(vm: VM, landing: Landing) -> None:
+    """The mark and the list of what to remove without it, durable before any disk byte lands."""
+    for name, text in ((INCOMING_MARK, landing.session), (INCOMING_FILES, json.dumps(landing.files()))):
+        with open(vm.dir / name, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    _fsync_dir(vm.dir)
 
 
 def _land(landing: Landing, vm: VM) -> None:
