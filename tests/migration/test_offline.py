@@ -110,7 +110,7 @@ def test_offline_round_trip_of_a_sparse_qcow2(pair, tmp_path):
     run = b.cli("vm", "migrate", "vm-1", "--dest", a.migration, "--offline", "--compress")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "offline disk copy" in run.stdout and "State:           COMPLETED" in run.stdout
-    assert sha256(disk_a) == before and same_image(disk_a, reference)
+    assert sha256(disk_a) == before == original and same_image(disk_a, reference)  # A → B → A: same bytes
     defined_only_on(a, b)
     shown = b.cli("vm", "migrate-status", "vm-1")
     assert "COMPLETED" in shown.stdout and "zstd" in shown.stdout and "Total Time" in shown.stdout
