@@ -92,12 +92,13 @@ async def follow_offline(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any
             if ev["event"] in OUTCOMES:
                 break
         return last
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn()) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                  TimeElapsedColumn()) as bar:
         task = bar.add_task("offline", total=None)
         async for ev in events:
             last = ev
             bar.update(task, completed=ev.get("transferred", 0), total=ev.get("total") or None,
-                       description=f"{ev.get('vm')} [{ev.get('phase_name', '')}]")
+                       description=f"{ev.get('vm')} ({ev.get('phase_name', '')})")
             if ev["event"] in OUTCOMES:
                 break
     return last
