@@ -20,7 +20,7 @@ import pytest
 from qvplan.migration.offline_dest import check_room
 from qvplan.migration.offline_disks import HEADER, ChecksumMismatch, DiskSink, DiskSource, WireError, data_extents
 
-from ..agents import guest_vm, mutual_trust
+from ..agents import ApiError, guest_vm, mutual_trust
 from .helpers import migrate, start_guest, wait_outcome
 from .proxy import TapProxy
 
@@ -207,6 +207,32 @@ def test_source_restarted_in_doubt_asks_the_destination(pair, tmp_path):
     assert b.vm("vm-1")["state"] == "defined"
     assert a.vm("vm-2")["state"] == "defined" and (a.root / "images" / "vm-2.qcow2").exists()
     assert not marker_2.exists()
+
+
+def test_dest_pool_absolute_and_uncreated_disks_and_a_clash(pair):
+    a, b = pair
+    elsewhere = a.root / "elsewhere" / "vm-2.raw"  # outside any pool, not shared
+    elsewhere.parent.mkdir(parents=True)
+    with open(elsewhere, "wb") as f:
+        f.truncate(64 * MIB)
+        f.write(b"boot" * 1024)
+    original = sha256(elsewhere)
+    never_started = {"pool": "default", "file": "vm-2-data.qcow2", "size": "1G"}  # no file yet
+    a.api("POST", "vms", guest_vm("vm-2", memory="64M", disks=[{"path": str(elsewhere), "format": "raw"},
+                                                               never_started]))
+    status = migrate(a, b, "vm-2", offline=True, dest_pool=str(b.root / "images"))
+    assert status["state"] == "COMPLETED" and status["disks"] == 1, status
+    disks = b.vm("vm-2")["spec"]["disks"]
+    assert disks[0] == {"pool": "default", "file": "vm-2.raw", "path": None, "size": None, "format": "raw"}
+    assert sha256(b.root / "images" / "vm-2.raw") == original and not elsewhere.exists()
+    assert not (b.root / "images" / "vm-2-data.qcow2").exists()  # created at its first start, as before
+    # Back to A, where a file already holds the name: refused before any byte moves.
+    (a.root / "images" / "vm-2.raw").write_bytes(b"not yours")
+    with pytest.raises(ApiError) as err:
+        b.api("POST", "vms/vm-2/migrate", {"dest": a.migration, "flags": {"offline": True}})
+    assert "already exists on the destination" in err.value.body["error"]
+    assert b.vm("vm-2")["state"] == "defined" and "vm-2" not in a.vm_names()
+    assert (a.root / "images" / "vm-2.raw").read_bytes() == b"not yours"
 
 
 # -- the disk wire, pure ---------------------------------------------------------------------------
