@@ -143,7 +143,10 @@ def test_cancel_and_link_cut_leave_vm_on_source_and_nothing_on_destination(make_
 
     a.api("POST", "vms/vm-1/migrate", {"dest": tap.address, "flags": slow})
     wait_copied(a, "vm-1", 2 * MIB)
-    assert list((b.root / "images").glob(".qv-incoming-*/vm-1.qcow2"))  # mid-copy, staged there
+    deadline = time.monotonic() + 15  # mid-copy, staged there (the destination may lag the source)
+    while not list((b.root / "images").glob(".qv-incoming-*/vm-1.qcow2")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list((b.root / "images").glob(".qv-incoming-*/vm-1.qcow2"))
     run = a.cli("vm", "migrate-cancel", "vm-1")
     assert "cancelled; vm-1 stays defined here" in run.stdout, run.stdout + run.stderr
     assert wait_outcome(a, "vm-1")["state"] == "CANCELLED"
