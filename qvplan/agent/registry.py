@@ -21,6 +21,8 @@ from .events import EventHub
 
 log = logging.getLogger(__name__)
 INCOMING_MARK = "incoming"  # file in a VM's folder while it is an uncommitted incoming migration
+# JSON list, beside the mark, of what that migration wrote outside the folder (offline disk copies)
+INCOMING_FILES = "incoming-files.json"
 
 
 class VMError(QVError):
@@ -84,6 +86,7 @@ class Registry:
                 log.info("removing uncommitted incoming VM %s", spec.name)
                 if proc.is_alive():
                     await proc.stop(graceful=False)
+                remove_incoming_files(vm.dir)
                 shutil.rmtree(vm.dir, ignore_errors=True)
                 continue
             self.vms[spec.name] = vm
@@ -166,6 +169,8 @@ class Registry:
         async with vm._lock:
             if vm.running:
                 raise VMError(f"VM {name!r} is already running")
+            if vm.busy and "incoming" not in start_args:  # only its migration starts a busy VM
+                raise VMError(f"VM {name!r} is {vm.busy}", "wait for the migration to finish or cancel it")
             self._ensure_disks(vm.spec)
             proc = self._process(vm)
             await proc.start(**start_args)
@@ -206,3 +211,17 @@ class Registry:
                 if disk.size_bytes is None:
                     raise VMError(f"disk {path} does not exist", "create it or give the disk a size")
                 create_disk(path, disk.size_bytes, disk.format)
+
+
+def remove_incoming_files(vm_dir: Path) -> None:
+    """Delete what an uncommitted incoming migration listed in its INCOMING_FILES."""
+    try:
+        listed = json.loads((vm_dir / INCOMING_FILES).read_text())
+    except (OSError, ValueError):
+        return
+    for item in listed if isinstance(listed, list) else []:
+        path = Path(str(item))
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import AsyncIterator
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
 from ..errors import UsageError
 from ..migration.flags import MigrateFlags
+from ..migration.offline_status import OfflineStatus
+from ..migration.offline_status import describe as describe_offline
 from ..migration.status import MigrationStatus
 from . import local
 from .common import run_async
-from .progress import follow
+from .progress import OUTCOMES, follow
 from .qv_vm import vm
 
 
@@ -41,13 +45,14 @@ def _flags(**raw: object) -> MigrateFlags:
 @click.option("--storage-migrate", is_flag=True, default=None, help="Copy local disks too.")
 @click.option("--dest-pool", help="Destination directory or pool for --storage-migrate.")
 @click.option("--delete-source-disks", is_flag=True, default=None, help="Remove source disks after success.")
-@click.option("--offline", is_flag=True, default=None, help="Move a stopped VM.")
+@click.option("--offline", is_flag=True, default=None,
+              help="Move a stopped VM: definition and disks (zstd with --compress), then undefine it here.")
 @click.option("--detach", is_flag=True, help="Return once phase 1 (setup) has passed.")
 @click.pass_context
 @run_async
 async def migrate(ctx: click.Context, name: str, dest: str, pqc: bool, detach: bool, pqc_kem: str | None,
                   **raw: object) -> None:
-    """Live-migrate a running VM to another host."""
+    """Live-migrate a running VM to another host (or move a stopped one with --offline)."""
     if pqc and raw.get("insecure"):
         raise UsageError("--pqc and --insecure contradict each other", "drop one of them")
     flags = _flags(pqc_kem=pqc_kem, **raw)
@@ -57,7 +62,8 @@ async def migrate(ctx: click.Context, name: str, dest: str, pqc: bool, detach: b
             click.echo(f"Migration of {name} to {dest} started (phase 1 passed). "
                        f"Follow it with `quantavirt vm migrate-status {name}`.")
             return
-        last = await follow(api.events(f"vms/{name}/migrate/events"))
+        events = api.events(f"vms/{name}/migrate/events")
+        last = await (follow_offline(events) if flags.offline else follow(events))
         status = await api.get(f"vms/{name}/migrate")
     click.echo(_render(status))
     if last.get("event") != "completed" and status.get("state") != "COMPLETED":
@@ -65,8 +71,37 @@ async def migrate(ctx: click.Context, name: str, dest: str, pqc: bool, detach: b
 
 
 def _render(status: dict) -> str:
+    if status.get("mode") == "offline":
+        return OfflineStatus.from_dict(status).render()
     fields = {k: v for k, v in status.items() if k in MigrationStatus.__dataclass_fields__}
     return MigrationStatus(**fields).render()
+
+
+async def follow_offline(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    """An offline copy's progress until its outcome: a bar on a terminal, a line per second otherwise."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    last: dict[str, Any] = {}
+    if not sys.stdout.isatty():
+        printed = 0.0
+        async for ev in events:
+            last = ev
+            if ev["event"] != "progress" or ev.get("time", 0) - printed >= 1:
+                printed = ev.get("time", 0)
+                print(describe_offline(ev), flush=True)
+            if ev["event"] in OUTCOMES:
+                break
+        return last
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
+                  TimeElapsedColumn()) as bar:
+        task = bar.add_task("offline", total=None)
+        async for ev in events:
+            last = ev
+            bar.update(task, completed=ev.get("transferred", 0), total=ev.get("total") or None,
+                       description=f"{ev.get('vm')} ({ev.get('phase_name', '')})")
+            if ev["event"] in OUTCOMES:
+                break
+    return last
 
 
 @vm.command("migrate-status")
@@ -86,7 +121,11 @@ async def migrate_status(ctx: click.Context, name: str, as_json: bool) -> None:
 @click.pass_context
 @run_async
 async def migrate_cancel(ctx: click.Context, name: str) -> None:
-    """Cancel a migration; the VM keeps running on this host."""
+    """Cancel a migration; the VM keeps running (or, offline, stays defined) on this host."""
     async with local.agent_client(ctx, timeout=120) as api:
         status = await api.post(f"vms/{name}/migrate/cancel")
-    click.echo(f"Migration of {name} {status['state'].lower()}; {name} keeps running here.")
+    if status["state"] == "COMPLETED":  # an offline copy past its commit point finishes
+        click.echo(f"Migration of {name} had already committed; {name} is now on {status['destination']}.")
+        return
+    stays = "stays defined" if status.get("mode") == "offline" else "keeps running"
+    click.echo(f"Migration of {name} {status['state'].lower()}; {name} {stays} here.")

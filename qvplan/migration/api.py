@@ -11,6 +11,7 @@ from ..agent.events import drain
 from ..agent.registry import VMError
 from .errors import MigrationError
 from .flags import MigrateFlags
+from .offline import OfflineMigration
 from .source import SourceMigration
 
 if TYPE_CHECKING:
@@ -35,10 +36,10 @@ def add_routes(app: web.Application, agent: Agent) -> None:
             if not flags.offline:
                 raise VMError(f"VM {name!r} is not running", "start it, or use --offline for a stopped VM")
         elif flags.offline:
-            raise VMError(f"VM {name!r} is running", "stop it first for --offline, or drop --offline")
+            raise VMError(f"VM {name!r} is running", "stop it first, or drop --offline for a live migration")
         if dest in (agent.config.advertised_migration, agent.config.migration.listen):
             raise MigrationError("Migration rejected: destination is the source host", "pick another --dest")
-        job = SourceMigration(agent, vm, dest, flags)
+        job = (OfflineMigration if flags.offline else SourceMigration)(agent, vm, dest, flags)
         agent.migrations[name] = job
         job.start()
         await job.setup_done.wait()

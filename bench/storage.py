@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""Benchmark of moving disks: offline migration through two real agents, against a local copy.
+
+Run: .venv/bin/python bench/storage.py [--size 384M] [--runs 3]
+
+The disk is a raw image full of data (no holes), half random and half text-like (alternating 1 MiB
+blocks), so zstd has something to do and something it cannot. Rows, each a dict:
+
+- anchor: a plain local copy of the same file (shutil.copyfile, then fsync — the destination agent
+  fsyncs every disk before it commits, so the anchor does too);
+- context: the PQC channel alone (bench/pqc_channel.py's SecureChannel send→recv between two
+  processes, the same number of bytes in 1 MiB records): the ceiling any copy through it has here;
+- offline: `quantavirt vm migrate --offline` between two `quantavirt agent` processes on 127.0.x
+  (PQC handshake, ML-KEM-768 / AES-256-GCM records, SHA-256 of the disk on both sides, staging,
+  commit, source cleanup), with and without --compress. Time is the agent's own, from the request
+  to COMPLETED.
+
+Throughput is image bytes / time (MB/s = 10^6 bytes/s), and each row is also a ratio to the anchor
+measured in the same run. On a shared machine wall time mostly measures the neighbours' load, so
+each row also shows the CPU time its processes spent (both agents; both channel ends; the copying
+process) and image MB per CPU second, which moves much less with the load. Each of --runs rounds
+measures every row once, in turn (the load drifts); the median is shown. The files read are in
+the page cache for every row.
+
+Other storage rows join the same table: `bench/storage_mirror.py`, when present, provides
+`mirror_rows() -> list[dict]` (live storage migration through our channel against a plaintext NBD
+mirror); they are printed under the same columns (a key a row lacks prints empty).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from qvplan.units import format_size, parse_size
+from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
+
+Row = dict[str, Any]
+MIB = 1 << 20
+WORDS = ["GET", "POST", "PUT", "/api/v1/vms", "/api/v1/host", "web-01", "db-02", "200", "404", "migrate",
+         "completed", "ok", "error", "latency_ms", "bytes", "user=admin", "region=eu-west", "level=info"]
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU time of a process (this one by default), children excluded."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def make_disk(path: Path, size: int, seed: int = 7) -> None:
+    """Alternating 1 MiB blocks: random bytes, then text-like log lines."""
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        for i in range(size // MIB):
+            if i % 2 == 0:
+                f.write(os.urandom(MIB))
+                continue
+            text = bytearray()
+            while len(text) < MIB:
+                text += (" ".join(rng.choices(WORDS, k=12)) + f" {rng.randrange(10**6)}\n").encode()
+            f.write(text[:MIB])
+
+
+def local_copy(src: Path, dst: Path) -> tuple[float, float]:
+    """(seconds, CPU seconds)."""
+    dst.unlink(missing_ok=True)
+    started, cpu = time.perf_counter(), cpu_seconds()
+    shutil.copyfile(src, dst)
+    with open(dst, "rb") as f:
+        os.fsync(f.fileno())
+    return time.perf_counter() - started, cpu_seconds() - cpu
+
+
+class ChannelSink:
+    """A forked receiver for bare SecureChannel runs (bench/pqc_channel.py's), up for the whole bench."""
+
+    def __init__(self, base: Path) -> None:
+        import pqc_channel as pc
+
+        self.pc = pc
+        self.ia, self.ta, _, _ = pc._identities(base)
+        ready: mp.Queue = mp.Queue()
+        self.server = mp.get_context("fork").Process(target=pc._channel_server, args=(base, ready), daemon=True)
+        self.server.start()
+        self.port = ready.get()
+        self.data = os.urandom(64 * MIB)
+
+    def run(self, size: int) -> tuple[float, float]:
+        """(seconds, CPU seconds of both ends)."""
+        cpu = cpu_seconds() + cpu_seconds(self.server.pid)
+        rate = asyncio.run(self.pc.channel_throughput(self.port, self.ia, self.ta, self.data, MIB, size))
+        return size / rate, cpu_seconds() + cpu_seconds(self.server.pid) - cpu
+
+    def close(self) -> None:
+        self.server.terminate()
+
+
+def offline_move(src: AgentProc, dst: AgentProc, compress: bool, timeout: float = 600) -> dict[str, Any]:
+    """The agent's final status, plus `cpu`: CPU seconds both agents spent meanwhile."""
+    assert src.proc is not None and dst.proc is not None
+    cpu = cpu_seconds(src.proc.pid) + cpu_seconds(dst.proc.pid)
+    src.api("POST", "vms/bench/migrate", {"dest": dst.migration, "flags": {"offline": True, "compress": compress}})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = src.api("GET", "vms/bench/migrate")
+        if status["state"] != "MIGRATING":
+            if status["state"] != "COMPLETED":
+                raise RuntimeError(f"offline migration failed: {status.get('error')}")
+            return {**status, "cpu": cpu_seconds(src.proc.pid) + cpu_seconds(dst.proc.pid) - cpu}
+        time.sleep(0.05)
+    raise RuntimeError("offline migration did not finish")
+
+
+def row(path: str, size: int, runs: list[tuple[float, float]], anchor: float, wire: int | None = None,
+        note: str = "") -> Row:
+    """`runs`: (seconds, CPU seconds) each; medians of both."""
+    t = statistics.median(r[0] for r in runs)
+    cpu = statistics.median(r[1] for r in runs)
+    rate = size / t / 1e6
+    return {"group": "offline", "path": path, "MB/s": f"{rate:.0f}", "time": f"{t:.2f}s",
+            "vs anchor": f"{rate / anchor:.2f}", "CPU s": f"{cpu:.2f}", "MB per CPU s": f"{size / cpu / 1e6:.0f}",
+            "on wire": format_size(wire) if wire is not None else "", "note": note}
+
+
+def offline_rows(size: int, runs: int) -> list[Row]:
+    """Every path once per round, `runs` rounds: the load of a shared machine drifts, and rounds
+    keep each ratio's two sides close in time."""
+    root = Path(tempfile.mkdtemp(prefix="qv-bench-storage-"))
+    agents: list[AgentProc] = []
+    sink: ChannelSink | None = None
+    try:
+        for i, name in enumerate(("hv-a", "hv-b")):
+            address = f"127.0.{200 + os.getpid() % 50}.{i + 2}"
+            agents.append(AgentProc(name, address, root / name, free_port(address), free_port(address)).start())
+        a, b = agents
+        mutual_trust(a, b)
+        disk = a.root / "images" / "bench.img"
+        disk.parent.mkdir(parents=True, exist_ok=True)
+        make_disk(disk, size)
+        copy_of = root / "reference.img"
+        shutil.copyfile(disk, copy_of)
+        a.api("POST", "vms", guest_vm("bench", memory="64M", disks=[{"pool": "default", "file": "bench.img",
+                                                                        "format": "raw"}]))
+        sink = ChannelSink(root / "keys")
+        times: dict[str, list[tuple[float, float]]] = {"copy": [], "channel": [], "plain": [], "zstd": []}
+        wire = {"plain": 0, "zstd": 0}
+        here, there = a, b
+        for _ in range(runs):
+            times["copy"].append(local_copy(copy_of, root / "copy.img"))
+            times["channel"].append(sink.run(size))
+            for key in ("plain", "zstd"):
+                status = offline_move(here, there, compress=key == "zstd")
+                times[key].append((status["finished"] - status["started"], status["cpu"]))
+                wire[key] = status["wire_bytes"]
+                here, there = there, here
+        anchor = size / statistics.median(t for t, _ in times["copy"]) / 1e6
+        return [
+            {**row("local copy (shutil.copyfile + fsync)", size, times["copy"], anchor), "group": "anchor"},
+            {**row("PQC channel alone, no disk (SecureChannel send→recv)", size, times["channel"], anchor),
+             "group": "context", "note": "ceiling of any copy through the channel"},
+            row("offline via agents", size, times["plain"], anchor, wire["plain"], "PQC channel, sha256 both sides"),
+            row("offline via agents, --compress (zstd)", size, times["zstd"], anchor, wire["zstd"],
+                f"zstd {size / wire['zstd']:.2f}:1"),
+        ]
+    finally:
+        if sink is not None:
+            sink.close()
+        for agent in agents:
+            agent.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def extra_rows() -> tuple[list[Row], str]:
+    try:
+        from storage_mirror import mirror_rows  # type: ignore[import-not-found]
+    except ImportError:
+        return [], "(live storage mirror rows: bench/storage_mirror.py not present yet)"
+    return list(mirror_rows()), ""
+
+
+def print_table(rows: list[Row]) -> None:
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for r in rows:
+        print("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="384M", help="disk size (default 384M)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per row; the median is shown (default 3)")
+    args = parser.parse_args()
+    size = parse_size(args.size) // MIB * MIB
+    print(f"disk: {format_size(size)} raw, all data, half random / half text; {args.runs} runs per row, median")
+    rows = offline_rows(size, args.runs)
+    more, note = extra_rows()
+    print_table(rows + more)
+    if note:
+        print(note)
+
+
+if __name__ == "__main__":
+    main()

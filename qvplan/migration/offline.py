@@ -1,0 +1,320 @@
+"""The source side of an offline migration: a stopped VM's definition and disks, over one PQC channel.
+
+Protocol on the channel (op "offline-receive" on :9410; destination side in offline_dest.py):
+  → {"op": "offline-receive", session, version, vm, flags, cpu, disks: [...]}
+  ← {"ok": true} after the destination's checks, or {"ok": false, "error", "fix"}
+  → per disk to copy: {"disk": i}, its chunk records (offline_disks.py), {"disk_end": i, "sha256", "data"}
+  ← {"event": "received"}  every disk checked and in place, the VM defined there but not committed
+  → {"cmd": "commit"}      ← {"event": "committed"}
+  → {"cmd": "abort"} (or any break before commit): the destination removes everything it wrote.
+  ← {"event": "failed", "error", "fix"} may come at any time before "committed".
+
+Only "committed" makes the destination own the VM; only then does the source undefine it and
+delete its disk files (the VM moved: its disks are not kept). Shared disks (under [storage]
+shared) are neither copied nor deleted, and disks never created (a VM never started) are skipped.
+If the answer to commit is lost, the source asks the destination ("offline-state") before deciding;
+a crash in between is settled at the next start (offline_doubt.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..addresses import split_hostport
+from ..pqc import PQCError, SecureChannel, open_channel
+from ..units import format_duration
+from . import offline_doubt as doubt
+from .errors import NETWORK_FIX, MigrationError
+from .flags import MigrateFlags
+from .offline_disks import CHUNK, DiskSource, allocated
+from .offline_status import OfflineStatus
+
+if TYPE_CHECKING:
+    from ..agent.daemon import Agent
+    from ..agent.registry import VM
+
+log = logging.getLogger(__name__)
+MIGRATION_PORT = 9410
+STALL_LIMIT = 30.0  # seconds one record may take to leave = the network is gone
+PUBLISH_EVERY = 0.25
+SETUP_TIMEOUT = 60.0
+COMMIT_TIMEOUT = 60.0
+STATE_RETRIES = 6
+
+
+@dataclass
+class SourceDisk:
+    index: int
+    path: Path
+    shared: bool
+    source: DiskSource | None = None  # open while the image is to be copied
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "path": str(self.path), "shared": self.shared,
+                               "present": self.source is not None or self.path.exists()}
+        if self.source is not None:
+            out.update(size=self.source.size, data=self.source.data_bytes, mode=self.source.mode,
+                       allocated=allocated(self.source.extents))
+        return out
+
+
+class OfflineMigration:
+    """Owns a stopped VM from `start()` until the outcome; same interface as SourceMigration."""
+
+    def __init__(self, agent: Agent, vm: VM, dest: str, flags: MigrateFlags) -> None:
+        self.agent = agent
+        self.vm = vm
+        self.dest = dest
+        self.flags = flags
+        self.session = uuid.uuid4().hex
+        self.status = OfflineStatus(vm.name, dest, f"{flags.pqc_kem} / AES-256-GCM ({agent.provider_name})",
+                                    flags.max_iterations, compress=flags.compress)
+        self.topic = f"{vm.name}/migrate"
+        self.setup_done = asyncio.Event()
+        self.channel: SecureChannel | None = None
+        self.disks: list[SourceDisk] = []
+        self.task: asyncio.Task[None] | None = None
+        self._from_dest: asyncio.Future[Any] | None = None
+        self._reading: asyncio.Future[Any] | None = None
+        self._cancel_reason: str | None = None
+        self._committing = False
+        self._in_doubt = False
+        self._published = 0.0
+
+    # -- public --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.vm.busy = "migrating"  # also keeps `vm start` away from the disks being read
+        self.vm.last_migration = None
+        self.task = asyncio.ensure_future(self._run())
+
+    def cancel(self, reason: str = "cancelled by operator") -> None:
+        if not self._committing:  # after commit the VM belongs to the destination
+            self._cancel_reason = reason
+
+    # -- phases --------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            self._publish("phase", phase=1)
+            await self._setup()
+            self.setup_done.set()
+            await self._copy()
+            await self._commit()
+        except MigrationError as err:
+            await self._fail(err)
+        except (PQCError, OSError, asyncio.IncompleteReadError, ConnectionError) as err:
+            reason = await self._dest_reason()  # a destination that gave up says why before it hangs up
+            await self._fail(reason or MigrationError(
+                f"Connection reset during transfer: {getattr(err, 'cause', err)}", NETWORK_FIX))
+        except Exception as err:
+            log.exception("offline migration of %s failed", self.vm.name)
+            await self._fail(MigrationError(f"offline migration failed: {err}"))
+        finally:
+            self.setup_done.set()
+            await self._teardown()
+
+    async def _setup(self) -> None:
+        """Phase 1: read the disks' extents, handshake, the destination's checks."""
+        if self.vm.running:
+            raise MigrationError(f"VM {self.vm.name!r} is running",
+                                 "stop it first, or drop --offline for a live migration")
+        shared = self.agent.config.storage.shared
+        for i, disk in enumerate(self.vm.spec.disks):
+            path = disk.resolve(self.agent.pools)
+            entry = SourceDisk(i, path, doubt.under(path, shared))
+            if not entry.shared and path.exists():
+                entry.source = await asyncio.to_thread(DiskSource, path, compress=self.flags.compress,
+                                                       chunk=self._chunk_size())
+            self.disks.append(entry)
+        to_copy = [d for d in self.disks if d.source]
+        self.status.disks = len(to_copy)
+        self.status.total = self.status.storage_total = sum(d.source.data_bytes for d in to_copy if d.source)
+        from ..vmm import cpu_facts
+
+        cpu = await asyncio.to_thread(cpu_facts, self.agent.accel)  # may ask QEMU the first time
+        host, port = split_hostport(self.dest, MIGRATION_PORT)
+        self.channel = await self._open(host, port, "offline-migrate")
+        await self.channel.send_json({
+            "op": "offline-receive", "session": self.session, "version": __version__,
+            "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
+            "cpu": cpu, "disks": [d.describe() for d in self.disks],
+        })
+        reply = await asyncio.wait_for(self.channel.recv_json(), SETUP_TIMEOUT)
+        if not reply or not reply.get("ok"):
+            raise MigrationError((reply or {}).get("error", "destination closed the connection"),
+                                 (reply or {}).get("fix"))
+        log.info("offline migration of %s to %s: copying %d disk(s), %d bytes of data", self.vm.name,
+                 self.dest, len(to_copy), self.status.total)
+
+    def _chunk_size(self) -> int:
+        # Under a tight --bandwidth, smaller records keep the link (and the progress) moving.
+        return CHUNK if not self.flags.bandwidth else max(64 << 10, min(CHUNK, self.flags.bandwidth // 4))
+
+    async def _open(self, host: str, port: int, purpose: str) -> SecureChannel:
+        return await open_channel(host, port, identity=self.agent.identity, trust=self.agent.trust,
+                                  kem=self.flags.pqc_kem, hello_extra={**self.agent.hello_extra(),
+                                                                      "purpose": purpose})
+
+    async def _copy(self) -> None:
+        """Phase 2: every local disk, chunk by chunk; the next chunk is read (and compressed) in a
+        worker thread while this one is sent."""
+        assert self.channel is not None
+        self.status.phase = 2
+        self._publish("phase", phase=2)
+        self._from_dest = asyncio.ensure_future(self.channel.recv_json())
+        started = time.monotonic()
+        for n, disk in enumerate((d for d in self.disks if d.source), start=1):
+            source = disk.source
+            assert source is not None
+            self.status.disk = n
+            await self.channel.send_json({"disk": disk.index})
+            self._reading = asyncio.ensure_future(asyncio.to_thread(source.next_record))
+            while (item := await self._reading) is not None:
+                record, data = item
+                self._reading = asyncio.ensure_future(asyncio.to_thread(source.next_record))
+                await asyncio.wait_for(self.channel.send(record), STALL_LIMIT)
+                self.status.add_copied(data, len(record))
+                self._check()
+                await self._pace(started)
+            await self.channel.send_json({"disk_end": disk.index, "sha256": source.digest(),
+                                          "data": source.data_bytes})
+        self._publish("progress")
+        await self._await_dest("received")
+
+    async def _pace(self, started: float) -> None:
+        """Publish progress now and then; hold to --bandwidth (counted on the wire)."""
+        now = time.monotonic()
+        elapsed = max(now - started, 1e-6)
+        self.status.transfer_rate = self.status.transferred / elapsed
+        if now - self._published >= PUBLISH_EVERY:
+            self._published = now
+            self._publish("progress")
+        if self.flags.bandwidth:
+            ahead = self.status.wire_bytes / self.flags.bandwidth - elapsed
+            if ahead > 0:
+                await asyncio.sleep(ahead)
+
+    def _check(self) -> None:
+        """Stop the copy on cancel, timeout or a word from the destination."""
+        if self._cancel_reason:
+            raise MigrationError(f"Migration {self._cancel_reason}")
+        if self.status.elapsed > self.flags.timeout:
+            raise MigrationError(f"Timeout exceeded ({format_duration(self.flags.timeout)})",
+                                 "raise --timeout for large disks, or check the network path")
+        if self._from_dest is not None and self._from_dest.done():
+            self._dest_said(self._from_dest.result(), "received")
+
+    def _dest_said(self, message: Any, expected: str) -> None:
+        if message and message.get("event") == expected:
+            return
+        message = message or {}
+        raise MigrationError(message.get("error", f"destination closed the connection before {expected!r}"),
+                             message.get("fix", NETWORK_FIX))
+
+    async def _dest_reason(self) -> MigrationError | None:
+        if self._from_dest is None:
+            return None
+        with contextlib.suppress(Exception):
+            await asyncio.wait({self._from_dest}, timeout=1)
+            message = self._from_dest.result() if self._from_dest.done() else None
+            if message and message.get("error"):
+                return MigrationError(message["error"], message.get("fix"))
+        return None
+
+    async def _await_dest(self, expected: str) -> None:
+        """Wait for the destination's next word, still honouring cancel and timeout."""
+        assert self._from_dest is not None
+        while not self._from_dest.done():
+            self._check()
+            await asyncio.wait({self._from_dest}, timeout=PUBLISH_EVERY)
+        self._dest_said(self._from_dest.result(), expected)
+
+    async def _commit(self) -> None:
+        """Phase 5: the destination commits; only then is the VM (and its disk files) removed here."""
+        assert self.channel is not None
+        self._check()
+        self._committing = True
+        self.status.phase = 5
+        self._publish("phase", phase=5)
+        await asyncio.to_thread(doubt.mark, self.vm, self.dest, self.session, self.flags.pqc_kem)
+        await self.channel.send_json({"cmd": "commit"})
+        try:
+            reply = await asyncio.wait_for(self.channel.recv_json(), COMMIT_TIMEOUT)
+        except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError) as err:
+            log.warning("no answer to commit of %s from %s: %s", self.vm.name, self.dest, err)
+            reply = None
+        if not reply or reply.get("event") != "committed":
+            if reply and reply.get("event") == "failed":  # it did not commit, and removed its copy
+                doubt.unmark(self.vm)
+                self._dest_said(reply, "committed")
+            if not await self._destination_owns_vm():
+                doubt.unmark(self.vm)
+                raise MigrationError("destination did not commit the VM", NETWORK_FIX)
+        self._close_disks()
+        doubt.release(self.agent, self.vm)
+        self.agent.events.publish(self.vm.name, "migrated-out", destination=self.dest)
+        self.status.state = "COMPLETED"
+        self.status.percent = 100.0
+        self.status.finished = time.time()
+        log.info("offline migration of %s to %s completed in %s", self.vm.name, self.dest,
+                 format_duration(self.status.elapsed))
+        self._publish("completed")
+
+    async def _destination_owns_vm(self) -> bool:
+        """The answer to commit was lost: ask the destination whether it committed."""
+        for _ in range(STATE_RETRIES):
+            state = await doubt.ask(self.agent, self.dest, self.vm.name, self.session, self.flags.pqc_kem)
+            if state in ("committed", "absent"):
+                return state == "committed"
+            await asyncio.sleep(2)
+        # Still in doubt: the VM stays busy here and the marker stays, as after a crash.
+        self._in_doubt = True
+        doubt.settle_later(self.agent, self.vm)
+        raise MigrationError(
+            f"VM in doubt after commit: destination {self.dest} did not answer",
+            f"the agent keeps asking {self.dest} and releases or keeps {self.vm.name} accordingly; "
+            "check the network path")
+
+    async def _fail(self, err: MigrationError) -> None:
+        """Any failure before the destination commits: the VM stays here, defined and untouched."""
+        if self.channel is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.channel.send_json({"cmd": "abort"}), 5)
+        if not self._in_doubt:
+            self.vm.busy = None
+        cancelled = bool(self._cancel_reason) and not self._committing
+        self.status.state = "CANCELLED" if cancelled else "FAILED"
+        self.status.error = err.cause
+        self.status.fix = err.fix
+        self.status.finished = time.time()
+        log.warning("offline migration of %s to %s: %s", self.vm.name, self.dest, err)
+        self._publish("cancelled" if cancelled else "failed", error=err.cause, fix=err.fix)
+
+    async def _teardown(self) -> None:
+        if self._from_dest is not None:
+            self._from_dest.cancel()
+        if self._reading is not None:  # let the worker thread finish with the disk before closing it
+            with contextlib.suppress(Exception):
+                await self._reading
+        self._close_disks()
+        if self.channel is not None:
+            with contextlib.suppress(Exception):
+                await self.channel.close()
+        self.vm.last_migration = self.status.as_dict()
+
+    def _close_disks(self) -> None:
+        for disk in self.disks:
+            if disk.source is not None:
+                disk.source.close()
+
+    def _publish(self, kind: str, **extra: Any) -> None:
+        self.agent.events.publish(self.topic, kind, **{**self.status.as_dict(), **extra})

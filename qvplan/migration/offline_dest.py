@@ -1,0 +1,319 @@
+"""The destination side of an offline migration: check, receive every disk, land it, commit.
+
+Where things are written: each disk first goes into a staging folder `.qv-incoming-<session>` in
+its target directory (the pool, so landing never crosses a filesystem), is checked against the
+source's SHA-256 and made durable, then hard-linked to its final name (never over an existing
+file). The VM is defined from the start with the incoming mark, like a live incoming VM: listed as
+"incoming", not startable. INCOMING_FILES lists the staging folders and final files, so until the
+source's commit removes the mark, any failure — or an agent restart after a crash (registry.load) —
+removes every trace. Removing the mark (then syncing the folder) is the commit point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from .. import __version__
+from ..agent.registry import INCOMING_FILES, INCOMING_MARK, remove_incoming_files
+from ..pqc import SecureChannel
+from ..units import format_size
+from ..vmm import VMSpec
+from ..vmm.spec import DiskSpec
+from . import checks
+from .errors import NETWORK_FIX, STORAGE_FIX, MigrationError, refused
+from .flags import MigrateFlags
+from .offline_disks import DiskSink, WireError, is_chunk
+
+if TYPE_CHECKING:
+    from ..agent.daemon import Agent
+    from ..agent.registry import VM
+
+log = logging.getLogger(__name__)
+IDLE_TIMEOUT = 60.0  # longest wait for the source's next record
+STAGING_PREFIX = ".qv-incoming-"
+SESSION_RE = re.compile(r"^[0-9a-f]{32}$")
+ROOM_FIX = "free space in the destination pool, pick another pool with --dest-pool, or another host"
+
+
+@dataclass
+class Target:
+    """One disk to receive: written as `staged`, landed as `final`."""
+
+    index: int
+    final: Path
+    staged: Path
+    size: int
+    data: int
+    mode: int
+    sink: DiskSink | None = None
+
+
+@dataclass
+class Landing:
+    spec: VMSpec  # as it will be defined here (disks may have moved to --dest-pool)
+    session: str
+    targets: list[Target] = field(default_factory=list)
+
+    @property
+    def staging_dirs(self) -> list[Path]:
+        return sorted({t.staged.parent for t in self.targets})
+
+    def files(self) -> list[str]:
+        return [str(p) for p in self.staging_dirs] + [str(t.final) for t in self.targets]
+
+
+# -- checks (phase 1) ------------------------------------------------------------------------------
+
+
+def check_room(needs: Iterable[tuple[Path, int]], free: Callable[[Path], int]) -> MigrationError | None:
+    """`needs`: (directory, bytes) with one directory per filesystem. Pure over `free`."""
+    for where, need in needs:
+        have = free(where)
+        if need > have:
+            return refused(f"Destination out of resources (disks need {format_size(need)} in {where}, "
+                           f"{format_size(have)} free)", ROOM_FIX)
+    return None
+
+
+def _pool_named(agent: Agent, wanted: str) -> str:
+    """--dest-pool: a pool name, or the directory of a pool."""
+    if wanted in agent.pools:
+        return wanted
+    for name, path in agent.pools.items():
+        if Path(wanted).resolve() == Path(path).resolve():
+            return name
+    raise refused(f"Storage not found on destination (no pool {wanted!r})",
+                  f"use one of its pools: {', '.join(sorted(agent.pools)) or '(none configured)'}")
+
+
+def _retarget(disk: DiskSpec, pool: str | None) -> DiskSpec:
+    if pool is None:
+        return disk
+    name = disk.file if disk.file is not None else Path(str(disk.path)).name
+    return DiskSpec(pool=pool, file=name, size=disk.size, format=disk.format)
+
+
+def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu: dict[str, Any]) -> Landing:
+    """Every check before any byte of disk moves (`cpu`: this host's CPU facts). Raises the spec's refusal."""
+    spec = VMSpec.model_validate(request["vm"])
+    flags = MigrateFlags.model_validate(request["flags"])
+    session = str(request.get("session", ""))
+    if not SESSION_RE.match(session):
+        raise refused("malformed session id", "run the same QuantaVirt version on both hosts")
+    if channel.peer_fingerprint == agent.identity.fingerprint:
+        raise refused("destination is the source host", "pick another --dest")
+    if spec.name in agent.registry.vms:
+        raise refused(f"a VM named {spec.name!r} already exists on the destination",
+                      "undefine it there or rename the VM")
+    problem = (checks.check_version(str(request.get("version", "?")), __version__)
+               or checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu))
+    if problem:
+        raise problem
+    info = {d.get("index"): d for d in request.get("disks", []) if isinstance(d, dict)}
+    pool = _pool_named(agent, flags.dest_pool) if flags.dest_pool else None
+    landing = Landing(spec, session)
+    disks: list[DiskSpec] = []
+    needs: dict[int, tuple[Path, int]] = {}
+    for i, disk in enumerate(spec.disks):
+        about = info.get(i, {})
+        if about.get("shared"):
+            problem = checks.check_shared_disks([{"path": str(about.get("path"))}], os.path.exists)
+            if problem:
+                raise problem
+            disks.append(disk)
+            continue
+        disk = _retarget(disk, pool)
+        if disk.pool is not None and disk.pool not in agent.pools:
+            raise refused(f"Storage not found on destination (no pool {disk.pool!r})",
+                          "add the pool to [storage] pools there, or pass --dest-pool")
+        final = disk.resolve(agent.pools)
+        disks.append(disk)
+        if final.exists() or any(t.final == final for t in landing.targets):
+            raise refused(f"disk {final} already exists on the destination",
+                          "remove or rename it there, or pass --dest-pool")
+        if not about.get("present"):
+            continue  # never created on the source: created here at first start
+        if not final.parent.is_dir():
+            raise refused(f"Storage not found on destination ({final.parent})", STORAGE_FIX)
+        landing.targets.append(Target(i, final, final.parent / f"{STAGING_PREFIX}{session}" / final.name,
+                                      int(about["size"]), int(about["data"]), int(about.get("mode", 0o644)) & 0o777))
+        dev = os.stat(final.parent).st_dev
+        where, need = needs.get(dev, (final.parent, 0))
+        needs[dev] = (where, need + int(about.get("allocated", about["data"])))
+    problem = check_room(needs.values(), lambda p: shutil.disk_usage(p).free)
+    if problem:
+        raise problem
+    landing.spec = spec.model_copy(update={"disks": disks})
+    return landing
+
+
+# -- the operation ---------------------------------------------------------------------------------
+
+
+async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+    log.info("incoming offline migration of %s from %s", request.get("vm", {}).get("name"), channel.peer_name)
+    from ..vmm import cpu_facts
+
+    cpu = await asyncio.to_thread(cpu_facts, agent.accel)  # may ask QEMU the first time
+    try:
+        landing = preflight(agent, channel, request, cpu)
+    except MigrationError as err:
+        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
+        return
+    except (ValidationError, KeyError, ValueError, TypeError) as err:
+        await channel.send_json({"ok": False, "error": f"Migration rejected: malformed request ({err})",
+                                 "fix": "run the same QuantaVirt version on both hosts"})
+        return
+    vm = agent.registry.define(landing.spec)
+    vm.busy = "incoming"
+    committed = False
+    try:
+        await asyncio.to_thread(_mark_incoming, vm, landing)
+        for staging in landing.staging_dirs:
+            staging.mkdir()
+        await channel.send_json({"ok": True})
+        await _receive(channel, landing)
+        await asyncio.to_thread(_land, landing, vm)
+        await channel.send_json({"event": "received"})
+        verdict = await asyncio.wait_for(channel.recv_json(), IDLE_TIMEOUT)
+        if not verdict or verdict.get("cmd") != "commit":
+            raise MigrationError(f"source did not commit ({verdict or 'connection closed'})")
+        await asyncio.to_thread(_commit, vm)
+        committed = True
+        vm.busy = None
+        log.info("offline migration of %s from %s committed", vm.name, channel.peer_name)
+        agent.events.publish(vm.name, "migrated-in", source=channel.peer_name, offline=True)
+        with contextlib.suppress(Exception):
+            await channel.send_json({"event": "committed", "host": agent.config.host.name})
+    except Exception as err:
+        log.warning("incoming offline migration of %s failed: %s", vm.name, err)
+        cause, fix = ((err.cause, err.fix) if isinstance(err, MigrationError)
+                      else (f"destination failed to receive the VM: {err}", "see the destination agent's log"))
+        with contextlib.suppress(Exception):
+            await channel.send_json({"event": "failed", "error": cause, "fix": fix})
+    finally:
+        if not committed:
+            await discard(agent, vm, landing)
+
+
+async def _next(channel: SecureChannel) -> bytes:
+    record = await asyncio.wait_for(channel.recv(), IDLE_TIMEOUT)
+    if record is None:
+        raise MigrationError("source closed the connection mid-copy", NETWORK_FIX)
+    return record
+
+
+def _message(record: bytes) -> dict[str, Any]:
+    if is_chunk(record) or not record.startswith(b"{"):
+        raise WireError("source sent a chunk where a message was expected")
+    message = json.loads(record)
+    if message.get("cmd") == "abort":
+        raise MigrationError("source aborted the migration")
+    return message
+
+
+async def _receive(channel: SecureChannel, landing: Landing) -> None:
+    """Every disk, in order; each chunk is written in a worker thread while the next one arrives."""
+    for target in landing.targets:
+        start = _message(await _next(channel))
+        if start.get("disk") != target.index:
+            raise WireError(f"expected disk {target.index}, source sent {start}")
+        sink = target.sink = await asyncio.to_thread(DiskSink, target.staged, target.size, target.mode)
+        writing: asyncio.Future[int] | None = None
+        try:
+            while is_chunk(record := await _next(channel)):
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(asyncio.to_thread(sink.write, record))
+        finally:
+            if writing is not None:  # never leave a thread writing to a descriptor about to close
+                await writing
+        end = _message(record)
+        if end.get("disk_end") != target.index:
+            raise WireError(f"disk {target.index} ended with {end}")
+        await asyncio.to_thread(sink.finish, str(end.get("sha256", "")), int(end.get("data", -1)))
+        log.debug("disk %d of %s checked (%d bytes of data)", target.index, landing.spec.name, sink.written)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mark_incoming(vm: VM, landing: Landing) -> None:
+    """The mark and the list of what to remove without it, durable before any disk byte lands."""
+    for name, text in ((INCOMING_MARK, landing.session), (INCOMING_FILES, json.dumps(landing.files()))):
+        with open(vm.dir / name, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    _fsync_dir(vm.dir)
+
+
+def _land(landing: Landing, vm: VM) -> None:
+    """Every disk checked: give each its final name (never replacing a file), durably."""
+    for target in landing.targets:
+        if target.sink is not None:
+            target.sink.close()
+        try:
+            os.link(target.staged, target.final)
+        except FileExistsError:
+            raise MigrationError(f"disk {target.final} appeared on the destination during the copy",
+                                 "remove or rename it there and retry") from None
+        except OSError as err:  # a filesystem without hard links: rename, checking first
+            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP) or target.final.exists():
+                raise
+            os.rename(target.staged, target.final)
+    for where in {t.final.parent for t in landing.targets}:
+        _fsync_dir(where)
+    for staging in landing.staging_dirs:
+        shutil.rmtree(staging, ignore_errors=True)
+    with open(vm.dir / "vm.json", "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _commit(vm: VM) -> None:
+    """The commit point: without the mark the VM is this host's, and stays so across a crash."""
+    (vm.dir / INCOMING_MARK).unlink()
+    _fsync_dir(vm.dir)
+    (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
+
+
+async def discard(agent: Agent, vm: VM, landing: Landing) -> None:
+    """Remove an incoming VM that did not commit: its staged and landed disks, and its folder."""
+    for target in landing.targets:
+        if target.sink is not None:
+            target.sink.close()
+    await asyncio.to_thread(remove_incoming_files, vm.dir)
+    vm.busy = None
+    if agent.registry.vms.get(vm.name) is vm:
+        agent.registry.forget(vm.name)
+    log.info("incoming offline migration of %s discarded", vm.name)
+
+
+async def handle_state(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+    """After a lost answer to commit: does this host own the VM now? (Decides the source's cleanup.)"""
+    vm = agent.registry.vms.get(str(request.get("vm", "")))
+    if vm is None:
+        state = "absent"
+    elif vm.busy or (vm.dir / INCOMING_MARK).exists():
+        state = "pending"
+    else:
+        state = "committed"
+    await channel.send_json({"ok": True, "state": state})

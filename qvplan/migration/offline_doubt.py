@@ -1,0 +1,124 @@
+"""The source's side of the commit point of an offline migration.
+
+From the moment the source sends commit until it knows the answer, the VM is in doubt: the
+destination may own it already. The source writes OUTGOING in the VM's folder (durably) before it
+sends commit and removes it once the answer is known. An agent that starts with such a folder
+(it was killed in between) keeps that VM busy and asks the destination, as long as it takes:
+committed → the VM is released here (undefined, its disk files deleted); absent → the marker goes
+and the VM is this host's again. So a VM is never left defined on both hosts by a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..addresses import split_hostport
+from ..pqc import open_channel
+
+if TYPE_CHECKING:
+    from ..agent.daemon import Agent
+    from ..agent.registry import VM
+
+log = logging.getLogger(__name__)
+OUTGOING = "outgoing.json"
+MIGRATION_PORT = 9410
+RETRY_CAP = 60.0
+_settling: set[asyncio.Task[None]] = set()  # strong references to running _settle tasks
+
+
+def under(path: Path, prefixes: list[str]) -> bool:
+    return any(path == Path(p) or Path(p) in path.parents for p in prefixes)
+
+
+def mark(vm: VM, dest: str, session: str, kem: str) -> None:
+    path = vm.dir / OUTGOING
+    with open(path, "w") as f:
+        json.dump({"dest": dest, "session": session, "kem": kem}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    fd = os.open(vm.dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def unmark(vm: VM) -> None:
+    (vm.dir / OUTGOING).unlink(missing_ok=True)
+
+
+async def ask(agent: Agent, dest: str, name: str, session: str, kem: str) -> str | None:
+    """The destination's word on the VM: committed, pending or absent; None when unreachable."""
+    host, port = split_hostport(dest, MIGRATION_PORT)
+    try:
+        channel = await open_channel(host, port, identity=agent.identity, trust=agent.trust, kem=kem,
+                                     hello_extra={**agent.hello_extra(), "purpose": "offline-state"})
+        try:
+            await channel.send_json({"op": "offline-state", "vm": name, "session": session})
+            reply = await asyncio.wait_for(channel.recv_json(), 10)
+        finally:
+            await channel.close()
+    except Exception as err:
+        log.info("asking %s about %s: %s", dest, name, err)
+        return None
+    state = (reply or {}).get("state")
+    return state if state in ("committed", "pending", "absent") else None
+
+
+def release(agent: Agent, vm: VM) -> None:
+    """The VM lives on the destination now: forget it here and delete its (non-shared) disk files."""
+    paths = [d.resolve(agent.pools) for d in vm.spec.disks]
+    vm.busy = None
+    agent.registry.forget(vm.name)
+    for path in paths:
+        if under(path, agent.config.storage.shared) or not path.exists():
+            continue
+        try:
+            path.unlink()
+        except OSError as err:
+            log.warning("could not remove %s after migrating %s: %s", path, vm.name, err)
+
+
+def resume(agent: Agent) -> None:
+    """At agent start: settle every VM left in doubt by a crash (see the module's docstring)."""
+    for vm in list(agent.registry.vms.values()):
+        if (vm.dir / OUTGOING).exists():
+            log.warning("%s was committing an offline migration when the agent stopped", vm.name)
+            settle_later(agent, vm)
+
+
+def settle_later(agent: Agent, vm: VM) -> None:
+    """Keep `vm` busy and ask its destination until the answer is known."""
+    try:
+        doubt: dict[str, Any] = json.loads((vm.dir / OUTGOING).read_text())
+    except (OSError, ValueError):
+        return
+    vm.busy = "migrating"
+    task = asyncio.ensure_future(_settle(agent, vm, doubt))
+    _settling.add(task)
+    task.add_done_callback(_settling.discard)
+
+
+async def _settle(agent: Agent, vm: VM, doubt: dict[str, Any]) -> None:
+    delay = 1.0
+    while True:
+        state = await ask(agent, str(doubt.get("dest")), vm.name, str(doubt.get("session")),
+                          str(doubt.get("kem", "ML-KEM-768")))
+        if state == "committed":
+            log.info("%s was committed on %s: released here", vm.name, doubt.get("dest"))
+            with contextlib.suppress(Exception):
+                release(agent, vm)
+            return
+        if state == "absent":
+            log.info("%s was not committed on %s: it stays here", vm.name, doubt.get("dest"))
+            unmark(vm)
+            vm.busy = None
+            return
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, RETRY_CAP)
