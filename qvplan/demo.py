@@ -14,13 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 QVPLAN = [sys.executable, "-m", "qvplan.cli.qvplan"]
 
 
-def step(title: str, *args: str, ok_codes: tuple[int, ...] = (0,)) -> str:
+def step(title: str, *args: str, ok_codes: tuple[int, ...] = (0,), capture: bool = True) -> str:
+    """Run one qvplan command as an operator would. `capture=False` leaves it the terminal (so
+    `apply` shows its live view there)."""
     print(f"\n\033[1m$ qvplan {' '.join(args)}\033[0m  # {title}", flush=True)
-    out = subprocess.run([*QVPLAN, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    print(out.stdout, end="", flush=True)
+    out = subprocess.run([*QVPLAN, *args], cwd=ROOT, stdout=subprocess.PIPE if capture else None, text=True)
+    print(out.stdout or "", end="", flush=True)
     if out.returncode not in ok_codes:
         sys.exit(f"demo: `qvplan {' '.join(args)}` failed (exit {out.returncode})")
-    return out.stdout
+    return out.stdout or ""
 
 
 async def verify_all(inventory: str) -> bool:
@@ -46,7 +48,8 @@ def main() -> None:
     var = f"inventory={inventory}"
     step("dry run: what would move, every check, the schedule", "plan", "plans/demo.yaml", "--var", var,
          ok_codes=(0, 2))
-    step("carry it out", "apply", "plans/demo.yaml", "--var", var, "--auto-approve")
+    step("carry it out (the hosts are locked while it runs)", "apply", "plans/demo.yaml", "--var", var,
+         "--auto-approve", capture=False)
     print("\n\033[1mVerifying every guest's RAM after the moves\033[0m")
     if not asyncio.run(verify_all(inventory)):
         sys.exit("demo: a guest's RAM did not verify")

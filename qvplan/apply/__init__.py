@@ -1,5 +1,6 @@
-"""Carrying out a plan: trust exchange, waves of moves through the agents, journal, report."""
+"""Carrying out a plan: host locks, trust exchange, moves through the agents, journal, resume, report."""
 
 from .executor import ApplyResult, MoveResult, apply_plan
+from .session import ApplyRequest, Outcome, run_apply
 
-__all__ = ["ApplyResult", "MoveResult", "apply_plan"]
+__all__ = ["ApplyRequest", "ApplyResult", "MoveResult", "Outcome", "apply_plan", "run_apply"]

@@ -1,8 +1,9 @@
-"""Run a plan's waves through the source hosts' agents, over SSH.
+"""Run a plan's moves through the source hosts' agents, over SSH.
 
 Each move is one `POST /api/v1/vms/{vm}/migrate` on the source agent — the same code path as
-`quantavirt vm migrate` — followed through its event stream. A failed move is always rolled back
-by the agents (its guest keeps running on the source); `on_failure` decides what happens next.
+`quantavirt vm migrate` — followed through its event stream. Moves start as the scheduler allows
+(`after:`, limits, room on the destination). A failed move is always rolled back by the agents
+(its guest keeps running on the source); `on_failure` decides what happens next.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +18,10 @@ from ..plan.facts import drop_none
 from ..plan.model import Move, Plan
 from ..remote import HostConnection, HostTarget
 from .journal import Journal
+from .progress import OUTCOMES, Bar, Board
+from .scheduler import Limits, Scheduler
 
-OUTCOMES = {"completed", "failed", "cancelled"}
-Printer = Callable[[str], None]
+FIGURES = ("transferred", "iteration", "downtime", "pause", "elapsed")
 
 
 @dataclass
@@ -34,6 +35,8 @@ class MoveResult:
     started: float = 0.0
     finished: float = 0.0
     figures: dict[str, Any] = field(default_factory=dict)
+    followed: bool = False      # left running by an interrupted apply; this one followed it to its end
+    rolled_back: bool | None = None  # rollback-all: whether it was moved back (None: not asked to)
 
 
 @dataclass
@@ -46,127 +49,224 @@ class ApplyResult:
         return all(m.ok for m in self.moves)
 
 
+def targets_of(hosts: dict[str, dict[str, Any]]) -> dict[str, HostTarget]:
+    """The plan's hosts (as in `Plan.settings["hosts"]`) as SSH targets."""
+    return {name: HostTarget.from_dict(name, drop_none(h)) for name, h in hosts.items()}
+
+
 class Executor:
-    def __init__(self, plan: Plan, journal: Journal, say: Printer) -> None:
-        self.plan = plan
-        self.journal = journal
-        self.say = say
-        hosts = plan.settings.get("hosts", {})
-        self.targets = {name: HostTarget.from_dict(name, drop_none(h)) for name, h in hosts.items()}
+    """Carries out moves on `targets`; `journal` may be set after construction (before any move)."""
+
+    def __init__(self, targets: dict[str, HostTarget], journal: Journal | None, board: Board) -> None:
+        self.targets = targets
+        self._journal = journal
+        self.board = board
+        self.plan: Plan | None = None
         self.conns: dict[str, HostConnection] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
+        self.stopping = False    # a move failed: start no new move
+        self.cancelling = False  # ... and cancel those that run (on_failure: rollback, rollback-all)
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            raise RuntimeError("no journal yet")
+        return self._journal
+
+    @journal.setter
+    def journal(self, journal: Journal) -> None:
+        self._journal = journal
 
     async def conn(self, host: str) -> HostConnection:
-        if host not in self.conns:
-            c = HostConnection(self.targets[host])
-            await c.connect()
-            self.conns[host] = c
+        lock = self._connecting.setdefault(host, asyncio.Lock())
+        async with lock:  # moves starting at once share one connection per host
+            if host not in self.conns:
+                c = HostConnection(self.targets[host])
+                await c.connect()
+                self.conns[host] = c
         return self.conns[host]
 
     async def close(self) -> None:
         for c in self.conns.values():
             await c.close()
+        self.conns.clear()
 
-    async def exchange_trust(self) -> None:
-        for importer, holder in self.plan.trust_exchange:
+    def address(self, host: str) -> str:
+        return self.targets[host].migration_address
+
+    async def exchange_trust(self, plan: Plan) -> None:
+        for importer, holder in plan.trust_exchange:
             ident = await (await self.conn(holder)).api("GET", "pqc/identity")
             await (await self.conn(importer)).api(
                 "POST", "pqc/trust", {"name": holder, "public_key": ident["public_key"], "force": True})
-            self.say(f"trust: {importer} imported {holder}'s key ({ident['fingerprint']})")
+            self.board.say(f"trust: {importer} imported {holder}'s key ({ident['fingerprint']})")
             self.journal.write("trust", importer=importer, holder=holder, fingerprint=ident["fingerprint"])
 
-    async def migrate(self, move: Move, source: str, dest: str, dest_address: str) -> MoveResult:
+    # -- one migration -----------------------------------------------------------------------
+
+    async def migrate(self, move: Move, source: str, dest: str, dest_address: str, label: str = "") -> MoveResult:
         result = MoveResult(move.vm, source, dest, started=time.time())
         self.journal.write("start", vm=move.vm, source=source, dest=dest)
-        self.say(f"{move.vm}: {source} → {dest} started")
+        bar = self.board.start(move.vm, source, dest, label)
         try:
             api = await self.conn(source)
             await api.api("POST", f"vms/{move.vm}/migrate", {"dest": dest_address, "flags": move.flags},
                           timeout=120)
-            last: dict[str, Any] = {}
-            async for ev in api.events(f"vms/{move.vm}/migrate/events"):
-                last = ev
-                if ev.get("event") in ("phase", "pass"):
-                    self.say(f"{move.vm}: phase {ev.get('phase')} ({ev.get('phase_name')}) "
-                             f"{ev.get('percent', 0):.0f}% iter {ev.get('iteration')}")
-                    self.journal.write("phase", vm=move.vm, phase=ev.get("phase"), percent=ev.get("percent"))
-                if ev.get("event") in OUTCOMES:
-                    break
-            status = await api.api("GET", f"vms/{move.vm}/migrate")
-            result.figures = {k: status.get(k) for k in ("transferred", "iteration", "downtime", "pause", "elapsed")}
-            result.ok = status.get("state") == "COMPLETED"
-            result.error = None if result.ok else (status.get("error") or last.get("error") or "failed")
+            if self.cancelling and not label:  # a failure elsewhere while this one was being started
+                await self.cancel(move.vm, source)
+            await self._watch(api, bar, result)
         except Exception as err:  # one host's trouble must not hide the others' results
             result.error = str(err)
+        return self._end(bar, result)
+
+    async def follow(self, vm: str, source: str, dest: str) -> MoveResult:
+        """A migration an interrupted apply started: follow it to its outcome, start nothing."""
+        result = MoveResult(vm, source, dest, started=time.time(), followed=True)
+        self.journal.write("follow", vm=vm, source=source, dest=dest)
+        bar = self.board.start(vm, source, dest, "followed")
+        try:
+            await self._watch(await self.conn(source), bar, result)
+        except Exception as err:
+            result.error = str(err)
+        return self._end(bar, result)
+
+    async def _watch(self, api: HostConnection, bar: Bar, result: MoveResult) -> None:
+        vm = result.vm
+        last: dict[str, Any] = {}
+        async for ev in api.events(f"vms/{vm}/migrate/events"):
+            last = ev
+            self.board.event(bar, ev)
+            if ev.get("event") in ("phase", "pass"):
+                self.journal.write("phase", vm=vm, phase=ev.get("phase"), percent=ev.get("percent"))
+            if ev.get("event") in OUTCOMES:
+                break
+        status = await api.api("GET", f"vms/{vm}/migrate")
+        result.figures = {k: status.get(k) for k in FIGURES}
+        result.ok = status.get("state") == "COMPLETED"
+        result.error = None if result.ok else (status.get("error") or last.get("error") or "failed")
+
+    def _end(self, bar: Bar, result: MoveResult) -> MoveResult:
         result.finished = time.time()
-        self.journal.write("end", vm=move.vm, source=source, dest=dest, ok=result.ok, error=result.error,
-                           **result.figures)
-        outcome = f"moved to {dest}" if result.ok else f"FAILED: {result.error} (still on {source})"
-        self.say(f"{move.vm}: {outcome}")
+        self.journal.write("end", vm=result.vm, source=result.source, dest=result.dest, ok=result.ok,
+                           error=result.error, followed=result.followed or None, **result.figures)
+        self.board.finish(bar, result.ok, result.error)
         return result
 
-    async def run_wave(self, batch: list[Move], cancel_on_failure: bool) -> list[MoveResult]:
-        """Run one wave's moves at once; with `cancel_on_failure`, a failure cancels the others
-        (the agents roll each of them back: their guests keep running on their sources)."""
-        tasks = {asyncio.ensure_future(self.migrate(m, m.source, m.dest, m.dest_address)): m for m in batch}
-        cancelled = False
-        for finished in asyncio.as_completed(list(tasks)):
-            result = await finished
-            if not result.ok and cancel_on_failure and not cancelled:
-                cancelled = True
-                for task, move in tasks.items():
-                    if not task.done():
-                        self.say(f"{move.vm}: cancelling (on_failure: rollback)")
-                        with contextlib.suppress(Exception):
-                            await (await self.conn(move.source)).api("POST", f"vms/{move.vm}/migrate/cancel")
-        return [t.result() for t in tasks]
+    async def cancel(self, vm: str, source: str) -> None:
+        with contextlib.suppress(Exception):
+            await (await self.conn(source)).api("POST", f"vms/{vm}/migrate/cancel", timeout=60)
 
-    async def run(self) -> list[MoveResult]:
-        policy = self.plan.settings.get("on_failure", "rollback")
+    # -- the whole plan ----------------------------------------------------------------------
+
+    def _skip(self, results: dict[str, MoveResult], vm: str, reason: str) -> None:
+        assert self.plan is not None
+        move = self.plan.move(vm)
+        results[vm] = MoveResult(vm, move.source or "?", move.dest, skipped=True, error=reason)
+        self.journal.write("skip", vm=vm, reason=reason)
+        self.board.skip(vm, reason)
+
+    async def run(self, plan: Plan, moves: list[Move], skip: dict[str, str] | None = None,
+                  free: dict[str, int] | None = None) -> list[MoveResult]:
+        """Run `moves` as the scheduler allows; `skip`: moves not to run, with why; `free`: each
+        host's free memory from the facts the plan was made from."""
+        self.plan = plan
+        policy = plan.settings.get("on_failure", "rollback")
+        sched = Scheduler(moves, Limits.from_settings(plan.settings.get("limits")), free)
+        for vm, why in (skip or {}).items():
+            sched.skip(vm, why)
+        running: dict[asyncio.Task[MoveResult], Move] = {}
         results: dict[str, MoveResult] = {}
-        halted = False
-        for wave in self.plan.waves:
-            batch = []
-            for name in wave.moves:
-                move = self.plan.move(name)
-                failed_dep = [d for d in move.after if d in results and not results[d].ok]
-                if halted or failed_dep:
-                    results[name] = MoveResult(name, move.source, move.dest, skipped=True,
-                                               error="skipped: " + ("an earlier move failed" if halted
-                                                                     else f"{', '.join(failed_dep)} failed"))
-                    self.journal.write("skip", vm=name, reason=results[name].error)
-                    continue
-                batch.append(move)
-            done = await self.run_wave(batch, cancel_on_failure=policy in ("rollback", "rollback-all"))
-            results.update({r.vm: r for r in done})
-            if any(not r.ok for r in done) and policy != "continue":
-                halted = True
-        if halted and policy == "rollback-all":
-            for r in reversed([r for r in results.values() if r.ok]):
-                back = self.targets[r.source]
-                address = back.migration or f"{back.address}:9410"
-                self.say(f"{r.vm}: rolling back to {r.source}")
-                await self.migrate(self.plan.move(r.vm), r.dest, r.source, address)
-        return [results[m.vm] for m in self.plan.changes if m.vm in results]
+        finished: list[MoveResult] = []  # in the order they ended
+        while True:
+            if not self.stopping:
+                for move in sched.ready():
+                    task = asyncio.ensure_future(self.migrate(move, move.source or "?", move.dest,
+                                                              move.dest_address or self.address(move.dest)))
+                    running[task] = move
+            for vm, why in sched.skipped.items():
+                if vm not in results:
+                    self._skip(results, vm, why)
+            if not running:
+                if not sched.pending:
+                    break
+                # Nothing runs, so nothing will free up: skip what waits (and, next round, its dependants).
+                for move in sched.stuck():
+                    why = sched.why_waiting(move)
+                    sched.skip(move.vm, why)
+                    self._skip(results, move.vm, why)
+                continue
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                move = running.pop(task)
+                result = task.result()
+                results[move.vm] = result
+                finished.append(result)
+                sched.finished(move.vm, result.ok)
+                if not result.ok and policy != "continue" and not self.stopping:
+                    await self._halt(sched, results, running, policy)
+        if self.stopping and policy == "rollback-all":
+            self.cancelling = False
+            await self._roll_back([r for r in finished if r.ok])
+        return [results[m.vm] for m in moves if m.vm in results]
+
+    async def _halt(self, sched: Scheduler, results: dict[str, MoveResult],
+                    running: dict[asyncio.Task[MoveResult], Move], policy: str) -> None:
+        """A move failed: start nothing more; under rollback(-all) cancel what runs (the agents
+        roll each one back, so its guest keeps running on its source)."""
+        self.stopping = True
+        for vm in sched.halt("skipped: an earlier move failed"):
+            self._skip(results, vm, "skipped: an earlier move failed")
+        if policy in ("rollback", "rollback-all"):
+            self.cancelling = True
+            for move in running.values():
+                self.board.say(f"{move.vm}: cancelling (on_failure: {policy})")
+            await asyncio.gather(*(self.cancel(m.vm, m.source or "?") for m in running.values()))
+
+    async def _roll_back(self, done: list[MoveResult]) -> None:
+        """rollback-all: migrate the finished moves back, last first, one at a time."""
+        assert self.plan is not None
+        self.board.plan_more(len(done))
+        for r in reversed(done):
+            self.board.say(f"{r.vm}: rolling back to {r.source} (on_failure: rollback-all)")
+            back = await self.migrate(self.plan.move(r.vm), r.dest, r.source, self.address(r.source), "rollback")
+            r.rolled_back = back.ok
+            if not back.ok:
+                r.error = f"moved, but the move back failed: {back.error}"
 
     async def placement(self) -> dict[str, str]:
-        where: dict[str, str] = {}
-        for host in self.targets:
+        """Where every VM runs now, asking every host of the plan (unreachable ones are left out)."""
+        async def ask(host: str) -> list[dict[str, Any]]:
             try:
-                for vm in await (await self.conn(host)).api("GET", "vms"):
-                    if vm["state"] == "running":
-                        where[vm["name"]] = host
+                return list(await (await self.conn(host)).api("GET", "vms", timeout=20))
             except Exception:
-                continue
-        return where
+                return []
+
+        lists = await asyncio.gather(*(ask(h) for h in self.targets))
+        return {vm["name"]: host for host, vms in zip(self.targets, lists, strict=True)
+                for vm in vms if vm.get("state") == "running"}
 
 
-async def apply_plan(plan: Plan, journal: Journal, say: Printer = print) -> ApplyResult:
-    ex = Executor(plan, journal, say)
+    async def apply(self, plan: Plan, moves: list[Move], followed: list[MoveResult] | None = None,
+                    skip: dict[str, str] | None = None, free: dict[str, int] | None = None) -> ApplyResult:
+        """Exchange trust, run `moves`, report where every VM runs; `followed` are moves an
+        interrupted apply left running that this one already followed to their end."""
+        if moves:
+            await self.exchange_trust(plan)
+        results = list(followed or []) + await self.run(plan, moves, skip, free)
+        placement = await self.placement()
+        self.journal.write("done", ok=all(m.ok for m in results), placement=placement)
+        return ApplyResult(results, placement)
+
+
+def ready_moves(plan: Plan) -> list[Move]:
+    """The moves of the plan's waves, in wave order."""
+    return [plan.move(vm) for wave in plan.waves for vm in wave.moves]
+
+
+async def apply_plan(plan: Plan, journal: Journal, board: Board | None = None) -> ApplyResult:
+    """Carry out every ready move of `plan` (no lock, no re-planning: see `session` for those)."""
+    ex = Executor(targets_of(plan.settings.get("hosts", {})), journal, board or Board(len(plan.changes)))
     try:
-        await ex.exchange_trust()
-        moves = await ex.run()
-        placement = await ex.placement()
+        return await ex.apply(plan, ready_moves(plan))
     finally:
         await ex.close()
-    journal.write("done", ok=all(m.ok for m in moves), placement=placement)
-    return ApplyResult(moves, placement)

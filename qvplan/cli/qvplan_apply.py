@@ -1,36 +1,25 @@
-"""`qvplan apply PLAN|SAVED_PLAN`: plan (or load a saved plan), confirm, run, report."""
+"""`qvplan apply PLAN|SAVED_PLAN` and `qvplan apply --resume JOURNAL`: parse, run the session, render."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import click
 
-from ..apply import ApplyResult, apply_plan
-from ..apply.journal import Journal
-from ..plan import PlanError, live_facts, load_plan, make_plan
+from ..apply import ApplyResult
+from ..apply.progress import Board
+from ..apply.session import ApplyRequest, Outcome, run_apply
+from ..plan import PlanError
 from ..plan.model import Plan
 from ..plan.render import render_plan
-from ..plan.saved import check_fresh, load_saved
+from .progress import LiveView, PlainView
 from .qvplan_plan import _variables
-
-
-def _plan(plan_file: str, var: tuple[str, ...], var_files: tuple[str, ...]) -> tuple[Plan, bool]:
-    """Plan now from live facts, or load a saved plan and check it still holds. → (plan, saved?)"""
-    if plan_file.endswith(".json"):
-        saved = load_saved(plan_file)
-        hosts = saved.plan.settings.get("hosts", {})
-        doc = live_facts(hosts, saved.plan.settings.get("prerequisites", {}).get("shared_storage"))
-        check_fresh(saved, doc.hosts)
-        return saved.plan, True
-    variables = _variables(var)
-    first = load_plan(plan_file, variables, list(var_files), None)
-    doc = live_facts({n: h.model_dump() for n, h in first.hosts.items()}, first.spec.prerequisites.shared_storage)
-    return make_plan(load_plan(plan_file, variables, list(var_files), doc.hosts), doc.hosts), False
 
 
 def write_junit(path: str, result: ApplyResult) -> None:
@@ -39,7 +28,12 @@ def write_junit(path: str, result: ApplyResult) -> None:
         name = quoteattr(f"{m.vm} {m.source} -> {m.dest}")
         took = max(0.0, m.finished - m.started)
         if m.ok:
-            cases.append(f'  <testcase classname="qvplan.apply" name={name} time="{took:.3f}"/>')
+            note = ""
+            if m.rolled_back:
+                note = "<system-out>moved back by on_failure: rollback-all</system-out>"
+            elif m.followed:
+                note = "<system-out>started by an interrupted apply; followed to its end</system-out>"
+            cases.append(f'  <testcase classname="qvplan.apply" name={name} time="{took:.3f}">{note}</testcase>')
         elif m.skipped:
             reason = quoteattr(m.error or "")
             cases.append(f'  <testcase classname="qvplan.apply" name={name}><skipped message={reason}/></testcase>')
@@ -53,49 +47,117 @@ def write_junit(path: str, result: ApplyResult) -> None:
                           + "\n".join(cases) + "\n</testsuite>\n")
 
 
+class Frontend:
+    """The session's frontend on a terminal, in CI, or for --json (silent until the report)."""
+
+    def __init__(self, as_json: bool, auto_approve: bool) -> None:
+        self.as_json = as_json
+        self.auto_approve = auto_approve
+        self.tty = sys.stdout.isatty() and not as_json
+        self.board = Board()
+        self.journal: Path | None = None
+        self.live: LiveView | None = None
+        if not as_json and not self.tty:
+            self.board.view = PlainView(lambda text: click.echo(text))
+
+    def show(self, plan: Plan) -> None:
+        if not self.as_json:
+            click.echo(render_plan(plan))
+
+    async def confirm(self, plan: Plan) -> bool:
+        ask = not self.auto_approve and sys.stdin.isatty() and not self.as_json
+        if ask and not await asyncio.to_thread(click.confirm, "Apply these moves?"):
+            return False
+        if self.tty:  # the live view takes over the terminal from here
+            self.live = LiveView()
+            self.live.__enter__()
+            self.board.view = self.live
+        return True
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.__exit__()
+            self.live = None
+            self.board.view = PlainView(lambda text: click.echo(text))
+
+
+async def _run(req: ApplyRequest, ui: Frontend) -> Outcome:
+    try:
+        return await run_apply(req, ui)
+    finally:
+        ui.close()
+
+
+def _report(outcome: Outcome, as_json: bool) -> None:
+    result = outcome.result
+    if as_json:
+        doc: dict[str, Any] = {"ok": outcome.ok, "status": outcome.status,
+                               "journal": str(outcome.journal) if outcome.journal else None}
+        if result is not None:
+            doc.update(placement=result.placement, moves=[m.__dict__ for m in result.moves])
+        click.echo(json.dumps(doc, indent=2, default=str))
+        return
+    if outcome.status == "errored":
+        click.echo("Error: the plan has failed checks; nothing was moved — fix them and plan again", err=True)
+    elif outcome.status == "cancelled":
+        click.echo("Apply cancelled; nothing was moved.")
+    if result is None:
+        return
+    click.echo("\nWhere every VM runs now:")
+    for vm, host in sorted(result.placement.items()):
+        click.echo(f"  {vm:<16} {host}")
+    ok = sum(m.ok for m in result.moves)
+    for m in result.moves:
+        if m.skipped:
+            click.echo(f"  {m.vm}: {m.error}")
+    click.echo(f"\nApply {'complete' if result.ok else 'FAILED'}: {ok}/{len(result.moves)} moves succeeded. "
+               f"Journal: {outcome.journal}")
+    if not result.ok and outcome.journal:
+        click.echo(f"To continue it later: qvplan apply --resume {outcome.journal}")
+
+
 @click.command()
-@click.argument("plan_file", metavar="PLAN")
+@click.argument("plan_file", metavar="[PLAN]", required=False)
 @click.option("--var", "var", multiple=True, metavar="NAME=VALUE", help="Set a template variable.")
 @click.option("--vars", "var_files", multiple=True, type=click.Path(dir_okay=False), help="Variables file.")
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation (CI).")
+@click.option("--resume", "resume", type=click.Path(dir_okay=False), metavar="JOURNAL",
+              help="Continue an interrupted apply from its journal (.qvplan/apply-*.jsonl).")
+@click.option("--break-lock", is_flag=True,
+              help="Take the hosts' locks even from an apply this machine cannot check (only if it is gone).")
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write one JUnit test case per move.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
-def apply(plan_file: str, var: tuple[str, ...], var_files: tuple[str, ...], auto_approve: bool,
-          junit_file: str | None, as_json: bool) -> None:
-    """Carry out a plan: every move through the source host's agent, with automatic rollback."""
+def apply(plan_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...], auto_approve: bool,
+          resume: str | None, break_lock: bool, junit_file: str | None, as_json: bool) -> None:
+    """Carry out a plan: every move through the source host's agent, with automatic rollback.
+
+    One apply at a time per host: each host is locked for the whole apply (a killed apply's
+    lock clears itself). `--resume JOURNAL` continues an interrupted apply: moves it left
+    running are followed to their end, the plan is made again from the facts as they are now,
+    and no VM is moved twice.
+    """
+    if not plan_file and not resume:
+        raise click.UsageError("give a PLAN, or --resume JOURNAL")
+    req = ApplyRequest(plan_file, _variables(var), list(var_files), resume, break_lock)
+    ui = Frontend(as_json, auto_approve)
     try:
-        plan, saved = _plan(plan_file, var, var_files)
+        outcome = asyncio.run(_run(req, ui))
     except PlanError as err:
         for line in str(err).splitlines():
             click.echo(f"Error: {line}", err=True)
         sys.exit(1)
-    say = (lambda _: None) if as_json else (lambda line: click.echo(line))
-    if not as_json:
-        click.echo(render_plan(plan))
-    if plan.errored:
-        click.echo("Error: the plan has failed checks; nothing was moved — fix them and plan again", err=True)
-        sys.exit(1)
-    if not plan.changes:
-        click.echo("No changes: every VM is where the plan wants it.")
-        sys.exit(0)
-    if not saved and not auto_approve and sys.stdin.isatty() and not click.confirm("Apply these moves?"):
-        click.echo("Apply cancelled; nothing was moved.")
-        sys.exit(1)
-    journal = Journal(plan_file, plan.facts_hash)
-    result = asyncio.run(apply_plan(plan, journal, say))
-    if junit_file:
-        write_junit(junit_file, result)
-    if as_json:
-        click.echo(json.dumps({"ok": result.ok, "journal": str(journal.path), "placement": result.placement,
-                               "moves": [m.__dict__ for m in result.moves]}, indent=2))
-    else:
-        click.echo("\nWhere every VM runs now:")
-        for vm, host in sorted(result.placement.items()):
-            click.echo(f"  {vm:<16} {host}")
-        ok = sum(m.ok for m in result.moves)
-        click.echo(f"\nApply {'complete' if result.ok else 'FAILED'}: {ok}/{len(result.moves)} moves succeeded. "
-                   f"Journal: {journal.path}")
-    sys.exit(0 if result.ok else 1)
+    except KeyboardInterrupt:
+        if ui.journal is None:
+            click.echo("Interrupted; nothing was moved.", err=True)
+        else:
+            click.echo("Interrupted — migrations already started carry on in the agents; continue with "
+                       f"`qvplan apply --resume {ui.journal}`", err=True)
+        sys.exit(130)
+    if junit_file and outcome.result is not None:
+        write_junit(junit_file, outcome.result)
+    with contextlib.suppress(BrokenPipeError):
+        _report(outcome, as_json)
+    sys.exit(0 if outcome.ok else 1)
 
 
 def register(group: click.Group) -> None:
