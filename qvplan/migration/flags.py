@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -10,6 +11,11 @@ from ..units import parse_duration, parse_size
 
 KEMS = ("ML-KEM-768", "ML-KEM-1024")
 UNLIMITED = 0  # bandwidth 0 = unlimited (QEMU's own default is 128 MiB/s, so it must be set)
+# QEMU's auto-converge throttles the vCPUs to THROTTLE_INITIAL % once the guest has dirtied more than
+# half of what was sent in two sync periods (of at least 1 s), then raises it likewise up to THROTTLE_MAX %.
+THROTTLE_INITIAL = 20  # QEMU's default cpu-throttle-initial
+THROTTLE_MIN_INCREMENT = 10  # QEMU's default cpu-throttle-increment
+THROTTLE_MAX = 99  # QEMU's default max-cpu-throttle
 
 
 class MigrateFlags(BaseModel):
@@ -54,6 +60,20 @@ class MigrateFlags(BaseModel):
         # zstd compression is a multifd feature, so --compress uses multifd even with one thread.
         return self.threads > 1 or self.compress
 
+    @property
+    def throttle_increment(self) -> int:
+        """cpu-throttle-increment so auto-converge reaches full throttle in the first third of the budget.
+
+        QEMU raises the throttle at most every second dirty-sync pass, from the third on (passes
+        3, 5, 7, ...). With its default +10 % the 99 % ceiling takes 19 passes, so any smaller
+        --max-iterations forces stop-and-copy (a long pause) before auto-converge has had its
+        effect. The step is sized so 99 % is reached by pass max_iterations / 3, leaving two thirds
+        of the budget for the shrinking passes, which can be slow: under TCG each sync waits for
+        the vCPU to finish its throttle sleep (up to ~1 s at 99 %). Never gentler than QEMU's default.
+        """
+        steps = max(1, (self.max_iterations // 3 - 3) // 2)
+        return max(THROTTLE_MIN_INCREMENT, math.ceil((THROTTLE_MAX - THROTTLE_INITIAL) / steps))
+
     def qemu_capabilities(self) -> list[dict[str, Any]]:
         caps = {
             "events": True,
@@ -69,6 +89,9 @@ class MigrateFlags(BaseModel):
             "max-bandwidth": self.bandwidth or (1 << 40),
             "downtime-limit": max(1, int(self.max_downtime * 1000)),
         }
+        if self.auto_converge:
+            params["cpu-throttle-initial"] = THROTTLE_INITIAL
+            params["cpu-throttle-increment"] = self.throttle_increment
         if self.multifd:
             params["multifd-channels"] = self.threads
             params["multifd-compression"] = "zstd" if self.compress else "none"

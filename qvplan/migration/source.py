@@ -14,7 +14,7 @@ from ..addresses import split_hostport
 from ..pqc import PQCError, SecureChannel, open_channel
 from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError
 from .flags import MigrateFlags
-from .qmp import configure, ensure_running, event_time
+from .qmp import configure, ensure_running, event_time, run_state
 from .status import MigrationStatus
 from .tunnel import STREAM_BUFFER, relay
 
@@ -49,6 +49,7 @@ class SourceMigration:
         self._from_dest: asyncio.Future[Any] | None = None
         self._cancel_reason: str | None = None
         self._stop_at: float | None = None
+        self._passes_published = 0
         self.task: asyncio.Task[None] | None = None
 
     # -- public --------------------------------------------------------------------------
@@ -108,6 +109,7 @@ class SourceMigration:
         qmp = self.vm.proc.qmp
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())
+        self._watch_passes = asyncio.ensure_future(self._follow_passes())
         await qmp.execute("migrate", {"uri": f"unix:{sock}"})
         self._publish("phase", phase=2)
 
@@ -141,6 +143,25 @@ class SourceMigration:
             async for event in listener:
                 self._stop_at = event_time(event)
 
+    async def _follow_passes(self) -> None:
+        """A `pass` event per QEMU dirty-sync pass, with fresh figures (short passes fall between polls)."""
+        qmp = self.vm.proc.qmp
+        with qmp.listener(("MIGRATION_PASS",)) as listener:
+            async for event in listener:
+                number = int(event.get("data", {}).get("pass", 0))
+                with contextlib.suppress(Exception):
+                    self.status.update_from_qemu(await qmp.execute("query-migrate"))
+                if self.status.forced_stop_and_copy:
+                    continue  # the guest is paused: what QEMU still counts is stop-and-copy
+                self.status.iteration = max(self.status.iteration, number)
+                self._publish_passes(number)
+
+    def _publish_passes(self, upto: int) -> None:
+        """Exactly one `pass` event per pass up to `upto`, in order, whoever sees it first."""
+        for number in range(self._passes_published + 1, upto + 1):
+            self._publish("pass", iteration=number)
+        self._passes_published = max(self._passes_published, upto)
+
     async def _transfer(self) -> dict[str, Any]:
         """Phases 2–4: follow QEMU's pre-copy; enforce iterations, timeout, stalls and cancel.
 
@@ -149,7 +170,6 @@ class SourceMigration:
         """
         assert self.control is not None
         qmp = self.vm.proc.qmp
-        last_pass = 0
         last_moved, last_move_time = 0, time.monotonic()
         self._from_dest = asyncio.ensure_future(self.control.recv_json())
         while True:
@@ -165,18 +185,16 @@ class SourceMigration:
             if state in ENDINGS and state != "completed":
                 raise MigrationError(f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}",
                                      NETWORK_FIX)
-            if self.status.iteration != last_pass:
-                last_pass = self.status.iteration
-                self._publish("pass", phase=self.status.phase)
-            else:
-                self._publish("progress")
+            self._publish("progress")
             if self._cancel_reason:
                 raise MigrationError(f"Migration {self._cancel_reason}")
             if self.status.elapsed > self.flags.timeout:
                 raise MigrationError(f"Timeout exceeded ({self.flags.timeout:.0f}s)", CONVERGE_FIX)
-            if self.status.iteration >= self.flags.max_iterations and not self.status.forced_stop_and_copy:
+            if (self.status.iteration >= self.flags.max_iterations and not self.status.forced_stop_and_copy
+                    and state == "active" and await run_state(qmp) == "running"):
                 # Force stop-and-copy: pause the guest so nothing more is dirtied; QEMU then sends
-                # what is left and the destination resumes it.
+                # what is left and the destination resumes it. Not once QEMU has stopped the guest
+                # itself (finish-migrate): its stop-and-copy passes count too, but it converged.
                 self.status.forced_stop_and_copy = True
                 self.status.phase = 4
                 await qmp.execute("stop")
@@ -191,6 +209,8 @@ class SourceMigration:
     async def _activate(self, info: dict[str, Any]) -> None:
         """Phase 5: the destination resumes the guest; only then is the source VM released."""
         assert self.control is not None
+        # QEMU's own stop-and-copy passes may still be on their way as events: publish them now.
+        self._publish_passes(self.status.iteration)
         self.status.phase = 5
         await self.control.send_json({"cmd": "commit"})
         self._publish("phase", phase=5)
@@ -206,6 +226,7 @@ class SourceMigration:
             self.status.pause = max(0.0, message["resumed_at"] - self._stop_at)
         final = await self.vm.proc.qmp.execute("query-migrate")
         self.status.update_from_qemu(final if final.get("status") == "completed" else info)
+        self._publish_passes(self.status.iteration)
         # Release the source VM before the outcome is visible: whoever sees COMPLETED must find
         # the VM on the destination only.
         with contextlib.suppress(Exception):
@@ -259,8 +280,9 @@ class SourceMigration:
     async def _teardown(self) -> None:
         if self._from_dest is not None:
             self._from_dest.cancel()
-        if getattr(self, "_watch_stop", None):
-            self._watch_stop.cancel()
+        for watcher in (getattr(self, "_watch_stop", None), getattr(self, "_watch_passes", None)):
+            if watcher is not None:
+                watcher.cancel()
         if self._server is not None:
             self._server.close()
         for task in list(self._relays):

@@ -41,6 +41,7 @@ class MigrationStatus:
     storage_total: int = 0
     storage_dirty: int = 0
     forced_stop_and_copy: bool = False
+    cpu_throttle: int = 0  # auto-converge's vCPU throttle, % (QEMU only raises it; kept after the end)
     percent: float = 0.0  # never runs backwards
 
     @property
@@ -58,10 +59,12 @@ class MigrationStatus:
             self.transferred = max(self.transferred, int(ram.get("transferred", 0)))
             remaining = int(ram.get("remaining", 0))
             self.total = max(self.transferred + remaining, self.transferred)
-            self.iteration = max(self.iteration, int(ram.get("dirty-sync-count", 0)))
+            if not self.forced_stop_and_copy:  # QEMU's passes after a forced stop are not iterations
+                self.iteration = max(self.iteration, int(ram.get("dirty-sync-count", 0)))
             page = int(ram.get("page-size", 4096))
             self.dirty_rate = float(ram.get("dirty-pages-rate", 0)) * page
             self.transfer_rate = float(ram.get("mbps", 0.0)) * 1e6 / 8
+        self.cpu_throttle = max(self.cpu_throttle, int(info.get("cpu-throttle-percentage", 0)))
         if "expected-downtime" in info:
             self.expected_downtime = info["expected-downtime"] / 1000
         if "downtime" in info:

@@ -1,0 +1,142 @@
+"""Convergence control: a write-heavy guest that only auto-converge brings home in time.
+
+The guest re-dirties its 12 MiB working set faster than the 8 MiB/s the migration may use
+(measured here: ~65 MiB/s on a quiet machine, ~30 MiB/s with other QEMU tests running; it
+must only stay above 8), so every pre-copy pass finds the whole working set dirty again. Without
+auto-converge the dirty set never gets under what 100 ms of downtime can carry, and
+--max-iterations ends the migration with a forced stop-and-copy (a pause of ~1.5 s). With
+auto-converge QEMU throttles the vCPU (20 % at pass 3, 99 % at pass 5 for this budget of 20, see
+MigrateFlags.throttle_increment): the dirty set shrinks to a few hundred KiB and the migration
+converges by itself, typically by pass 8–13. The budget is generous because under TCG every pass
+at 99 % waits up to a second for the vCPU's throttle sleep and the last passes end only when a
+sync falls between two of the guest's 10 ms bursts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+from qvplan.migration.flags import MigrateFlags
+
+from .helpers import runs_only_on, start_guest, wait_outcome
+
+MIB = 1 << 20
+WORKING_SET = 12 * MIB
+BANDWIDTH = 8 * MIB
+MAX_ITERATIONS = 20
+# pace 12000: ~50 µs of busy loop per page under TCG here; marker_every 1: a serial line per sweep.
+HEAVY = {"memory": "128M", "working_set": "12M", "pace": 12000, "marker_every": 1}
+FLAGS = {"bandwidth": "8M", "max_downtime": "100ms", "max_iterations": MAX_ITERATIONS, "threads": 1}
+
+
+def dirty_rate(agent, name: str, seconds: float = 2.0) -> float:
+    """Bytes the guest dirties per second (page-granular), from its sweep markers."""
+    first = agent.wait_markers(name, agent.vm(name)["serial_markers"])
+    start = time.monotonic()
+    time.sleep(seconds)
+    last = agent.vm(name)["serial_markers"]
+    return (last - first) * WORKING_SET / (time.monotonic() - start)
+
+
+def follow_events(agent, name: str) -> subprocess.Popen[str]:
+    """`curl -N` on the migration's event stream, as an operator would run it."""
+    url = f"http://{agent.address}:{agent.api_port}/api/v1/vms/{name}/migrate/events"
+    return subprocess.Popen(["curl", "-sSN", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def read_events(curl: subprocess.Popen[str]) -> list[dict]:
+    out, err = curl.communicate(timeout=30)
+    assert curl.returncode == 0, err
+    return [json.loads(line[5:]) for line in out.splitlines() if line.startswith("data:")]
+
+
+def migrate_watched(src, dst, name: str, **flags) -> tuple[dict, list[dict]]:
+    src.api("POST", f"vms/{name}/migrate", {"dest": dst.migration, "flags": flags})
+    curl = follow_events(src, name)
+    return wait_outcome(src, name), read_events(curl)
+
+
+def assert_one_pass_event_per_iteration(events: list[dict], outcome: dict) -> list[dict]:
+    """The stream opens with a status snapshot, then one `pass` per QEMU pass, in order, to the end."""
+    assert events[0]["event"] == "status" and events[-1]["event"] == outcome["state"].lower(), events[-1]
+    passes = [e for e in events if e["event"] == "pass"]
+    numbers = [e["iteration"] for e in passes]
+    first = max(1, events[0]["iteration"] + 1)  # the snapshot may already show the first pass
+    assert numbers == list(range(first, outcome["iteration"] + 1)), numbers
+    return passes
+
+
+def show_passes(events: list[dict]) -> None:
+    print("\npass: vCPU throttle, left to send, seconds: " + ", ".join(
+        f"{e['iteration']}: {e['cpu_throttle']}% {(e['total'] - e['transferred']) / MIB:.1f} MiB "
+        f"{e['time'] - e['started']:.1f}s" for e in events if e["event"] == "pass"))
+
+
+def test_without_auto_converge_only_a_forced_stop_and_copy_completes(pair):
+    a, b = pair
+    start_guest(a, **HEAVY)
+    rate = dirty_rate(a, "vm-1")
+    print(f"\nguest dirties {rate / MIB:.0f} MiB/s against a bandwidth of {BANDWIDTH / MIB:.0f} MiB/s")
+
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {**FLAGS, "auto_converge": False}})
+    curl = follow_events(a, "vm-1")
+    # Mid-way, `migrate-status` shows the live pass count against the budget.
+    time.sleep(4)
+    live = a.cli("vm", "migrate-status", "vm-1")
+    assert live.returncode == 0, live.stderr
+    assert "MIGRATING (phase" in live.stdout, live.stdout
+    n = int(re.search(rf"Iteration:\s+(\d+) / {MAX_ITERATIONS}\n", live.stdout).group(1))
+    assert 1 <= n < MAX_ITERATIONS, live.stdout
+    status, events = wait_outcome(a, "vm-1"), read_events(curl)
+    show_passes(events)
+
+    assert status["state"] == "COMPLETED", status
+    assert status["forced_stop_and_copy"] and status["iteration"] == MAX_ITERATIONS, status
+    assert status["cpu_throttle"] == 0, status
+    passes = assert_one_pass_event_per_iteration(events, status)
+    forced = [e for e in events if e["event"] == "phase" and e.get("forced")]
+    assert len(forced) == 1 and forced[0]["iteration"] == MAX_ITERATIONS, forced
+    # It never converged: up to the forced stop every pass found most of the working set dirty.
+    assert all(e["total"] - e["transferred"] > WORKING_SET / 2 for e in passes
+               if 2 <= e["iteration"] <= MAX_ITERATIONS), passes
+    print(f"forced stop-and-copy after {MAX_ITERATIONS} passes, {status['transferred'] / MIB:.0f} MiB sent, "
+          f"pause {status['pause']}s")
+    runs_only_on(b, a, "vm-1")
+
+    done = a.cli("vm", "migrate-status", "vm-1")
+    assert f"Iteration:       {status['iteration']} / {MAX_ITERATIONS} (forced stop-and-copy)" in done.stdout
+    as_json = json.loads(a.cli("vm", "migrate-status", "vm-1", "--json").stdout)
+    assert (as_json["iteration"], as_json["max_iterations"]) == (status["iteration"], MAX_ITERATIONS)
+
+
+def test_auto_converge_converges_before_the_forced_stop_and_copy(pair):
+    a, b = pair
+    start_guest(a, **HEAVY)
+    status, events = migrate_watched(a, b, "vm-1", **FLAGS, auto_converge=True)
+    show_passes(events)
+
+    assert status["state"] == "COMPLETED", status
+    assert not status["forced_stop_and_copy"] and status["cpu_throttle"] > 0, status
+    passes = assert_one_pass_event_per_iteration(events, status)
+    assert not any(e["event"] == "phase" and e.get("forced") for e in events)
+    # Throttled, the dirty set finally shrank (it never does without auto-converge), and the
+    # throttle shows in the pass events while it works, not only in the outcome.
+    assert any(e["cpu_throttle"] > 0 and e["total"] - e["transferred"] < WORKING_SET / 2 for e in passes), passes
+    print(f"converged at pass {status['iteration']} of {MAX_ITERATIONS} with the vCPU throttled to "
+          f"{status['cpu_throttle']}%, pause {status['pause']}s, QEMU downtime {status['downtime']}s")
+    runs_only_on(b, a, "vm-1")
+    done = a.cli("vm", "migrate-status", "vm-1")
+    assert f"Iteration:       {status['iteration']} / {MAX_ITERATIONS}\n" in done.stdout, done.stdout
+
+
+def test_throttle_reaches_its_ceiling_in_the_first_third_of_the_budget():
+    # QEMU can raise the throttle at passes 3, 5, 7, ...: the last step must fit in the first third.
+    for budget in (4, 8, 12, 20, 30, 60):
+        step = MigrateFlags(max_iterations=budget).throttle_increment
+        raises = -(-79 // step)  # 20 % → 99 %
+        assert raises == 1 or 3 + 2 * raises <= budget // 3, (budget, step)
+        assert step >= 10  # never gentler than QEMU's default
+    assert "cpu-throttle-increment" not in MigrateFlags(auto_converge=False).qemu_parameters()
