@@ -4,7 +4,7 @@
 
 VENV     := .venv
 PY       := $(VENV)/bin/python
-DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump
+DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GUEST    := guest/build/testguest.img
 
