@@ -21,6 +21,7 @@ from .events import EventHub
 
 log = logging.getLogger(__name__)
 INCOMING_MARK = "incoming"  # file in a VM's folder while it is an uncommitted incoming migration
+INCOMING_IMAGES = "incoming-images"  # beside it: images a storage migration created, one path a line
 
 
 class VMError(QVError):
@@ -59,6 +60,16 @@ class VM:
         return "running" if self.running else "defined"
 
 
+def remove_incoming_images(vm_dir: Path) -> None:
+    """Delete the partial images an uncommitted incoming storage migration created."""
+    listing = vm_dir / INCOMING_IMAGES
+    if listing.exists():
+        for line in listing.read_text().splitlines():
+            if line.strip():
+                Path(line.strip()).unlink(missing_ok=True)
+        listing.unlink()
+
+
 class Registry:
     def __init__(self, state_dir: Path, pools: dict[str, Path], accel: str, events: EventHub) -> None:
         self.root = state_dir / "vms"
@@ -84,6 +95,7 @@ class Registry:
                 log.info("removing uncommitted incoming VM %s", spec.name)
                 if proc.is_alive():
                     await proc.stop(graceful=False)
+                remove_incoming_images(vm.dir)
                 shutil.rmtree(vm.dir, ignore_errors=True)
                 continue
             self.vms[spec.name] = vm

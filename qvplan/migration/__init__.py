@@ -17,5 +17,6 @@ def install(agent: Agent) -> None:
     agent.migrations = {}
     OPERATIONS["migrate"] = destination.handle_migrate
     OPERATIONS["migrate-data"] = destination.handle_data
+    OPERATIONS["storage-data"] = destination.handle_data
     OPERATIONS["session-state"] = destination.handle_session_state
     agent.api_extensions.append(api.add_routes)
