@@ -117,10 +117,21 @@ class SourceMigration:
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())
         if request.get("storage"):
-            nbd = self.vm.run_dir / "nbd.sock"
-            await self.carrier.serve(nbd, STORAGE_DATA)
-            self.mirrors = DiskMirrors(qmp, [d["index"] for d in request["storage"]],
-                                       {"type": "unix", "path": str(nbd)}, reply["exports"])
+            self.mirrors = DiskMirrors(qmp, [d["index"] for d in request["storage"]], reply["exports"],
+                                       self._nbd_address)
+
+    async def _nbd_address(self, index: int) -> dict[str, Any]:
+        """The NBD client of disk `index` gets its own carried socket, passed to QEMU by fd (a
+        socket pair rather than a listening socket: see StreamCarrier.pair)."""
+        qmp = self.vm.proc.qmp
+        name = f"nbd-disk{index}"
+        end = await self.carrier.pair(STORAGE_DATA)
+        try:
+            qmp.send_fd_scm(end.fileno())
+            await qmp.execute("getfd", {"fdname": name})
+        finally:
+            end.close()  # QEMU holds its own copy now
+        return {"type": "fd", "str": name}
 
     async def _open(self, host: str, port: int, purpose: str) -> SecureChannel:
         return await open_channel(host, port, identity=self.agent.identity, trust=self.agent.trust,

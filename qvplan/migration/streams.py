@@ -1,21 +1,24 @@
 """QEMU's byte streams between hosts: every connection QEMU makes on the source is carried
 through its own PQC channel into the matching local socket on the destination.
 
-One mechanism for every kind of stream. The source serves a local unix socket per kind; QEMU
-connects to it (the migration stream and each multifd channel, or an NBD client per disk); each
-connection opens a channel with a data operation naming the session, and the destination relays
-it into its own QEMU socket for that operation:
+One mechanism for every kind of stream: each QEMU connection on the source opens a channel with
+a data operation naming the session, and the destination relays it into its own QEMU socket for
+that operation. On the source QEMU reaches the carrier in one of two ways:
 
-  operation       source socket QEMU connects to     destination socket the relay enters
-  migrate-data    run/migrate.sock  (`migrate`)      QEMU's `migrate-incoming` socket
-  storage-data    run/nbd.sock      (nbd blockdevs)  QEMU's NBD server socket (`nbd-server-start`)
+  operation     source side                                   destination socket the relay enters
+  migrate-data  serve(): run/migrate.sock QEMU connects to    QEMU's `migrate-incoming` socket
+                (`migrate`; multifd opens several connections)
+  storage-data  pair(): one end of a socket pair per NBD      QEMU's NBD server (`nbd-server-start`)
+                client, handed to QEMU by fd (`getfd`)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -52,6 +55,18 @@ class StreamCarrier:
                                                  limit=STREAM_BUFFER)
         self._servers.append(server)
 
+    async def pair(self, operation: str) -> socket.socket:
+        """A connected socket pair instead of a listening socket, for a stream QEMU opens once
+        (an NBD client): the caller hands the returned end to QEMU by fd, the other end is
+        carried with `operation` at once. Creating QEMU's end lets us widen its send buffer,
+        which QEMU itself leaves at the system default (~200 KiB)."""
+        ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            widen(end)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=STREAM_BUFFER)
+        self._relays.add(asyncio.ensure_future(self._carry(operation, reader, writer)))
+        return theirs
+
     async def _carry(self, operation: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -85,6 +100,16 @@ async def accept_stream(sockets: dict[str, str], channel: SecureChannel, operati
         await channel.send_json({"ok": False, "error": f"no {operation} socket in this session"})
         return
     reader, writer = await asyncio.open_unix_connection(target, limit=STREAM_BUFFER)
+    widen(writer.get_extra_info("socket"))
     await channel.send_json({"ok": True})
     await relay(channel, reader, writer)
 
+
+
+def widen(sock: socket.socket | None) -> None:
+    """Let one write hand a whole record (or NBD request) to the kernel. A unix socket's send
+    buffer bounds the bytes in flight to the reader; at the default ~200 KiB every MiB needs
+    several wake-ups of both processes, which on a busy host each wait for a CPU."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
