@@ -61,6 +61,9 @@ def place(spec: VMSpec, disks: list[dict[str, Any]], pools: Mapping[str, Path], 
 
     Refuses (before anything is created) when the pool is missing, lacks room for the disks'
     virtual sizes, or already holds a file of the same name."""
+    if len(disks) != len(spec.disks):
+        raise refused(f"the source described {len(disks)} of the VM's {len(spec.disks)} disks",
+                      "run the same QuantaVirt version on both hosts")
     pool, directory = resolve_pool(pools, dest_pool)
     label = pool or str(directory)
     need = sum(int(d["size"]) for d in disks)

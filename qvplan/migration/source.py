@@ -372,6 +372,4 @@ class SourceMigration:
         self.vm.last_migration = self.status.as_dict()
 
     def _publish(self, kind: str, **extra: Any) -> None:
-        if self.status.storage_total:
-            extra.setdefault("storage", self.status.storage_line())
         self.agent.events.publish(self.topic, kind, **{**self.status.as_dict(), **extra})

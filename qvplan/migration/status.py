@@ -89,6 +89,7 @@ class MigrationStatus:
         out = asdict(self)
         out["elapsed"] = self.elapsed
         out["phase_name"] = PHASES[self.phase]
+        out["storage"] = self.storage_line() if self.storage_total else None  # the Storage line
         return out
 
     def render(self) -> str:

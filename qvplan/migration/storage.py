@@ -1,7 +1,8 @@
 """The block phase of a storage migration, on the source: one mirror job per disk.
 
 Each disk `diskN` (the node names of vmm/cmdline.py) gets an NBD client node `mig-diskN` on the
-destination's export and a `blockdev-mirror` job `mirror-diskN` (sync full) into it. QEMU's
+destination's export — its socket comes from the caller (the agent carries it through a PQC
+channel) — and a `blockdev-mirror` job `mirror-diskN` (sync full) into it. QEMU's
 dirty bitmap behind each mirror carries the guest's writes made during the copy. Once every
 mirror is ready the memory migration starts; at the switchover (guest paused, `pre-switchover`)
 `complete()` cancels each ready mirror: for a ready mirror QEMU treats that cancel as a clean
@@ -27,11 +28,10 @@ from .errors import NETWORK_FIX, MigrationError
 from .qmp import event_time
 
 WAIT_POLL = 0.05
-# Bytes a mirror keeps in flight. QEMU allows 16 requests at once, each of buf-size/16 bytes
-# (at least 1 MiB): 64 MiB gives 4 MiB NBD writes, so every request carries more per round trip
-# through the two relays (the default 16 MiB gave clearly less throughput through them on a
-# loaded host).
-# It is allocated in the source QEMU for each disk while it is mirrored.
+# Bytes a mirror keeps in flight (allocated in the source QEMU per disk while it is mirrored).
+# QEMU allows 16 requests at once, each of buf-size/16 bytes (at least 1 MiB): 64 MiB gives 4 MiB
+# NBD writes, so every request carries more per round trip through the two relays (the default
+# 16 MiB gave clearly less throughput through them on a loaded host).
 MIRROR_BUFFER = 64 << 20
 
 

@@ -3,8 +3,10 @@ qcow2 disk that is written while it is being mirrored through the PQC channel.""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from qvplan.errors import QVError
 from qvplan.migration import pools
 from qvplan.migration.flags import MigrateFlags
+from qvplan.migration.status import MigrationStatus
 from qvplan.vmm import VMSpec
 
 from ..agents import ApiError, mutual_trust
@@ -50,6 +53,19 @@ def wait_status(agent, check, what: str, timeout: float = 60) -> dict:
     raise AssertionError(f"never saw {what}")
 
 
+def storage_events(agent, count: int = 2) -> list[str]:
+    """The Storage lines of the first `count` events of vm-1's migration event stream (SSE)."""
+    url = f"http://{agent.address}:{agent.api_port}/api/v1/vms/vm-1/migrate/events"
+    lines = []
+    with urllib.request.urlopen(url, timeout=30) as stream:
+        for raw in stream:
+            if raw.startswith(b"data: "):
+                lines.append(json.loads(raw[6:])["storage"])
+                if len(lines) == count:
+                    return lines
+    return lines
+
+
 def has_pattern(image: Path, byte: int, offset: str, length: str) -> bool:
     run = subprocess.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c", f"read -P {byte:#x} {offset} {length}",
                           str(image)], capture_output=True, text=True)
@@ -79,6 +95,7 @@ def test_storage_migration_copies_a_disk_written_during_the_copy(pair):
     wait_status(a, lambda s: s["storage_phase"] and s["storage_copied"] >= 8 * MIB, "the block phase")
     hmp(a, "write -P 0x5a 0 1M")  # over blocks already copied: the dirty bitmap must carry them
     hmp(a, "write -P 0x6b 100M 2M")  # blocks that held nothing when the copy started
+    assert all(line and " copied), " in line and " dirty, " in line for line in storage_events(a))
     during = a.api("GET", "vms/vm-1/migrate")
     assert during["storage_phase"], "the writes landed after the block phase; the test proves nothing"
     assert during["storage_total"] >= 40 * MIB
@@ -216,3 +233,13 @@ def test_bandwidth_is_shared_and_flags_need_storage_migrate():
     assert MigrateFlags(storage_migrate=True).memory_bandwidth == 0  # unlimited stays unlimited
     with pytest.raises(ValueError, match="needs --storage-migrate"):
         MigrateFlags(delete_source_disks=True)
+
+
+def test_status_shows_the_storage_line_during_the_block_phase():
+    status = MigrationStatus("vm-1", "hv-b:9410", "ML-KEM-768 / AES-256-GCM", 30, phase=2, storage_phase=True,
+                             storage_copied=96 * MIB, storage_total=128 * MIB, storage_dirty=2 * MIB,
+                             storage_rate=50e6)
+    shown = status.render()
+    assert "State:           MIGRATING (phase 2: initial transfer, copying disks)" in shown
+    assert "Storage:         75% (96.0 MiB / 128.0 MiB copied), 2.0 MiB dirty, 50 MB/s" in shown
+    assert "Storage:" not in MigrationStatus("vm-1", "hv-b:9410", "x", 30).render()  # shared storage
