@@ -121,7 +121,7 @@ async def handle_migrate(agent: Agent, channel: SecureChannel, request: dict[str
 
 
 def _record_image(incoming: Incoming, path: Path) -> None:
-    """Note an image before creating it, so a restarted agent can remove it (registry.load)."""
+    """Note an image we created, for discard() and for a restarted agent (registry.load)."""
     incoming.images.append(path)
     with open(incoming.vm.dir / INCOMING_IMAGES, "a") as listing:
         listing.write(f"{path}\n")
