@@ -97,6 +97,17 @@ def build_app(agent: Agent) -> web.Application:
         report = await verify_ram(vm.proc, vm.spec)
         return web.json_response({"ok": report.ok, "report": str(report), "edge": report.edge})
 
+    @routes.post("/api/v1/vms/{name}/monitor")
+    async def monitor(request: web.Request) -> web.Response:
+        """An HMP command to the VM's QEMU (as `virsh qemu-monitor-command --hmp`): for
+        operators' diagnostics and tests that act on a running VM (e.g. `qemu-io` writes)."""
+        vm = reg.get(request.match_info["name"])
+        if not vm.running or vm.proc is None:
+            raise QVError(f"VM {vm.name!r} is not running", f"start it: quantavirt vm start {vm.name}")
+        body: dict[str, Any] = await request.json()
+        output = await vm.proc.execute("human-monitor-command", {"command-line": str(body.get("command", ""))})
+        return web.json_response({"output": output})
+
     @routes.get("/api/v1/vms/{name}/events")
     async def vm_events(request: web.Request) -> web.StreamResponse:
         return await sse(request, agent.events.stream(request.match_info["name"]))

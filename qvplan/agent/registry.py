@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,6 +212,19 @@ class Registry:
                 if disk.size_bytes is None:
                     raise VMError(f"disk {path} does not exist", "create it or give the disk a size")
                 create_disk(path, disk.size_bytes, disk.format)
+
+
+def record_incoming_files(vm_dir: Path, *paths: Path) -> None:
+    """Add to INCOMING_FILES, durably, before creating them: what an uncommitted migration leaves."""
+    listing = vm_dir / INCOMING_FILES
+    try:
+        listed = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        listed = []
+    with open(listing, "w") as f:
+        json.dump([*listed, *map(str, paths)], f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def remove_incoming_files(vm_dir: Path) -> None:

@@ -26,7 +26,10 @@ def _flags(**raw: object) -> MigrateFlags:
         return MigrateFlags.model_validate({k: v for k, v in raw.items() if v is not None})
     except ValidationError as err:
         first = err.errors()[0]
-        raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        if not first["loc"]:  # a rule across flags names them itself
+            raise UsageError(message, "see `quantavirt vm migrate --help`") from None
+        raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}") from None
 
 
 @vm.command()
@@ -43,8 +46,10 @@ def _flags(**raw: object) -> MigrateFlags:
 @click.option("--compress", is_flag=True, default=None, help="zstd-compress pages in transit.")
 @click.option("--threads", type=int, help="Parallel transfer channels (default 4).")
 @click.option("--storage-migrate", is_flag=True, default=None, help="Copy local disks too.")
-@click.option("--dest-pool", help="Destination directory or pool for --storage-migrate.")
-@click.option("--delete-source-disks", is_flag=True, default=None, help="Remove source disks after success.")
+@click.option("--dest-pool", help="Destination pool name or existing directory for --storage-migrate or "
+                                 "--offline (default: its pool named default).")
+@click.option("--delete-source-disks", is_flag=True, default=None,
+              help="With --storage-migrate: remove the source disks once the destination runs the VM.")
 @click.option("--offline", is_flag=True, default=None,
               help="Move a stopped VM: definition and disks (zstd with --compress), then undefine it here.")
 @click.option("--detach", is_flag=True, help="Return once phase 1 (setup) has passed.")

@@ -17,6 +17,7 @@ def install(agent: Agent) -> None:
     agent.migrations = {}
     OPERATIONS["migrate"] = destination.handle_migrate
     OPERATIONS["migrate-data"] = destination.handle_data
+    OPERATIONS["storage-data"] = destination.handle_data
     OPERATIONS["session-state"] = destination.handle_session_state
     OPERATIONS["offline-receive"] = offline_dest.handle_receive
     OPERATIONS["offline-state"] = offline_dest.handle_state

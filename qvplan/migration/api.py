@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from pydantic import ValidationError
 
 from ..agent.api import error_response, sse
 from ..agent.events import drain
@@ -28,7 +29,14 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         name = request.match_info["name"]
         body = await request.json()
         vm = agent.registry.get(name)
-        flags = MigrateFlags.model_validate(body.get("flags", {}))
+        try:
+            flags = MigrateFlags.model_validate(body.get("flags", {}))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            message = str(first["msg"]).removeprefix("Value error, ")
+            return error_response(400, f"invalid migrate flags: {where + ': ' if where else ''}{message}",
+                                  "see `quantavirt vm migrate --help`")
         dest = str(body.get("dest", ""))
         if vm.busy:
             raise VMError(f"VM {name!r} is already {vm.busy}", f"see `quantavirt vm migrate-status {name}`")

@@ -2,7 +2,8 @@
 
 Protocol on the control channel (source → destination, one JSON message each):
   {"op": "migrate", ...}          → {"ok": true} once QEMU listens, or {"ok": false, "error", "fix"}
-  (data connections: {"op": "migrate-data", "session"} each, then raw stream records)
+                                    (with --storage-migrate also "exports": NBD export per disk)
+  (data connections: {"op": "migrate-data" | "storage-data", "session"} each, then raw records)
   ← {"event": "received"}          QEMU has loaded all state and waits paused (-S)
   {"cmd": "commit"}               → resume, announce-self, ← {"event": "running", "resumed_at"}
   {"cmd": "abort"} or EOF before commit → QEMU killed, nothing left behind
@@ -17,18 +18,19 @@ import contextlib
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..agent.registry import INCOMING_MARK
+from ..agent.registry import INCOMING_FILES, INCOMING_MARK, record_incoming_files
 from ..pqc import SecureChannel
 from ..vmm import VMSpec
-from . import checks
+from . import checks, pools
 from .errors import MigrationError, refused
 from .flags import MigrateFlags
 from .qmp import configure, event_time
-from .tunnel import STREAM_BUFFER, relay
+from .streams import MIGRATE_DATA, STORAGE_DATA, accept_stream
 
 if TYPE_CHECKING:
     from ..agent.daemon import Agent
@@ -41,12 +43,18 @@ log = logging.getLogger(__name__)
 class Incoming:
     session: str
     vm: VM
-    sock: str
+    sockets: dict[str, str] = field(default_factory=dict)  # data operation → local QEMU socket
+    images: list[Path] = field(default_factory=list)  # created here by a storage migration
+    storage: bool = False
     state: str = "waiting"  # waiting, received, running, aborted
 
 
-def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> tuple[VMSpec, MigrateFlags]:
-    """Every check of phase 1, before any VM state moves. Raises the spec's refusal."""
+def preflight(agent: Agent, channel: SecureChannel,
+              request: dict[str, Any]) -> tuple[VMSpec, MigrateFlags, pools.Placement | None]:
+    """Every check of phase 1, before any VM state moves. Raises the spec's refusal.
+
+    With --storage-migrate the pool replaces the shared-storage check, and the placement's
+    definition points at the new images."""
     from ..agent.facts import host_facts
 
     spec = VMSpec.model_validate(request["vm"])
@@ -68,27 +76,39 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> 
     ):
         if problem:
             raise problem
-    return spec, flags
+    if flags.storage_migrate:
+        placement = pools.place(spec, request.get("storage", []), agent.pools, flags.dest_pool)
+        return placement.spec, flags, placement
+    return spec, flags, None
 
 
 async def handle_migrate(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
     log.info("incoming migration of %s from %s", request.get("vm", {}).get("name"), channel.peer_name)
     try:
-        spec, flags = preflight(agent, channel, request)
+        spec, flags, placement = preflight(agent, channel, request)
     except MigrationError as err:
         await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
         return
     vm = agent.registry.define(spec)
     vm.busy = "incoming"
     (vm.dir / INCOMING_MARK).write_text(request["session"])
-    incoming = Incoming(request["session"], vm, str(vm.run_dir / "incoming.sock"))
+    incoming = Incoming(request["session"], vm, {MIGRATE_DATA: str(vm.run_dir / "incoming.sock")},
+                        storage=placement is not None)
     agent.incoming[incoming.session] = incoming
     try:
+        reply: dict[str, Any] = {"ok": True}
+        if placement is not None:
+            pools.create_images(placement, lambda path: _record_image(incoming, path))
         await agent.registry.start(spec.name, incoming="defer", paused=True)
         assert vm.proc is not None
+        if placement is not None:
+            nbd = vm.run_dir / "nbd.sock"
+            await pools.export(vm.proc.qmp, pools.unix_address(nbd), placement.exports)
+            incoming.sockets[STORAGE_DATA] = str(nbd)
+            reply["exports"] = placement.exports
         await configure(vm.proc.qmp, flags)
-        await vm.proc.qmp.execute("migrate-incoming", {"uri": f"unix:{incoming.sock}"})
-        await channel.send_json({"ok": True})
+        await vm.proc.qmp.execute("migrate-incoming", {"uri": f"unix:{incoming.sockets[MIGRATE_DATA]}"})
+        await channel.send_json(reply)
         await _follow(agent, channel, incoming)
     except Exception as err:
         log.warning("incoming migration of %s failed: %s", spec.name, err)
@@ -97,7 +117,13 @@ async def handle_migrate(agent: Agent, channel: SecureChannel, request: dict[str
     finally:
         agent.incoming.pop(incoming.session, None)
         if incoming.state != "running":
-            await discard(agent, vm)
+            await discard(agent, vm, incoming.images)
+
+
+def _record_image(incoming: Incoming, path: Path) -> None:
+    """Note an image we created, for discard() and for a restarted agent (registry.load)."""
+    incoming.images.append(path)
+    record_incoming_files(incoming.vm.dir, path)
 
 
 async def _follow(agent: Agent, channel: SecureChannel, incoming: Incoming) -> None:
@@ -120,12 +146,15 @@ async def _follow(agent: Agent, channel: SecureChannel, incoming: Incoming) -> N
         verdict.cancel()
     if not message or message.get("cmd") != "commit":
         raise MigrationError(f"source did not commit: {message}")
+    if incoming.storage:
+        await pools.unexport(qmp)
     with qmp.listener(("RESUME",)) as listener:
         await qmp.execute("cont")
         resume = await asyncio.wait_for(listener.get(), 10)
     incoming.state = "running"
     vm.busy = None
-    (vm.dir / INCOMING_MARK).unlink(missing_ok=True)
+    (vm.dir / INCOMING_MARK).unlink(missing_ok=True)  # the commit point; then the undo list goes
+    (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
     with contextlib.suppress(Exception):
         await qmp.execute("announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100})
     agent.events.publish(vm.name, "migrated-in", source=channel.peer_name)
@@ -141,29 +170,31 @@ async def _wait_loaded(qmp: Any) -> None:
             return
         if status in ("failed", "cancelled"):
             raise MigrationError(f"destination QEMU could not load the VM state ({status})")
-        await asyncio.sleep(0.005)
+        # Fast while the stream flows (the end is latency-critical); slow before it starts,
+        # which with --storage-migrate is the whole block phase.
+        await asyncio.sleep(0.005 if status == "active" else 0.1)
 
 
-async def discard(agent: Agent, vm: VM) -> None:
-    """Remove an incoming VM that did not become ours: its QEMU and its directory."""
+async def discard(agent: Agent, vm: VM, images: list[Path] | None = None) -> None:
+    """Remove an incoming VM that did not become ours: its QEMU, the images it created, its directory."""
     if vm.proc is not None:
         with contextlib.suppress(Exception):
             await vm.proc.stop(graceful=False)
+    pools.remove_images(images or [])
     vm.busy = None
     if vm.name in agent.registry.vms and agent.registry.vms[vm.name] is vm:
         agent.registry.forget(vm.name)
 
 
 async def handle_data(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+    """A data stream of a session (`migrate-data` or `storage-data`), relayed into QEMU."""
     incoming = agent.incoming.get(request.get("session", ""))
     if incoming is None or incoming.state != "waiting":
         await channel.send_json({"ok": False, "error": "no such migration session"})
         return
-    reader, writer = await asyncio.open_unix_connection(incoming.sock, limit=STREAM_BUFFER)
-    await channel.send_json({"ok": True})
     started = time.monotonic()
-    await relay(channel, reader, writer)
-    log.debug("stream for %s done after %.1fs", incoming.vm.name, time.monotonic() - started)
+    await accept_stream(incoming.sockets, channel, request["op"])
+    log.debug("%s stream for %s done after %.1fs", request["op"], incoming.vm.name, time.monotonic() - started)
 
 
 async def handle_session_state(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:

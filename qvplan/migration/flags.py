@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..units import parse_duration, parse_size
 
@@ -16,6 +16,10 @@ UNLIMITED = 0  # bandwidth 0 = unlimited (QEMU's own default is 128 MiB/s, so it
 THROTTLE_INITIAL = 20  # QEMU's default cpu-throttle-initial
 THROTTLE_MIN_INCREMENT = 10  # QEMU's default cpu-throttle-increment
 THROTTLE_MAX = 99  # QEMU's default max-cpu-throttle
+# --bandwidth with --storage-migrate: while memory and the disks' mirrors move together the disks
+# get this share (they then carry only the guest's new writes); alone, before and at the
+# switchover, the mirrors get all of it. Memory and disk never exceed --bandwidth together.
+STORAGE_SHARE = 0.25
 
 
 class MigrateFlags(BaseModel):
@@ -55,6 +59,26 @@ class MigrateFlags(BaseModel):
         # A bare number is milliseconds, as the spec's "300ms" default reads.
         return parse_duration(v, "max downtime", default_unit="ms") if isinstance(v, str | int) else v
 
+    @model_validator(mode="after")
+    def _storage_flags(self) -> MigrateFlags:
+        if not (self.storage_migrate or self.offline):
+            if self.dest_pool is not None:
+                raise ValueError("--dest-pool needs --storage-migrate (or --offline)")
+            if self.delete_source_disks:
+                # On shared storage the "source" disk is the destination's disk too.
+                raise ValueError("--delete-source-disks needs --storage-migrate (or --offline)")
+        return self
+
+    @property
+    def storage_bandwidth(self) -> int:
+        """bytes/s of the disk mirrors while memory moves too (0 = unlimited)."""
+        return max(1, int(self.bandwidth * STORAGE_SHARE)) if self.bandwidth and self.storage_migrate else 0
+
+    @property
+    def memory_bandwidth(self) -> int:
+        """bytes/s of QEMU's memory migration (0 = unlimited): what the disks leave of --bandwidth."""
+        return self.bandwidth - self.storage_bandwidth if self.bandwidth else 0
+
     @property
     def multifd(self) -> bool:
         # zstd compression is a multifd feature, so --compress uses multifd even with one thread.
@@ -86,7 +110,7 @@ class MigrateFlags(BaseModel):
     def qemu_parameters(self) -> dict[str, Any]:
         params: dict[str, Any] = {
             # 1 TiB/s stands for "unlimited": QEMU has no unlimited value of its own.
-            "max-bandwidth": self.bandwidth or (1 << 40),
+            "max-bandwidth": self.memory_bandwidth or (1 << 40),
             "downtime-limit": max(1, int(self.max_downtime * 1000)),
         }
         if self.auto_converge:

@@ -16,7 +16,8 @@ from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError
 from .flags import MigrateFlags
 from .qmp import configure, ensure_running, event_time, run_state
 from .status import MigrationStatus
-from .tunnel import STREAM_BUFFER, relay
+from .storage import DiskMirrors, StorageProgress, describe_disks
+from .streams import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
 
 if TYPE_CHECKING:
     from ..agent.daemon import Agent
@@ -44,12 +45,15 @@ class SourceMigration:
         self.topic = f"{vm.name}/migrate"
         self.setup_done = asyncio.Event()
         self.control: SecureChannel | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._relays: set[asyncio.Task[None]] = set()
+        self.carrier = StreamCarrier(self._open_data, self.session, vm.name)
+        self.mirrors: DiskMirrors | None = None  # with --storage-migrate, once phase 1 passed
+        self._switched = False  # pre-switchover handled (mirrors completed, migration continued)
+        self._watch_stop: asyncio.Future[None] | None = None
+        self._watch_passes: asyncio.Future[None] | None = None
+        self._passes_published = 0
         self._from_dest: asyncio.Future[Any] | None = None
         self._cancel_reason: str | None = None
         self._stop_at: float | None = None
-        self._passes_published = 0
         self.task: asyncio.Task[None] | None = None
 
     # -- public --------------------------------------------------------------------------
@@ -69,6 +73,9 @@ class SourceMigration:
             self._publish("phase", phase=1)
             await self._setup()
             self.setup_done.set()
+            if self.mirrors is not None:
+                await self._copy_disks()
+            await self._start_memory()
             info = await self._transfer()
             await self._activate(info)
         except MigrationError as err:
@@ -83,7 +90,7 @@ class SourceMigration:
             await self._teardown()
 
     async def _setup(self) -> None:
-        """Phase 1: handshake, the destination's checks, QEMU listening there, our socket here."""
+        """Phase 1: handshake, the destination's checks, QEMU listening there, our sockets here."""
         host, port = split_hostport(self.dest, MIGRATION_PORT)
         log.info("migrating %s to %s: phase 1 (setup)", self.vm.name, self.dest)
         self.control = await self._open(host, port, "migrate")
@@ -92,50 +99,115 @@ class SourceMigration:
             raise MigrationError("destination is the source host", "pick another --dest")
         from ..agent.facts import host_facts
 
+        qmp = self.vm.proc.qmp
         facts = host_facts(self.agent)
-        await self.control.send_json({
+        request = {
             "op": "migrate", "session": self.session, "version": __version__,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
             "cpu": facts["cpu"], "disks": self.agent.registry.disk_facts(self.vm.spec),
-        })
+        }
+        if self.flags.storage_migrate:
+            request["storage"] = await describe_disks(qmp, self.vm.spec, self.agent.pools)
+        await self.control.send_json(request)
         reply = await asyncio.wait_for(self.control.recv_json(), 60)
         log.debug("destination answered setup: %s", reply)
         if not reply or not reply.get("ok"):
             raise MigrationError((reply or {}).get("error", "destination closed the connection"),
                                  (reply or {}).get("fix"))
-        sock = self.vm.run_dir / "migrate.sock"
-        sock.unlink(missing_ok=True)
-        self._server = await asyncio.start_unix_server(self._carry, str(sock), limit=STREAM_BUFFER)
-        qmp = self.vm.proc.qmp
+        self._from_dest = asyncio.ensure_future(self.control.recv_json())
+        await self.carrier.serve(self.vm.run_dir / "migrate.sock", MIGRATE_DATA)
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())
         self._watch_passes = asyncio.ensure_future(self._follow_passes())
-        await qmp.execute("migrate", {"uri": f"unix:{sock}"})
-        self._publish("phase", phase=2)
+        if request.get("storage"):
+            self.mirrors = DiskMirrors(qmp, [d["index"] for d in request["storage"]], reply["exports"],
+                                       self._nbd_address)
+
+    async def _nbd_address(self, index: int) -> dict[str, Any]:
+        """The NBD client of disk `index` gets its own carried socket, passed to QEMU by fd (a
+        socket pair rather than a listening socket: see StreamCarrier.pair)."""
+        qmp = self.vm.proc.qmp
+        name = f"nbd-disk{index}"
+        end = await self.carrier.pair(STORAGE_DATA)
+        try:
+            qmp.send_fd_scm(end.fileno())
+            await qmp.execute("getfd", {"fdname": name})
+        finally:
+            end.close()  # QEMU holds its own copy now
+        return {"type": "fd", "str": name}
 
     async def _open(self, host: str, port: int, purpose: str) -> SecureChannel:
         return await open_channel(host, port, identity=self.agent.identity, trust=self.agent.trust,
                                   kem=self.flags.pqc_kem, hello_extra={**self.agent.hello_extra(),
                                                                       "purpose": purpose})
 
-    async def _carry(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One QEMU stream (main or a multifd channel) → its own PQC channel."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._relays.add(task)
-        try:
-            host, port = split_hostport(self.dest, MIGRATION_PORT)
-            channel = await self._open(host, port, "migrate-data")
-            await channel.send_json({"op": "migrate-data", "session": self.session})
-            reply = await channel.recv_json()
-            if not reply or not reply.get("ok"):
-                raise MigrationError(f"destination refused a stream: {reply}")
-            await relay(channel, reader, writer)
-        except Exception as err:
-            log.warning("stream of %s broke: %s", self.vm.name, err)
-            writer.close()
-        finally:
-            self._relays.discard(task)
+    async def _open_data(self, purpose: str) -> SecureChannel:
+        return await self._open(*split_hostport(self.dest, MIGRATION_PORT), purpose)
+
+    async def _copy_disks(self) -> None:
+        """The block phase (--storage-migrate): mirror every disk until all are in sync.
+
+        Memory waits: the bulk copy gets all of --bandwidth, and starting pre-copy only once the
+        disks are in sync keeps the memory rounds short."""
+        assert self.mirrors is not None
+        self.status.phase = 2
+        self.status.storage_phase = True
+        self._publish("phase", phase=2)
+        log.info("migrating %s: copying %d disk(s)", self.vm.name, len(self.mirrors.indices))
+        await self.mirrors.start(self._mirror_speed(alone=True))
+        last_copied, last_move_time = -1, time.monotonic()
+        while True:
+            progress = await self._storage_progress()
+            self._publish("progress")
+            if progress.ready:
+                break
+            self._check_destination()
+            self._check_limits()
+            if progress.copied > last_copied:
+                last_copied, last_move_time = progress.copied, time.monotonic()
+            elif time.monotonic() - last_move_time > STALL_LIMIT:
+                raise MigrationError(f"Connection reset during transfer (no storage progress for "
+                                     f"{STALL_LIMIT:.0f}s)", NETWORK_FIX)
+            assert self._from_dest is not None
+            await asyncio.wait({self._from_dest}, timeout=POLL)
+        self.status.storage_phase = False
+        await self.mirrors.set_speed(self._mirror_speed(alone=False))
+        log.info("migrating %s: disks in sync (%.0f MB/s), memory next", self.vm.name,
+                 self.status.storage_rate / 1e6)
+
+    def _mirror_speed(self, alone: bool) -> int:
+        """Per-job mirror speed: all of --bandwidth when the disks move alone, their share when
+        memory moves too (0 = unlimited)."""
+        assert self.mirrors is not None
+        total = self.flags.bandwidth if alone else self.flags.storage_bandwidth
+        return max(1, total // len(self.mirrors.indices)) if total else 0
+
+    async def _storage_progress(self) -> StorageProgress:
+        assert self.mirrors is not None
+        progress = await self.mirrors.progress()
+        self.status.storage_copied = progress.copied
+        self.status.storage_total = progress.total
+        self.status.storage_dirty = progress.dirty
+        if self.status.storage_phase:
+            self.status.storage_rate = self.mirrors.rate(progress.copied)
+        return progress
+
+    async def _start_memory(self) -> None:
+        """Phase 2 begins: QEMU's pre-copy into the carrier's migration socket."""
+        await self.vm.proc.qmp.execute("migrate", {"uri": f"unix:{self.vm.run_dir / 'migrate.sock'}"})
+        self._publish("phase", phase=2)
+
+    async def _switchover(self) -> None:
+        """`pre-switchover` (pause-before-switchover, guest paused): complete the mirrors into
+        consistent copies, then let QEMU send the final state."""
+        self._switched = True
+        qmp = self.vm.proc.qmp
+        if self.mirrors is not None:
+            await self.mirrors.set_speed(self._mirror_speed(alone=True))  # memory waits meanwhile
+            await self.mirrors.complete(timeout=max(30.0, self.flags.timeout - self.status.elapsed))
+            self.status.storage_copied = self.status.storage_total
+            self.status.storage_dirty = 0
+        await qmp.execute("migrate-continue", {"state": "pre-switchover"})
 
     async def _record_stop(self) -> None:
         qmp = self.vm.proc.qmp
@@ -168,10 +240,9 @@ class SourceMigration:
         Ends as soon as the destination reports it has loaded everything (the fastest signal
         that stop-and-copy is over), or when QEMU reports an end here.
         """
-        assert self.control is not None
+        assert self.control is not None and self._from_dest is not None
         qmp = self.vm.proc.qmp
         last_moved, last_move_time = 0, time.monotonic()
-        self._from_dest = asyncio.ensure_future(self.control.recv_json())
         while True:
             info = await qmp.execute("query-migrate")
             self.status.update_from_qemu(info)
@@ -180,16 +251,18 @@ class SourceMigration:
                 message = self._from_dest.result()
                 if message and message.get("event") == "received":
                     return info
-                raise MigrationError(f"destination failed: {(message or {}).get('error', 'connection closed')}",
-                                     NETWORK_FIX)
+                self._check_destination()
             if state in ENDINGS and state != "completed":
                 raise MigrationError(f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}",
                                      NETWORK_FIX)
+            if self.mirrors is not None and not self._switched:
+                await self._storage_progress()  # raises if a mirror broke meanwhile
+            if state == "pre-switchover" and not self._switched:
+                await self._switchover()
+                last_move_time = time.monotonic()  # the mirrors' drain is not a stall
+                continue
             self._publish("progress")
-            if self._cancel_reason:
-                raise MigrationError(f"Migration {self._cancel_reason}")
-            if self.status.elapsed > self.flags.timeout:
-                raise MigrationError(f"Timeout exceeded ({self.flags.timeout:.0f}s)", CONVERGE_FIX)
+            self._check_limits()
             if (self.status.iteration >= self.flags.max_iterations and not self.status.forced_stop_and_copy
                     and state == "active" and await run_state(qmp) == "running"):
                 # Force stop-and-copy: pause the guest so nothing more is dirtied; QEMU then sends
@@ -205,6 +278,21 @@ class SourceMigration:
                 raise MigrationError(f"Connection reset during transfer (no progress for {STALL_LIMIT:.0f}s)",
                                      NETWORK_FIX)
             await asyncio.wait({self._from_dest}, timeout=POLL)
+
+    def _check_destination(self) -> None:
+        """Before "received", any message (or EOF) from the destination means it gave up."""
+        if self._from_dest is not None and self._from_dest.done():
+            message = None if self._from_dest.exception() else self._from_dest.result()
+            if not message:
+                raise MigrationError("Connection reset during transfer (control channel to the destination "
+                                     "closed)", NETWORK_FIX)
+            raise MigrationError(f"destination failed: {message.get('error', message)}", NETWORK_FIX)
+
+    def _check_limits(self) -> None:
+        if self._cancel_reason:
+            raise MigrationError(f"Migration {self._cancel_reason}")
+        if self.status.elapsed > self.flags.timeout:
+            raise MigrationError(f"Timeout exceeded ({self.flags.timeout:.0f}s)", CONVERGE_FIX)
 
     async def _activate(self, info: dict[str, Any]) -> None:
         """Phase 5: the destination resumes the guest; only then is the source VM released."""
@@ -231,12 +319,24 @@ class SourceMigration:
         # the VM on the destination only.
         with contextlib.suppress(Exception):
             await self.vm.proc.stop(graceful=False)
+        if self.flags.storage_migrate and self.flags.delete_source_disks:
+            self._delete_source_disks()
         self.vm.busy = None
         self.agent.registry.forget(self.vm.name)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
         self._publish("completed")
+
+    def _delete_source_disks(self) -> None:
+        """--delete-source-disks: the destination confirmed it runs the guest from its copies."""
+        for disk in self.vm.spec.disks:
+            path = disk.resolve(self.agent.pools)
+            try:
+                path.unlink(missing_ok=True)
+                log.info("deleted source disk %s of %s", path, self.vm.name)
+            except OSError as err:
+                log.warning("could not delete source disk %s: %s", path, err)
 
     async def _destination_runs_vm(self) -> bool:
         """The control channel broke after commit: ask the destination directly."""
@@ -266,6 +366,9 @@ class SourceMigration:
                         if (await qmp.execute("query-migrate")).get("status") in (*ENDINGS, None):
                             break
                         await asyncio.sleep(0.1)
+                if self.mirrors is not None:
+                    # The guest's own disk stays authoritative; the mirrors' targets are dropped.
+                    await self.mirrors.abort()
                 await ensure_running(qmp)
         if self.control is not None:
             with contextlib.suppress(Exception):
@@ -280,13 +383,12 @@ class SourceMigration:
     async def _teardown(self) -> None:
         if self._from_dest is not None:
             self._from_dest.cancel()
-        for watcher in (getattr(self, "_watch_stop", None), getattr(self, "_watch_passes", None)):
+        for watcher in (self._watch_stop, self._watch_passes):
             if watcher is not None:
                 watcher.cancel()
-        if self._server is not None:
-            self._server.close()
-        for task in list(self._relays):
-            task.cancel()
+        if self.mirrors is not None:
+            self.mirrors.close()
+        self.carrier.close()
         if self.control is not None:
             with contextlib.suppress(Exception):
                 await self.control.close()

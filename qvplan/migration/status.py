@@ -37,9 +37,11 @@ class MigrationStatus:
     pause: float | None = None  # source STOP → destination RESUME, seconds
     error: str | None = None
     fix: str | None = None
-    storage_copied: int = 0
-    storage_total: int = 0
-    storage_dirty: int = 0
+    storage_copied: int = 0  # bytes the disk mirrors have written to the destination
+    storage_total: int = 0  # bytes they have to copy so far (grows with the guest's writes)
+    storage_dirty: int = 0  # bytes dirty right now, not yet copied (QEMU's dirty bitmaps)
+    storage_rate: float = 0.0  # bytes/s of the bulk copy (first mirror start → last in sync)
+    storage_phase: bool = False  # the block phase: disks copying, memory not yet moving
     forced_stop_and_copy: bool = False
     cpu_throttle: int = 0  # auto-converge's vCPU throttle, % (QEMU only raises it; kept after the end)
     percent: float = 0.0  # never runs backwards
@@ -80,10 +82,17 @@ class MigrationStatus:
             self.percent = max(self.percent, min(99.0 if not self.done else 100.0,
                                                  100.0 * self.transferred / self.total))
 
+    def storage_line(self) -> str:
+        """`54% (138.0 MiB / 256.0 MiB copied), 1.2 MiB dirty, 85 MB/s` (disk mirrors)."""
+        percent = 100.0 * self.storage_copied / self.storage_total if self.storage_total else 0.0
+        return (f"{percent:.0f}% ({format_size(self.storage_copied)} / {format_size(self.storage_total)} copied), "
+                f"{format_size(self.storage_dirty)} dirty, {format_rate(self.storage_rate)}")
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["elapsed"] = self.elapsed
         out["phase_name"] = PHASES[self.phase]
+        out["storage"] = self.storage_line() if self.storage_total else None  # the Storage line
         return out
 
     def render(self) -> str:
@@ -92,7 +101,8 @@ class MigrationStatus:
         if self.done:
             lines.append(f"State:           {self.state}" + (f" ({self.error})" if self.error else ""))
         else:
-            lines.append(f"State:           MIGRATING (phase {self.phase}: {PHASES[self.phase]})")
+            block = ", copying disks" if self.storage_phase else ""
+            lines.append(f"State:           MIGRATING (phase {self.phase}: {PHASES[self.phase]}{block})")
         lines += [
             f"Destination:     {self.destination}",
             f"Encryption:      {self.encryption}",
@@ -104,8 +114,7 @@ class MigrationStatus:
             f"Transfer Rate:   {format_rate(self.transfer_rate)}",
         ]
         if self.storage_total:
-            lines.append(f"Storage:         {format_size(self.storage_copied)} / {format_size(self.storage_total)}"
-                         f" copied, {format_size(self.storage_dirty)} dirty")
+            lines.append(f"Storage:         {self.storage_line()}")
         if self.done:
             if self.downtime is not None:
                 lines.append(f"Downtime:        {format_duration(self.downtime)} (QEMU)")

@@ -1,0 +1,115 @@
+"""QEMU's byte streams between hosts: every connection QEMU makes on the source is carried
+through its own PQC channel into the matching local socket on the destination.
+
+One mechanism for every kind of stream: each QEMU connection on the source opens a channel with
+a data operation naming the session, and the destination relays it into its own QEMU socket for
+that operation. On the source QEMU reaches the carrier in one of two ways:
+
+  operation     source side                                   destination socket the relay enters
+  migrate-data  serve(): run/migrate.sock QEMU connects to    QEMU's `migrate-incoming` socket
+                (`migrate`; multifd opens several connections)
+  storage-data  pair(): one end of a socket pair per NBD      QEMU's NBD server (`nbd-server-start`)
+                client, handed to QEMU by fd (`getfd`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from ..pqc import SecureChannel
+from .tunnel import STREAM_BUFFER, relay
+
+log = logging.getLogger(__name__)
+
+MIGRATE_DATA = "migrate-data"
+STORAGE_DATA = "storage-data"
+DATA_OPERATIONS = (MIGRATE_DATA, STORAGE_DATA)
+
+OpenChannel = Callable[[str], Awaitable[SecureChannel]]  # purpose → an authenticated channel
+
+
+class StreamRefused(ConnectionError):
+    """The destination would not take a stream (no such session, or it is past loading)."""
+
+
+class StreamCarrier:
+    """The source's local sockets for one migration session, and the relays behind them."""
+
+    def __init__(self, open_channel: OpenChannel, session: str, vm_name: str) -> None:
+        self._open = open_channel
+        self.session = session
+        self.vm_name = vm_name
+        self._servers: list[asyncio.AbstractServer] = []
+        self._relays: set[asyncio.Task[None]] = set()
+
+    async def serve(self, sock: Path, operation: str) -> None:
+        """Listen on `sock`; each connection QEMU makes is carried with `operation`."""
+        sock.unlink(missing_ok=True)
+        server = await asyncio.start_unix_server(functools.partial(self._carry, operation), str(sock),
+                                                 limit=STREAM_BUFFER)
+        self._servers.append(server)
+
+    async def pair(self, operation: str) -> socket.socket:
+        """A connected socket pair instead of a listening socket, for a stream QEMU opens once
+        (an NBD client): the caller hands the returned end to QEMU by fd, the other end is
+        carried with `operation` at once. Creating QEMU's end lets us widen its send buffer,
+        which QEMU itself leaves at the system default (~200 KiB)."""
+        ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            widen(end)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=STREAM_BUFFER)
+        self._relays.add(asyncio.ensure_future(self._carry(operation, reader, writer)))
+        return theirs
+
+    async def _carry(self, operation: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._relays.add(task)
+        try:
+            channel = await self._open(operation)
+            await channel.send_json({"op": operation, "session": self.session})
+            reply = await channel.recv_json()
+            if not reply or not reply.get("ok"):
+                raise StreamRefused(f"destination refused a {operation} stream: {reply}")
+            await relay(channel, reader, writer)
+        except Exception as err:
+            # QEMU sees its socket close and fails the stream (migration or NBD requests); the
+            # state machine notices that through QMP.
+            log.warning("%s stream of %s broke: %s", operation, self.vm_name, err)
+            writer.close()
+        finally:
+            self._relays.discard(task)
+
+    def close(self) -> None:
+        for server in self._servers:
+            server.close()
+        for task in list(self._relays):
+            task.cancel()
+
+
+async def accept_stream(sockets: dict[str, str], channel: SecureChannel, operation: str) -> None:
+    """Destination side: connect to the local QEMU socket for `operation` and relay into it."""
+    target = sockets.get(operation)
+    if target is None:
+        await channel.send_json({"ok": False, "error": f"no {operation} socket in this session"})
+        return
+    reader, writer = await asyncio.open_unix_connection(target, limit=STREAM_BUFFER)
+    widen(writer.get_extra_info("socket"))
+    await channel.send_json({"ok": True})
+    await relay(channel, reader, writer)
+
+
+
+def widen(sock: socket.socket | None) -> None:
+    """Let one write hand a whole record (or NBD request) to the kernel. A unix socket's send
+    buffer bounds the bytes in flight to the reader; at the default ~200 KiB every MiB needs
+    several wake-ups of both processes, which on a busy host each wait for a CPU."""
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
