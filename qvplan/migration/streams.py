@@ -104,6 +104,8 @@ async def accept_stream(sockets: dict[str, str], channel: SecureChannel, operati
     await channel.send_json({"ok": True})
     await relay(channel, reader, writer)
 
+# Measured with bench/storage_mirror.py: 4 MiB beat the ~200 KiB default clearly.
+LOCAL_SOCKET_BUFFER = 4 << 20
 
 
 def widen(sock: socket.socket | None) -> None:
@@ -112,4 +114,4 @@ def widen(sock: socket.socket | None) -> None:
     several wake-ups of both processes, which on a busy host each wait for a CPU."""
     if sock is not None:
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LOCAL_SOCKET_BUFFER)
