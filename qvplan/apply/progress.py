@@ -33,6 +33,7 @@ class Bar:
     iteration: int = 0
     max_iterations: int = 0
     error: str | None = None
+    storage: str | None = None  # the Storage line while disks are mirrored (--storage-migrate)
     started: float = field(default_factory=time.time)
     label: str = ""  # e.g. "rollback" or "followed"
 
@@ -54,6 +55,7 @@ class Bar:
         self.dirty_rate = float(ev.get("dirty_rate") or 0.0)
         self.iteration = max(self.iteration, int(ev.get("iteration") or 0))
         self.max_iterations = int(ev.get("max_iterations") or self.max_iterations)
+        self.storage = ev.get("storage") if ev.get("storage_phase") else None
         kind = ev.get("event")
         if kind in OUTCOMES:
             self.state = str(kind)

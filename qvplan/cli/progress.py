@@ -48,12 +48,18 @@ def route(bar: Bar, arrow: str = " → ") -> str:
     return f"{bar.source}{arrow}{bar.dest}" if bar.source else f"{arrow.strip()} {bar.dest}"
 
 
+def figures(bar: Bar, sep: str = " ") -> str:
+    """What is moving now: the disks while they copy alone (--storage-migrate), else memory."""
+    if bar.storage:
+        return f"disks {bar.storage}"
+    return sep.join((f"iter {bar.iteration}/{bar.max_iterations}", f"xfer {format_rate(bar.transfer_rate)}",
+                     f"dirty {format_rate(bar.dirty_rate)}", eta_text(bar)))
+
+
 def bar_line(bar: Bar, kind: str) -> str:
     """One plain line for a bar after an event of `kind`."""
     return (f"{bar.vm} {route(bar)}: [{kind}] phase {bar.phase} ({bar.phase_name}) "
-            f"{bar.percent:.0f}% {format_size(bar.transferred)}/{format_size(bar.total)} "
-            f"iter {bar.iteration}/{bar.max_iterations} xfer {format_rate(bar.transfer_rate)} "
-            f"dirty {format_rate(bar.dirty_rate)} {eta_text(bar)}")
+            f"{bar.percent:.0f}% {format_size(bar.transferred)}/{format_size(bar.total)} {figures(bar)}")
 
 
 def outcome_line(bar: Bar) -> str:
@@ -78,8 +84,7 @@ def render_board(board: Board, overall: bool = True) -> RenderableType:
                      ProgressBar(total=100, completed=bar.percent, width=24),
                      Text(f"{bar.percent:3.0f}%"),
                      Text(f"{bar.phase}: {bar.phase_name}", style="cyan"),
-                     Text(f"iter {bar.iteration}/{bar.max_iterations}  xfer {format_rate(bar.transfer_rate)}  "
-                          f"dirty {format_rate(bar.dirty_rate)}  {eta_text(bar)}"))
+                     Text(figures(bar, "  ")))
     if not overall:
         return grid
     total = Table.grid(padding=(0, 1))

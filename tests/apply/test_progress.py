@@ -72,3 +72,17 @@ def test_plain_view_one_line_per_event_with_progress_thinned():
     kinds = [line.split(": ", 1)[1].split()[0] for line in lines[1:-1]]
     assert kinds == ["[phase]", "[progress]", "[pass]"]  # the small progress steps are thinned out
     assert lines[-1].startswith("vm-1: moved to hv-b")
+
+
+def test_storage_line_shows_during_the_block_phase_only():
+    board = Board(planned=1)
+    bar = board.start("vm-1", "hv-a", "hv-b")
+    lines: list[str] = []
+    view = PlainView(echo=lines.append)
+    line = "40% (40.0 MiB / 100.0 MiB copied), 1.0 MiB dirty, 50.0 MB/s"
+    board.event(bar, ev("phase", phase=2, storage_phase=True, storage=line))
+    view.changed(board, bar, ev("phase", phase=2))
+    assert line in lines[-1] and line in draw(board)
+    board.event(bar, ev("phase", phase=3, storage_phase=False, storage=line))
+    view.changed(board, bar, ev("phase", phase=3))
+    assert "storage" not in lines[-1] and line not in draw(board)
