@@ -253,8 +253,11 @@ class SourceMigration:
                     return info
                 self._check_destination()
             if state in ENDINGS and state != "completed":
-                raise MigrationError(f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}",
-                                     NETWORK_FIX)
+                qemu_says = f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}"
+                if self.carrier.broken:  # QEMU failed because our relay lost the destination
+                    raise MigrationError(f"Connection reset during transfer ({self.carrier.broken}; {qemu_says})",
+                                         NETWORK_FIX)
+                raise MigrationError(qemu_says, NETWORK_FIX)
             if self.mirrors is not None and not self._switched:
                 await self._storage_progress()  # raises if a mirror broke meanwhile
             if state == "pre-switchover" and not self._switched:

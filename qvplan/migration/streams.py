@@ -47,6 +47,7 @@ class StreamCarrier:
         self.vm_name = vm_name
         self._servers: list[asyncio.AbstractServer] = []
         self._relays: set[asyncio.Task[None]] = set()
+        self.broken: str | None = None  # why the first carried stream broke, if one did
 
     async def serve(self, sock: Path, operation: str) -> None:
         """Listen on `sock`; each connection QEMU makes is carried with `operation`."""
@@ -82,6 +83,7 @@ class StreamCarrier:
             # QEMU sees its socket close and fails the stream (migration or NBD requests); the
             # state machine notices that through QMP.
             log.warning("%s stream of %s broke: %s", operation, self.vm_name, err)
+            self.broken = self.broken or f"{operation} stream: {err or type(err).__name__}"
             writer.close()
         finally:
             self._relays.discard(task)
