@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +33,7 @@ from ..units import format_duration
 from . import offline_doubt as doubt
 from .errors import NETWORK_FIX, MigrationError
 from .flags import MigrateFlags
+from .job import MigrationJob
 from .offline_disks import CHUNK, DiskSource, allocated
 from .offline_status import OfflineStatus
 
@@ -66,39 +66,24 @@ class SourceDisk:
         return out
 
 
-class OfflineMigration:
-    """Owns a stopped VM from `start()` until the outcome; same interface as SourceMigration."""
+class OfflineMigration(MigrationJob):
+    """An offline migration: a stopped VM's definition and disks; it stays here unless it completes."""
 
     def __init__(self, agent: Agent, vm: VM, dest: str, flags: MigrateFlags) -> None:
-        self.agent = agent
-        self.vm = vm
-        self.dest = dest
-        self.flags = flags
-        self.session = uuid.uuid4().hex
-        self.status = OfflineStatus(vm.name, dest, f"{flags.pqc_kem} / AES-256-GCM ({agent.provider_name})",
-                                    flags.max_iterations, compress=flags.compress)
-        self.topic = f"{vm.name}/migrate"
-        self.setup_done = asyncio.Event()
+        super().__init__(agent, vm, dest, flags,
+                         OfflineStatus(vm.name, dest, f"{flags.pqc_kem} / AES-256-GCM ({agent.provider_name})",
+                                       flags.max_iterations, compress=flags.compress))
         self.channel: SecureChannel | None = None
         self.disks: list[SourceDisk] = []
-        self.task: asyncio.Task[None] | None = None
         self._from_dest: asyncio.Future[Any] | None = None
         self._reading: asyncio.Future[Any] | None = None
-        self._cancel_reason: str | None = None
         self._committing = False
         self._in_doubt = False
         self._published = 0.0
 
-    # -- public --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self.vm.busy = "migrating"  # also keeps `vm start` away from the disks being read
-        self.vm.last_migration = None
-        self.task = asyncio.ensure_future(self._run())
-
     def cancel(self, reason: str = "cancelled by operator") -> None:
         if not self._committing:  # after commit the VM belongs to the destination
-            self._cancel_reason = reason
+            super().cancel(reason)
 
     # -- phases --------------------------------------------------------------------------
 
@@ -316,5 +301,3 @@ class OfflineMigration:
             if disk.source is not None:
                 disk.source.close()
 
-    def _publish(self, kind: str, **extra: Any) -> None:
-        self.agent.events.publish(self.topic, kind, **{**self.status.as_dict(), **extra})

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
@@ -14,6 +13,7 @@ from ..addresses import split_hostport
 from ..pqc import PQCError, SecureChannel, open_channel
 from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError
 from .flags import MigrateFlags
+from .job import MigrationJob
 from .qmp import configure, ensure_running, event_time, run_state
 from .status import MigrationStatus
 from .storage import DiskMirrors, StorageProgress, describe_disks
@@ -30,20 +30,13 @@ STALL_LIMIT = 15.0  # seconds without a byte moving = the network is gone
 ENDINGS = {"completed", "failed", "cancelled"}
 
 
-class SourceMigration:
-    """Owns a VM from `start()` until the outcome; the VM keeps running here unless it completes."""
+class SourceMigration(MigrationJob):
+    """A live migration: the VM keeps running here unless it completes."""
 
     def __init__(self, agent: Agent, vm: VM, dest: str, flags: MigrateFlags) -> None:
-        self.agent = agent
-        self.vm = vm
-        self.dest = dest
-        self.flags = flags
-        self.session = uuid.uuid4().hex
         encryption = "plaintext (--insecure)" if flags.insecure else f"{flags.pqc_kem} / AES-256-GCM"
-        self.status = MigrationStatus(vm.name, dest, f"{encryption} ({agent.provider_name})",
-                                      flags.max_iterations)
-        self.topic = f"{vm.name}/migrate"
-        self.setup_done = asyncio.Event()
+        super().__init__(agent, vm, dest, flags, MigrationStatus(vm.name, dest, f"{encryption} ({agent.provider_name})",
+                                                                 flags.max_iterations))
         self.control: SecureChannel | None = None
         self.carrier = StreamCarrier(self._open_data, self.session, vm.name)
         self.mirrors: DiskMirrors | None = None  # with --storage-migrate, once phase 1 passed
@@ -52,19 +45,7 @@ class SourceMigration:
         self._watch_passes: asyncio.Future[None] | None = None
         self._passes_published = 0
         self._from_dest: asyncio.Future[Any] | None = None
-        self._cancel_reason: str | None = None
         self._stop_at: float | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    # -- public --------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self.vm.busy = "migrating"
-        self.vm.last_migration = None
-        self.task = asyncio.ensure_future(self._run())
-
-    def cancel(self, reason: str = "cancelled by operator") -> None:
-        self._cancel_reason = reason
 
     # -- phases --------------------------------------------------------------------------
 
@@ -397,5 +378,3 @@ class SourceMigration:
                 await self.control.close()
         self.vm.last_migration = self.status.as_dict()
 
-    def _publish(self, kind: str, **extra: Any) -> None:
-        self.agent.events.publish(self.topic, kind, **{**self.status.as_dict(), **extra})
