@@ -47,6 +47,7 @@ from qvplan.migration.flags import MigrateFlags
 from qvplan.migration.qmp import configure, event_time
 from qvplan.vmm import QemuProcess, VMSpec, detect_accel
 from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
+from tests.migration.helpers import wait_outcome
 
 GUEST = {"name": "vm-1", "memory": "256M", "vcpus": 1,
          "guest": {"test": {"working_set": "96M", "pace": 0, "marker_every": 16}}}
@@ -207,16 +208,6 @@ async def direct_rows(base: Path, accel: str) -> list[Row]:
 # -- ours: two agents over the PQC channel -------------------------------------------------------
 
 
-def wait_outcome(agent: AgentProc, timeout: float = MIGRATION_TIMEOUT) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = agent.api("GET", "vms/vm-1/migrate")
-        if status["state"] != "MIGRATING":
-            return status
-        time.sleep(0.1)
-    raise TimeoutError("agent migration did not end")
-
-
 def start_guest(agent: AgentProc) -> None:
     test = GUEST["guest"]["test"]  # type: ignore[index]
     agent.api("POST", "vms", guest_vm("vm-1", memory=GUEST["memory"], **test))  # type: ignore[arg-type]
@@ -228,7 +219,7 @@ def start_guest(agent: AgentProc) -> None:
 def ours(name: str, src: AgentProc, dst: AgentProc, threads: int) -> Row:
     start_guest(src)
     src.api("POST", "vms/vm-1/migrate", {"dest": dst.migration, "flags": {"threads": threads}})
-    status = wait_outcome(src)
+    status = wait_outcome(src, "vm-1", MIGRATION_TIMEOUT)
     if status["state"] != "COMPLETED":
         raise RuntimeError(f"{name}: {status['state']}: {status.get('error')} — {status.get('fix')}")
     dst.wait_markers("vm-1", 0, timeout=30)

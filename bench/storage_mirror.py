@@ -44,6 +44,7 @@ from qvplan.migration import pools
 from qvplan.migration.storage import DiskMirrors
 from qvplan.vmm import QemuProcess, VMSpec, detect_accel
 from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
+from tests.migration.helpers import wait_outcome
 
 MIB = 1 << 20
 DISK_SIZE = 384 * MIB  # all random: no path gets cheap zero blocks, every byte crosses
@@ -123,21 +124,11 @@ def plaintext(base: Path, source_image: Path, accel: str, transport: str, n: int
 # -- ours: two agents, --storage-migrate ---------------------------------------------------------------
 
 
-def _wait_outcome(agent: AgentProc) -> dict[str, Any]:
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        status = agent.api("GET", "vms/vm-1/migrate")
-        if status["state"] != "MIGRATING":
-            return status
-        time.sleep(0.1)
-    raise TimeoutError("the agents' migration did not end")
-
-
 def ours(src: AgentProc, dst: AgentProc) -> dict[str, Any]:
     """Migrate vm-1 with its disk from src to dst (deleting src's copy, so it can come back)."""
     src.api("POST", "vms/vm-1/migrate", {"dest": dst.migration, "flags": {
         "storage_migrate": True, "delete_source_disks": True}})
-    status = _wait_outcome(src)
+    status = wait_outcome(src, "vm-1", TIMEOUT)
     if status["state"] != "COMPLETED":
         raise RuntimeError(f"{status['state']}: {status.get('error')} — {status.get('fix')}")
     return {"bytes": status["storage_total"], "seconds": status["storage_total"] / status["storage_rate"]}
