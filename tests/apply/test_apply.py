@@ -228,6 +228,42 @@ def test_lock_then_kill_mid_apply_and_resume(lab, tmp_path):
     assert {vm: places for vm, places in where.items()} == {vm: [(h, "running")] for vm, h in PLANNED.items()}
 
 
+CONTINUE = """
+inventory: {inventory}
+limits: {{parallel: 1}}
+on_failure: continue
+vms:
+  # never converges (1 ms downtime, no auto-converge) and times out after 3 s: rolled back
+  vm-1: {{host: hv-a, bandwidth: 16M, max_downtime: 1ms, auto_converge: false, timeout: 3s}}
+  vm-2: {{host: hv-c, after: [vm-1]}}   # depends on the failed move: skipped
+  vm-3: hv-c                            # independent: still moves, after the failure
+  vm-4: hv-c
+"""
+
+
+def test_continue_runs_independent_moves_and_skips_dependants(lab, tmp_path):
+    """Start: the placement the resume test planned. vm-1's move fails; under `continue` vm-3 still
+    moves (after the failure: one move at a time) and vm-2, which comes after vm-1, is skipped."""
+    plan = tmp_path / "continue.yaml"
+    plan.write_text(CONTINUE.format(inventory=lab.inventory_path))
+    junit = tmp_path / "report.xml"
+    apply = qvplan("apply", str(plan), "--auto-approve", "--junit", str(junit), "--json")
+    assert apply.returncode == 1, apply.stdout + apply.stderr
+    report = json.loads(apply.stdout)
+    assert report["placement"] == {"vm-1": "hv-b", "vm-2": "hv-b", "vm-3": "hv-c", "vm-4": "hv-c"}
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().findall("testcase")}
+    outcome = {name.split()[0]: ("failure" if c.find("failure") is not None else
+                                 "skipped" if c.find("skipped") is not None else "ok") for name, c in cases.items()}
+    assert outcome == {"vm-1": "failure", "vm-2": "skipped", "vm-3": "ok"}, outcome
+    failed = next(c for n, c in cases.items() if n.startswith("vm-1"))
+    assert "Timeout exceeded" in failed.find("failure").get("message")
+    entries = read_journal(journal_of(tmp_path))
+    failed_at = next(e["time"] for e in entries if e["kind"] == "end" and e["vm"] == "vm-1")
+    assert next(e["time"] for e in entries if e["kind"] == "start" and e["vm"] == "vm-3") >= failed_at
+    assert not any(e["kind"] == "start" and e["vm"] == "vm-2" for e in entries)
+    assert asyncio.run(verify_all(lab)) == {"vm-1": True, "vm-2": True, "vm-3": True, "vm-4": True}
+
+
 def test_stale_locks(lab):
     """Locks whose host side outlives the apply that took them (a half-open connection): one of a
     dead apply of this machine is cleared; one of another machine is refused until --break-lock."""
