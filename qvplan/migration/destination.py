@@ -6,7 +6,7 @@ Protocol on the control channel (source → destination, one JSON message each):
   (data connections: {"op": "migrate-data" | "storage-data", "session"} each, then raw records)
   ← {"event": "received"}          QEMU has loaded all state and waits paused (-S)
   {"cmd": "commit"}               → resume, announce-self, ← {"event": "running", "resumed_at"}
-  {"cmd": "abort"} or EOF before commit → QEMU killed, nothing left behind
+  {"cmd": "abort"} or EOF before commit → QEMU killed, nothing left behind, ← {"event": "discarded"}
 The destination never resumes the guest without the source's commit, and the source releases its
 VM only after "running": a VM runs on exactly one host.
 """
@@ -118,6 +118,8 @@ async def handle_migrate(agent: Agent, channel: SecureChannel, request: dict[str
         agent.incoming.pop(incoming.session, None)
         if incoming.state != "running":
             await discard(agent, vm, incoming.images)
+            with contextlib.suppress(Exception):  # the source reports its outcome once this is done
+                await channel.send_json({"event": "discarded"})
 
 
 def _record_image(incoming: Incoming, path: Path) -> None:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MIGRATION_PORT = 9410
 POLL = 0.25
 STALL_LIMIT = 15.0  # seconds without a byte moving = the network is gone
+DISCARD_WAIT = 3.0  # seconds a rollback waits for the destination to confirm it removed its side
 ENDINGS = {"completed", "failed", "cancelled"}
 
 
@@ -357,12 +358,27 @@ class SourceMigration(MigrationJob):
         if self.control is not None:
             with contextlib.suppress(Exception):
                 await self.control.send_json({"cmd": "abort"})
+            await self._await_discarded()
         self.vm.busy = None
         self.status.state = "CANCELLED" if self._cancel_reason else "FAILED"
         self.status.error = err.cause
         self.status.fix = err.fix
         self.status.finished = time.time()
         self._publish("cancelled" if self._cancel_reason else "failed", error=err.cause, fix=err.fix)
+
+    async def _await_discarded(self) -> None:
+        """Give the destination a moment to remove its side, so that whoever sees the outcome
+        finds nothing left there. A destination that is gone or silent is not waited for."""
+        assert self.control is not None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(DISCARD_WAIT):
+                if self._from_dest is not None and not self._from_dest.done():
+                    message = await self._from_dest
+                    if not message or message.get("event") == "discarded":
+                        return
+                while (message := await self.control.recv_json()) is not None:
+                    if message.get("event") == "discarded":
+                        return
 
     async def _teardown(self) -> None:
         if self._from_dest is not None:

@@ -127,8 +127,8 @@ limits: {{parallel: 1}}
 on_failure: rollback-all
 vms:
   vm-4: hv-b
-  # never converges (1 ms downtime, no auto-converge): still moving when the link goes down
-  vm-1: {{host: hv-c, bandwidth: 16M, max_downtime: 1ms, auto_converge: false, max_iterations: 1000,
+  # never converges (1 ms downtime, no auto-converge) and crawls at 4 MiB/s: still moving when the link goes down
+  vm-1: {{host: hv-c, bandwidth: 4M, max_downtime: 1ms, auto_converge: false, max_iterations: 1000,
           after: [vm-4]}}
 """
 
@@ -233,8 +233,8 @@ inventory: {inventory}
 limits: {{parallel: 1}}
 on_failure: continue
 vms:
-  # never converges (1 ms downtime, no auto-converge) and times out after 3 s: rolled back
-  vm-1: {{host: hv-a, bandwidth: 16M, max_downtime: 1ms, auto_converge: false, timeout: 3s}}
+  # cannot finish in time (some 34 MB to send at 4 MiB/s, 3 s timeout): rolled back
+  vm-1: {{host: hv-a, bandwidth: 4M, timeout: 3s}}
   vm-2: {{host: hv-c, after: [vm-1]}}   # depends on the failed move: skipped
   vm-3: hv-c                            # independent: still moves, after the failure
   vm-4: hv-c
@@ -261,6 +261,40 @@ def test_continue_runs_independent_moves_and_skips_dependants(lab, tmp_path):
     failed_at = next(e["time"] for e in entries if e["kind"] == "end" and e["vm"] == "vm-1")
     assert next(e["time"] for e in entries if e["kind"] == "start" and e["vm"] == "vm-3") >= failed_at
     assert not any(e["kind"] == "start" and e["vm"] == "vm-2" for e in entries)
+    assert asyncio.run(verify_all(lab)) == {"vm-1": True, "vm-2": True, "vm-3": True, "vm-4": True}
+
+
+ROLLBACK = """
+inventory: {inventory}
+limits: {{parallel: 2}}
+vms:
+  # on_failure is the default, rollback. vm-1 times out after 3 s (34 MB to send at 4 MiB/s); vm-3
+  # is still crawling at 2 MiB/s then and is cancelled; vm-4 waits for a slot and never starts.
+  vm-1: {{host: hv-a, bandwidth: 4M, timeout: 3s}}
+  vm-3: {{host: hv-a, bandwidth: 2M}}
+  vm-4: hv-b
+  vm-2: hv-b
+"""
+
+
+def test_rollback_cancels_running_moves_and_starts_no_new_ones(lab, tmp_path):
+    """Start: vm-1 and vm-2 on hv-b, vm-3 and vm-4 on hv-c (the continue test's end). Every VM ends
+    where it started, running once, RAM intact."""
+    plan = tmp_path / "rollback.yaml"
+    plan.write_text(ROLLBACK.format(inventory=lab.inventory_path))
+    junit = tmp_path / "report.xml"
+    apply = qvplan("apply", str(plan), "--auto-approve", "--junit", str(junit), "--json")
+    assert apply.returncode == 1, apply.stdout + apply.stderr
+    start = {"vm-1": "hv-b", "vm-2": "hv-b", "vm-3": "hv-c", "vm-4": "hv-c"}
+    assert json.loads(apply.stdout)["placement"] == start
+    cases = {c.get("name").split()[0]: c for c in ET.parse(junit).getroot().findall("testcase")}
+    assert "Timeout exceeded" in cases["vm-1"].find("failure").get("message")
+    assert "cancel" in cases["vm-3"].find("failure").get("message").lower()
+    assert cases["vm-4"].find("skipped") is not None
+    entries = read_journal(journal_of(tmp_path))
+    assert {e["vm"] for e in entries if e["kind"] == "start"} == {"vm-1", "vm-3"}
+    where = asyncio.run(where_vms(lab))
+    assert {vm: places for vm, places in where.items()} == {vm: [(h, "running")] for vm, h in start.items()}
     assert asyncio.run(verify_all(lab)) == {"vm-1": True, "vm-2": True, "vm-3": True, "vm-4": True}
 
 
