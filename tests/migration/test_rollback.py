@@ -23,6 +23,13 @@ def wait_phase(agent, name: str, at_least: int, timeout: float = 30) -> None:
     raise AssertionError(f"migration never reached phase {at_least}")
 
 
+def start_slow_migration(a, dest: str) -> None:
+    """A heavy guest on `a`, migrating to `dest` too slowly to converge, past setup."""
+    start_guest(a, **HEAVY)
+    a.api("POST", "vms/vm-1/migrate", {"dest": dest, "flags": SLOW})
+    wait_phase(a, "vm-1", 2)
+
+
 def assert_rolled_back(a, b, status: dict) -> None:
     assert status["state"] in ("FAILED", "CANCELLED"), status
     assert b.vm_names() == []  # nothing left on the destination, as soon as the outcome shows
@@ -31,9 +38,7 @@ def assert_rolled_back(a, b, status: dict) -> None:
 
 def test_cancel_keeps_guest_on_source(pair):
     a, b = pair
-    start_guest(a, **HEAVY)
-    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": SLOW})
-    wait_phase(a, "vm-1", 2)
+    start_slow_migration(a, b.migration)
     a.api("POST", "vms/vm-1/migrate/cancel", {})
     assert_rolled_back(a, b, wait_outcome(a, "vm-1"))
 
@@ -61,9 +66,7 @@ def test_max_iterations_forces_stop_and_copy(pair):
 
 def test_destination_agent_killed_mid_transfer(pair):
     a, b = pair
-    start_guest(a, **HEAVY)
-    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": SLOW})
-    wait_phase(a, "vm-1", 2)
+    start_slow_migration(a, b.migration)
     b.kill()
     status = wait_outcome(a, "vm-1")
     b.start()  # the restarted agent cleans up what the dead one left
@@ -104,9 +107,7 @@ def test_destination_qemu_killed_mid_transfer(pair):
     import signal
 
     a, b = pair
-    start_guest(a, **HEAVY)
-    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": SLOW})
-    wait_phase(a, "vm-1", 2)
+    start_slow_migration(a, b.migration)
     os.kill(b.vm("vm-1")["pid"], signal.SIGKILL)
     assert_rolled_back(a, b, wait_outcome(a, "vm-1"))
 
