@@ -10,10 +10,10 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from ..contract.flags import MigrateFlags
 from ..errors import UsageError
-from ..migration.flags import MigrateFlags
-from ..migration.offline_status import OfflineStatus
-from ..migration.offline_status import describe as describe_offline
+from ..migration.offline.status import OfflineStatus
+from ..migration.offline.status import describe as describe_offline
 from ..migration.status import MigrationStatus
 from . import local
 from .common import run_async

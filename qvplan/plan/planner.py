@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .build import Build
 from .facts import Facts, facts_hash
-from .graph import Build, transformers
+from .graph import transformers
 from .loader import LoadedPlan, load_plan
 from .model import Plan
 

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import checks as C
-from .graph import Build
+from .build import Build
 from .model import Action, Status, Wave
 
 

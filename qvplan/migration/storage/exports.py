@@ -20,10 +20,10 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from ..units import format_size
-from ..vmm import DiskSpec, VMSpec, create_disk
-from .errors import refused
-from .storage import node
+from ...contract.errors import refused
+from ...units import format_size
+from ...vmm import DiskSpec, VMSpec, create_disk
+from .mirror import node
 
 log = logging.getLogger(__name__)
 DEFAULT_POOL = "default"

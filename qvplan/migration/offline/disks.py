@@ -33,7 +33,7 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import MigrationError
+from ...contract.errors import MigrationError
 
 CHUNK = 1 << 20
 RAW, ZSTD = 0, 1

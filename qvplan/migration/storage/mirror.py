@@ -23,9 +23,9 @@ from typing import Any
 
 from qemu.qmp import EventListener, QMPClient
 
-from ..vmm import VMSpec
-from .errors import NETWORK_FIX, MigrationError
-from .qmp import event_time
+from ...contract.errors import NETWORK_FIX, MigrationError
+from ...vmm import VMSpec
+from ..qmp import event_time
 
 WAIT_POLL = 0.05
 # Bytes a mirror keeps in flight (allocated in the source QEMU per disk while it is mirrored).

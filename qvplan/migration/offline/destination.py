@@ -26,20 +26,20 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .. import __version__
-from ..agent.registry import INCOMING_FILES, INCOMING_MARK, remove_incoming_files
-from ..pqc import SecureChannel
-from ..units import format_size
-from ..vmm import VMSpec
-from ..vmm.spec import DiskSpec
-from . import checks
-from .errors import NETWORK_FIX, STORAGE_FIX, MigrationError, refused
-from .flags import MigrateFlags
-from .offline_disks import DiskSink, WireError, is_chunk
+from ... import __version__
+from ...contract import checks
+from ...contract.errors import NETWORK_FIX, STORAGE_FIX, MigrationError, refused
+from ...contract.flags import MigrateFlags
+from ...pqc import SecureChannel
+from ...units import format_size
+from ...vmm import VMSpec
+from ...vmm.spec import DiskSpec
+from ..incoming import INCOMING_FILES, INCOMING_MARK, remove_incoming_files
+from .disks import DiskSink, WireError, is_chunk
 
 if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-    from ..agent.registry import VM
+    from ...host import Host
+    from ...host.registry import VM
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT = 60.0  # longest wait for the source's next record
@@ -88,15 +88,15 @@ def check_room(needs: Iterable[tuple[Path, int]], free: Callable[[Path], int]) -
     return None
 
 
-def _pool_named(agent: Agent, wanted: str) -> str:
+def _pool_named(host: Host, wanted: str) -> str:
     """--dest-pool: a pool name, or the directory of a pool."""
-    if wanted in agent.pools:
+    if wanted in host.pools:
         return wanted
-    for name, path in agent.pools.items():
+    for name, path in host.pools.items():
         if Path(wanted).resolve() == Path(path).resolve():
             return name
     raise refused(f"Storage not found on destination (no pool {wanted!r})",
-                  f"use one of its pools: {', '.join(sorted(agent.pools)) or '(none configured)'}")
+                  f"use one of its pools: {', '.join(sorted(host.pools)) or '(none configured)'}")
 
 
 def _retarget(disk: DiskSpec, pool: str | None) -> DiskSpec:
@@ -106,16 +106,16 @@ def _retarget(disk: DiskSpec, pool: str | None) -> DiskSpec:
     return DiskSpec(pool=pool, file=name, size=disk.size, format=disk.format)
 
 
-def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu: dict[str, Any]) -> Landing:
+def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: dict[str, Any]) -> Landing:
     """Every check before any byte of disk moves (`cpu`: this host's CPU facts). Raises the spec's refusal."""
     spec = VMSpec.model_validate(request["vm"])
     flags = MigrateFlags.model_validate(request["flags"])
     session = str(request.get("session", ""))
     if not SESSION_RE.match(session):
         raise refused("malformed session id", "run the same QuantaVirt version on both hosts")
-    if channel.peer_fingerprint == agent.identity.fingerprint:
+    if channel.peer_fingerprint == host.identity.fingerprint:
         raise refused("destination is the source host", "pick another --dest")
-    if spec.name in agent.registry.vms:
+    if spec.name in host.registry.vms:
         raise refused(f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
     problem = (checks.check_version(str(request.get("version", "?")), __version__)
@@ -123,7 +123,7 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu
     if problem:
         raise problem
     info = {d.get("index"): d for d in request.get("disks", []) if isinstance(d, dict)}
-    pool = _pool_named(agent, flags.dest_pool) if flags.dest_pool else None
+    pool = _pool_named(host, flags.dest_pool) if flags.dest_pool else None
     landing = Landing(spec, session)
     disks: list[DiskSpec] = []
     needs: dict[int, tuple[Path, int]] = {}
@@ -136,10 +136,10 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu
             disks.append(disk)
             continue
         disk = _retarget(disk, pool)
-        if disk.pool is not None and disk.pool not in agent.pools:
+        if disk.pool is not None and disk.pool not in host.pools:
             raise refused(f"Storage not found on destination (no pool {disk.pool!r})",
                           "add the pool to [storage] pools there, or pass --dest-pool")
-        final = disk.resolve(agent.pools)
+        final = disk.resolve(host.pools)
         disks.append(disk)
         if final.exists() or any(t.final == final for t in landing.targets):
             raise refused(f"disk {final} already exists on the destination",
@@ -163,13 +163,13 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu
 # -- the operation ---------------------------------------------------------------------------------
 
 
-async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, Any]) -> None:
     log.info("incoming offline migration of %s from %s", request.get("vm", {}).get("name"), channel.peer_name)
-    from ..vmm import cpu_facts
+    from ...vmm import cpu_facts
 
-    cpu = await asyncio.to_thread(cpu_facts, agent.accel)  # may ask QEMU the first time
+    cpu = await asyncio.to_thread(cpu_facts, host.accel)  # may ask QEMU the first time
     try:
-        landing = preflight(agent, channel, request, cpu)
+        landing = preflight(host, channel, request, cpu)
     except MigrationError as err:
         await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
         return
@@ -177,7 +177,7 @@ async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str
         await channel.send_json({"ok": False, "error": f"Migration rejected: malformed request ({err})",
                                  "fix": "run the same QuantaVirt version on both hosts"})
         return
-    vm = agent.registry.define(landing.spec)
+    vm = host.registry.define(landing.spec)
     vm.busy = "incoming"
     committed = False
     try:
@@ -195,9 +195,9 @@ async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str
         committed = True
         vm.busy = None
         log.info("offline migration of %s from %s committed", vm.name, channel.peer_name)
-        agent.events.publish(vm.name, "migrated-in", source=channel.peer_name, offline=True)
+        host.events.publish(vm.name, "migrated-in", source=channel.peer_name, offline=True)
         with contextlib.suppress(Exception):
-            await channel.send_json({"event": "committed", "host": agent.config.host.name})
+            await channel.send_json({"event": "committed", "host": host.config.host.name})
     except Exception as err:
         log.warning("incoming offline migration of %s failed: %s", vm.name, err)
         cause, fix = ((err.cause, err.fix) if isinstance(err, MigrationError)
@@ -206,7 +206,7 @@ async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str
             await channel.send_json({"event": "failed", "error": cause, "fix": fix})
     finally:
         if not committed:
-            await discard(agent, vm, landing)
+            await discard(host, vm, landing)
 
 
 async def _next(channel: SecureChannel) -> bytes:
@@ -295,21 +295,21 @@ def _commit(vm: VM) -> None:
     (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
 
 
-async def discard(agent: Agent, vm: VM, landing: Landing) -> None:
+async def discard(host: Host, vm: VM, landing: Landing) -> None:
     """Remove an incoming VM that did not commit: its staged and landed disks, and its folder."""
     for target in landing.targets:
         if target.sink is not None:
             target.sink.close()
     await asyncio.to_thread(remove_incoming_files, vm.dir)
     vm.busy = None
-    if agent.registry.vms.get(vm.name) is vm:
-        agent.registry.forget(vm.name)
+    if host.registry.vms.get(vm.name) is vm:
+        host.registry.forget(vm.name)
     log.info("incoming offline migration of %s discarded", vm.name)
 
 
-async def handle_state(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+async def handle_state(host: Host, channel: SecureChannel, request: dict[str, Any]) -> None:
     """After a lost answer to commit: does this host own the VM now? (Decides the source's cleanup.)"""
-    vm = agent.registry.vms.get(str(request.get("vm", "")))
+    vm = host.registry.vms.get(str(request.get("vm", "")))
     if vm is None:
         state = "absent"
     elif vm.busy or (vm.dir / INCOMING_MARK).exists():

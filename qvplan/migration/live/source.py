@@ -8,20 +8,20 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
-from ..addresses import split_hostport
-from ..pqc import PQCError, SecureChannel, open_channel
-from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError
-from .flags import MigrateFlags
-from .job import MigrationJob
-from .qmp import configure, ensure_running, event_time, run_state
-from .status import MigrationStatus
-from .storage import DiskMirrors, StorageProgress, describe_disks
-from .streams import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
+from ... import __version__
+from ...addresses import split_hostport
+from ...contract.errors import CONVERGE_FIX, NETWORK_FIX, MigrationError
+from ...contract.flags import MigrateFlags
+from ...pqc import PQCError, SecureChannel, open_channel
+from ..job import MigrationJob
+from ..qmp import configure, ensure_running, event_time, run_state
+from ..status import MigrationStatus
+from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
+from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
 
 if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-    from ..agent.registry import VM
+    from ...host import Host
+    from ...host.registry import VM
 
 log = logging.getLogger(__name__)
 MIGRATION_PORT = 9410
@@ -34,9 +34,9 @@ ENDINGS = {"completed", "failed", "cancelled"}
 class SourceMigration(MigrationJob):
     """A live migration: the VM keeps running here unless it completes."""
 
-    def __init__(self, agent: Agent, vm: VM, dest: str, flags: MigrateFlags) -> None:
+    def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags) -> None:
         encryption = "plaintext (--insecure)" if flags.insecure else f"{flags.pqc_kem} / AES-256-GCM"
-        super().__init__(agent, vm, dest, flags, MigrationStatus(vm.name, dest, f"{encryption} ({agent.provider_name})",
+        super().__init__(host, vm, dest, flags, MigrationStatus(vm.name, dest, f"{encryption} ({host.provider_name})",
                                                                  flags.max_iterations))
         self.control: SecureChannel | None = None
         self.carrier = StreamCarrier(self._open_data, self.session, vm.name)
@@ -73,23 +73,23 @@ class SourceMigration(MigrationJob):
 
     async def _setup(self) -> None:
         """Phase 1: handshake, the destination's checks, QEMU listening there, our sockets here."""
-        host, port = split_hostport(self.dest, MIGRATION_PORT)
+        addr, port = split_hostport(self.dest, MIGRATION_PORT)
         log.info("migrating %s to %s: phase 1 (setup)", self.vm.name, self.dest)
-        self.control = await self._open(host, port, "migrate")
+        self.control = await self._open(addr, port, "migrate")
         log.debug("control channel to %s up (%s)", self.dest, self.control.kem)
-        if self.control.peer_fingerprint == self.agent.identity.fingerprint:
+        if self.control.peer_fingerprint == self.host.identity.fingerprint:
             raise MigrationError("destination is the source host", "pick another --dest")
-        from ..agent.facts import host_facts
+        from ...host.facts import host_facts
 
         qmp = self.vm.proc.qmp
-        facts = host_facts(self.agent)
+        facts = host_facts(self.host)
         request = {
             "op": "migrate", "session": self.session, "version": __version__,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
-            "cpu": facts["cpu"], "disks": self.agent.registry.disk_facts(self.vm.spec),
+            "cpu": facts["cpu"], "disks": self.host.registry.disk_facts(self.vm.spec),
         }
         if self.flags.storage_migrate:
-            request["storage"] = await describe_disks(qmp, self.vm.spec, self.agent.pools)
+            request["storage"] = await describe_disks(qmp, self.vm.spec, self.host.pools)
         await self.control.send_json(request)
         reply = await asyncio.wait_for(self.control.recv_json(), 60)
         log.debug("destination answered setup: %s", reply)
@@ -118,9 +118,9 @@ class SourceMigration(MigrationJob):
             end.close()  # QEMU holds its own copy now
         return {"type": "fd", "str": name}
 
-    async def _open(self, host: str, port: int, purpose: str) -> SecureChannel:
-        return await open_channel(host, port, identity=self.agent.identity, trust=self.agent.trust,
-                                  kem=self.flags.pqc_kem, hello_extra={**self.agent.hello_extra(),
+    async def _open(self, addr: str, port: int, purpose: str) -> SecureChannel:
+        return await open_channel(addr, port, identity=self.host.identity, trust=self.host.trust,
+                                  kem=self.flags.pqc_kem, hello_extra={**self.host.hello_extra(),
                                                                       "purpose": purpose})
 
     async def _open_data(self, purpose: str) -> SecureChannel:
@@ -307,7 +307,7 @@ class SourceMigration(MigrationJob):
         if self.flags.storage_migrate and self.flags.delete_source_disks:
             self._delete_source_disks()
         self.vm.busy = None
-        self.agent.registry.forget(self.vm.name)
+        self.host.registry.forget(self.vm.name)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
@@ -316,7 +316,7 @@ class SourceMigration(MigrationJob):
     def _delete_source_disks(self) -> None:
         """--delete-source-disks: the destination confirmed it runs the guest from its copies."""
         for disk in self.vm.spec.disks:
-            path = disk.resolve(self.agent.pools)
+            path = disk.resolve(self.host.pools)
             try:
                 path.unlink(missing_ok=True)
                 log.info("deleted source disk %s of %s", path, self.vm.name)
@@ -326,8 +326,8 @@ class SourceMigration(MigrationJob):
     async def _destination_runs_vm(self) -> bool:
         """The control channel broke after commit: ask the destination directly."""
         try:
-            host, port = split_hostport(self.dest, MIGRATION_PORT)
-            channel = await self._open(host, port, "session-state")
+            addr, port = split_hostport(self.dest, MIGRATION_PORT)
+            channel = await self._open(addr, port, "session-state")
             await channel.send_json({"op": "session-state", "vm": self.vm.name})
             reply = await asyncio.wait_for(channel.recv_json(), 10)
             await channel.close()
