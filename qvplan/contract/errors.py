@@ -1,21 +1,23 @@
-"""Migration refusals and failures, in the spec's words (its troubleshooting table)."""
+"""Migration refusals and failures, in the spec's words (its troubleshooting table), each with
+its reason code (reasons.py)."""
 
 from __future__ import annotations
 
 from ..errors import QVError
+from .reasons import Reason, fix_for
 
 
 class MigrationError(QVError):
     """A migration that did not happen; the VM keeps running on the source."""
 
-
-def refused(reason: str, fix: str | None = None) -> MigrationError:
-    return MigrationError(f"Migration rejected: {reason}", fix)
+    code = Reason.ERROR.value
 
 
-CPU_FIX = 'use cpu.model with explicit feature flags, not "host"'
-STORAGE_FIX = "run `quantavirt system storage-check`, verify the NFS/Ceph mount on the destination"
-RESOURCES_FIX = "free memory on the destination or pick another host"
-VERSION_FIX = "run the same QuantaVirt major version on both hosts"
-CONVERGE_FIX = "enable auto-converge, increase bandwidth, or reduce VM write load"
-NETWORK_FIX = "check port 9410 is open, verify the network route, retry"
+def failure(code: Reason, cause: str, fix: str | None = None, *, port: int | None = None) -> MigrationError:
+    """A failure with its code; the fix defaults to the spec's for that code."""
+    return MigrationError(cause, fix if fix is not None else fix_for(code, port), code=code.value)
+
+
+def refused(code: Reason, detail: str, fix: str | None = None) -> MigrationError:
+    """A phase-1 refusal: `Migration rejected: <detail>`, nothing moved."""
+    return failure(code, f"Migration rejected: {detail}", fix)
