@@ -32,7 +32,8 @@ class QVError(Exception):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], default_code: str = "error") -> QVError:
-        return cls(str(data.get("error") or "unknown error"), data.get("fix"), code=str(data.get("code") or default_code))
+        code = str(data.get("code") or default_code)
+        return cls(str(data.get("error") or "unknown error"), data.get("fix"), code=code)
 
 
 class UsageError(QVError):

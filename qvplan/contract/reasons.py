@@ -38,6 +38,7 @@ class Reason(StrEnum):
     NOT_CONVERGING = "not-converging"
     DESTINATION_FAILED = "destination-failed"
     QEMU_FAILED = "qemu-failed"
+    IN_DOUBT = "in-doubt"  # paused on the source: the destination may run it, unreachable to ask
     STORAGE_FAILED = "storage-failed"
     # apply and the API
     STALE = "stale"

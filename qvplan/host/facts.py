@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..contract.rules import free_memory
 
 if TYPE_CHECKING:
     from .context import Host
@@ -57,9 +58,7 @@ def host_facts(host: Host) -> dict[str, Any]:
         "cpu": cpu_facts(host.accel),
         "memory": {
             "total": capacity,
-            # What a new VM may take: the capacity offered to VMs less what they are given,
-            # never more than the kernel has available.
-            "free": max(0, min(capacity - committed, mem["available"])),
+            "free": free_memory(capacity, committed, mem["available"]),
             "committed": committed,
         },
         "storage": {"pools": pool_facts(host.pools), "shared": host.config.storage.shared},

@@ -7,8 +7,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..contract.errors import MigrationError
+from ..contract.errors import refused
 from ..contract.flags import MigrateFlags
+from ..contract.reasons import Reason
+from ..contract.rules import Policies
 from ..host.events import drain
 from ..host.http import error_response, sse
 from ..host.registry import VMError
@@ -48,14 +50,16 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) 
         elif flags.offline:
             raise VMError(f"VM {name!r} is running", "stop it first, or drop --offline for a live migration")
         if dest in (host.config.advertised_migration, host.config.migration.listen):
-            raise MigrationError("Migration rejected: destination is the source host", "pick another --dest")
-        job = (OfflineMigration if flags.offline else SourceMigration)(host, vm, dest, flags)
+            raise refused(Reason.SAME_HOST, "destination is the source host", "pick another --dest")
+        policies = Policies.model_validate(body.get("policies") or {})
+        job = (OfflineMigration if flags.offline else SourceMigration)(host, vm, dest, flags, policies)
         jobs[name] = job
         job.start()
         await job.setup_done.wait()
         status = job.status.as_dict()
         if job.status.state == "FAILED":
-            return web.json_response({"error": job.status.error, "fix": job.status.fix, "status": status},
+            return web.json_response({"error": job.status.error, "fix": job.status.fix, "code": job.status.code,
+                                      "status": status},
                                      status=409)
         return web.json_response(status, status=202)
 

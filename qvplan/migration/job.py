@@ -8,6 +8,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from ..contract.flags import MigrateFlags
+from ..contract.rules import Policies
 
 if TYPE_CHECKING:
     from ..host import Host
@@ -18,11 +19,13 @@ if TYPE_CHECKING:
 class MigrationJob:
     """Owns a VM from `start()` until the outcome; subclasses write `_run`."""
 
-    def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags, status: MigrationStatus) -> None:
+    def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags, policies: Policies | None,
+                 status: MigrationStatus) -> None:
         self.host = host
         self.vm = vm
         self.dest = dest
         self.flags = flags
+        self.policies = policies or Policies()  # the plan's prerequisites, or the defaults
         self.status = status
         self.session = uuid.uuid4().hex
         self.topic = f"{vm.name}/migrate"

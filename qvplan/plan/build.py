@@ -26,7 +26,7 @@ class Build:
 
     def add_check(self, vm: str, kind: str, result: C.Result, where: str | None = None) -> Check:
         check = Check(f"{vm}:{kind}", vm, kind, result.ok, result.message, result.fix,
-                      where or self.plan.where.get(vm))
+                      where or self.plan.where.get(vm), result.code)
         self.checks[check.id] = check
         if not check.ok:
             self.failures.setdefault(vm, []).append(check)

@@ -50,7 +50,8 @@ def add_moves(b: Build) -> None:
             move.action = Action.UNKNOWN
             where = " and ".join(h for h, _ in found)
             b.add_check(vm, "vm", C.fail(f"VM {vm} is on {where}" if found else f"VM {vm} not found on any host",
-                                         "check the VM name and the plan's hosts, then gather facts again"))
+                                         "check the VM name and the plan's hosts, then gather facts again",
+                                         C.Reason.UNKNOWN_VM))
             continue
         move.source, vmf = found[0]
         b.vm_facts[vm] = vmf
@@ -78,7 +79,8 @@ def add_checks(b: Build) -> None:
             h = unknown[0]
             why = "not in the plan's hosts or inventory" if h not in b.plan.hosts else "no facts gathered"
             b.add_check(vm, "host", C.fail(f"unknown host {h} ({why})",
-                                           "add it to hosts: or the inventory, and gather its facts"))
+                                           "add it to hosts: or the inventory, and gather its facts",
+                                           C.Reason.BAD_REQUEST))
             continue
         b.add_check(vm, "host", C.ok(f"{src or '?'} → {dst}"))
         if facts is None or src is None:
@@ -105,13 +107,15 @@ def add_after_edges(b: Build) -> None:
         unknown = [a for a in move.after if a not in b.moves]
         if unknown:
             b.add_check(move.vm, "after", C.fail(f"after: {unknown[0]} is not a VM of this plan",
-                                                 "name a VM placed under vms: (or by a module)"), where)
+                                                 "name a VM placed under vms: (or by a module)",
+                                                 C.Reason.BAD_REQUEST), where)
         edges[move.vm] = {a for a in move.after if a in b.moves}
     cycles = _cycles(edges)
     for cycle in cycles:
         text = " → ".join(cycle)
         for vm in dict.fromkeys(cycle):
-            b.add_check(vm, "after", C.fail(f"cycle in after: {text}", "remove one of these after: entries"),
+            b.add_check(vm, "after", C.fail(f"cycle in after: {text}", "remove one of these after: entries",
+                                                 C.Reason.BAD_REQUEST),
                         b.plan.after_where.get(vm))
     for vm, targets in edges.items():
         for a in targets:

@@ -84,6 +84,7 @@ class Check:
     message: str
     fix: str | None = None
     where: str | None = None
+    code: str | None = None  # the reason code of a failed check (contract/reasons.py)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -78,7 +78,8 @@ def schedule(b: Build) -> None:
         mem = memory.setdefault(dst, HostMemory(_free(b, dst)))
         floor = mem.floor(len(loads))
         if floor[-1] < move.memory:
-            b.add_check(vm, "memory", C.fail(C.memory_message(dst, floor[-1], move.memory), C.RESOURCES_FIX))
+            b.add_check(vm, "memory", C.fail(C.memory_message(dst, floor[-1], move.memory), C.RESOURCES_FIX,
+                                                    C.Reason.OUT_OF_RESOURCES))
             move.status, move.reason = Status.BLOCKED, b.checks[f"{vm}:memory"].message
             continue
         w = first

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ... import __version__
-from ...contract import checks
-from ...contract.errors import MigrationError, refused
+from ...contract import rules
+from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
+from ...contract.reasons import Reason
 from ...pqc import SecureChannel
 from ...vmm import VMSpec
 from ..incoming import INCOMING_FILES, INCOMING_MARK, record_incoming_files
@@ -61,22 +61,21 @@ def preflight(host: Host, channel: SecureChannel,
     spec = VMSpec.model_validate(request["vm"])
     flags = MigrateFlags.model_validate(request["flags"])
     if channel.peer_fingerprint == host.identity.fingerprint:
-        raise refused("destination is the source host", "pick another --dest")
+        raise refused(Reason.SAME_HOST, "destination is the source host", "pick another --dest")
     if flags.insecure and host.config.migration.pqc_required:
-        raise refused("plaintext migration refused (pqc_required = true on the destination)",
+        raise refused(Reason.PQC_REQUIRED, "plaintext migration refused (pqc_required = true on the destination)",
                       "drop --insecure, or set pqc_required = false on the destination")
     if spec.name in host.registry.vms:
-        raise refused(f"a VM named {spec.name!r} already exists on the destination",
+        raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
     facts = host_facts(host)
-    for problem in (
-        checks.check_version(request.get("version", "?"), __version__),
-        checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), facts["cpu"]),
-        checks.check_memory(spec.memory_bytes, facts["memory"]["free"]),
-        None if flags.storage_migrate else checks.check_shared_disks(request.get("disks", []), os.path.exists),
-    ):
-        if problem:
-            raise problem
+    policies = rules.Policies.model_validate(request.get("policies") or {})
+    source = {"version": request.get("version"), "cpu": request.get("cpu")}
+    shared = [] if flags.storage_migrate else [str(d.get("path")) for d in request.get("disks", [])]
+    problem = (rules.judge(spec.cpu.model_dump(), spec.memory_bytes, source, facts, policies)
+               or rules.check_shared_disks(shared, os.path.exists))
+    if problem:
+        raise refusal_error(problem)
     if flags.storage_migrate:
         placement = exports.place(spec, request.get("storage", []), host.pools, flags.dest_pool)
         return placement.spec, flags, placement
@@ -89,7 +88,7 @@ async def handle_migrate(host: Host, sessions: dict[str, Incoming], channel: Sec
     try:
         spec, flags, placement = preflight(host, channel, request)
     except MigrationError as err:
-        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
+        await channel.send_json({"ok": False, **err.as_dict()})
         return
     vm = host.registry.define(spec)
     vm.busy = "incoming"
@@ -115,7 +114,9 @@ async def handle_migrate(host: Host, sessions: dict[str, Incoming], channel: Sec
     except Exception as err:
         log.warning("incoming migration of %s failed: %s", spec.name, err)
         with contextlib.suppress(Exception):
-            await channel.send_json({"event": "failed", "error": str(err)})
+            why = err if isinstance(err, MigrationError) else failure(
+                Reason.DESTINATION_FAILED, f"destination failed: {err}", "see the destination agent's log")
+            await channel.send_json({"event": "failed", **why.as_dict()})
     finally:
         sessions.pop(incoming.session, None)
         if incoming.state != "running":
@@ -140,7 +141,7 @@ async def _follow(host: Host, channel: SecureChannel, incoming: Incoming) -> Non
     try:
         done, _ = await asyncio.wait({loaded, verdict}, return_when=asyncio.FIRST_COMPLETED)
         if verdict in done:  # abort or EOF before QEMU finished loading
-            raise MigrationError(f"source ended the migration: {verdict.result()}")
+            raise failure(Reason.CANCELLED, f"source ended the migration: {verdict.result()}")
         loaded.result()
         incoming.state = "received"
         await channel.send_json({"event": "received"})
@@ -149,7 +150,7 @@ async def _follow(host: Host, channel: SecureChannel, incoming: Incoming) -> Non
         loaded.cancel()
         verdict.cancel()
     if not message or message.get("cmd") != "commit":
-        raise MigrationError(f"source did not commit: {message}")
+        raise failure(Reason.CONNECTION_RESET, f"source did not commit: {message}")
     if incoming.storage:
         await exports.unexport(qmp)
     with qmp.listener(("RESUME",)) as listener:
@@ -173,7 +174,8 @@ async def _wait_loaded(qmp: Any) -> None:
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
-            raise MigrationError(f"destination QEMU could not load the VM state ({status})")
+            raise failure(Reason.QEMU_FAILED, f"destination QEMU could not load the VM state ({status})",
+                          "see the VM's qemu.log on the destination")
         # Fast while the stream flows (the end is latency-critical); slow before it starts,
         # which with --storage-migrate is the whole block phase.
         await asyncio.sleep(0.005 if status == "active" else 0.1)

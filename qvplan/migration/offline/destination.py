@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ... import __version__
-from ...contract import checks
-from ...contract.errors import NETWORK_FIX, STORAGE_FIX, MigrationError, refused
+from ...contract import rules
+from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
+from ...contract.reasons import Reason
 from ...pqc import SecureChannel
 from ...units import format_size
 from ...vmm import VMSpec
@@ -83,8 +84,8 @@ def check_room(needs: Iterable[tuple[Path, int]], free: Callable[[Path], int]) -
     for where, need in needs:
         have = free(where)
         if need > have:
-            return refused(f"Destination out of resources (disks need {format_size(need)} in {where}, "
-                           f"{format_size(have)} free)", ROOM_FIX)
+            return refused(Reason.OUT_OF_RESOURCES, f"Destination out of resources (disks need "
+                           f"{format_size(need)} in {where}, {format_size(have)} free)", ROOM_FIX)
     return None
 
 
@@ -95,7 +96,7 @@ def _pool_named(host: Host, wanted: str) -> str:
     for name, path in host.pools.items():
         if Path(wanted).resolve() == Path(path).resolve():
             return name
-    raise refused(f"Storage not found on destination (no pool {wanted!r})",
+    raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination (no pool {wanted!r})",
                   f"use one of its pools: {', '.join(sorted(host.pools)) or '(none configured)'}")
 
 
@@ -112,16 +113,17 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
     flags = MigrateFlags.model_validate(request["flags"])
     session = str(request.get("session", ""))
     if not SESSION_RE.match(session):
-        raise refused("malformed session id", "run the same QuantaVirt version on both hosts")
+        raise refused(Reason.BAD_REQUEST, "malformed session id", "run the same QuantaVirt version on both hosts")
     if channel.peer_fingerprint == host.identity.fingerprint:
-        raise refused("destination is the source host", "pick another --dest")
+        raise refused(Reason.SAME_HOST, "destination is the source host", "pick another --dest")
     if spec.name in host.registry.vms:
-        raise refused(f"a VM named {spec.name!r} already exists on the destination",
+        raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
-    problem = (checks.check_version(str(request.get("version", "?")), __version__)
-               or checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu))
+    policies = rules.Policies.model_validate(request.get("policies") or {})
+    problem = (rules.check_version(str(request.get("version", "?")), __version__, policies.version)
+               or rules.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu, policies.cpu))
     if problem:
-        raise problem
+        raise refusal_error(problem)
     info = {d.get("index"): d for d in request.get("disks", []) if isinstance(d, dict)}
     pool = _pool_named(host, flags.dest_pool) if flags.dest_pool else None
     landing = Landing(spec, session)
@@ -130,24 +132,24 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
     for i, disk in enumerate(spec.disks):
         about = info.get(i, {})
         if about.get("shared"):
-            problem = checks.check_shared_disks([{"path": str(about.get("path"))}], os.path.exists)
-            if problem:
-                raise problem
+            shared_problem = rules.check_shared_disks([str(about.get("path"))], os.path.exists)
+            if shared_problem:
+                raise refusal_error(shared_problem)
             disks.append(disk)
             continue
         disk = _retarget(disk, pool)
         if disk.pool is not None and disk.pool not in host.pools:
-            raise refused(f"Storage not found on destination (no pool {disk.pool!r})",
+            raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination (no pool {disk.pool!r})",
                           "add the pool to [storage] pools there, or pass --dest-pool")
         final = disk.resolve(host.pools)
         disks.append(disk)
         if final.exists() or any(t.final == final for t in landing.targets):
-            raise refused(f"disk {final} already exists on the destination",
+            raise refused(Reason.NAME_CLASH, f"disk {final} already exists on the destination",
                           "remove or rename it there, or pass --dest-pool")
         if not about.get("present"):
             continue  # never created on the source: created here at first start
         if not final.parent.is_dir():
-            raise refused(f"Storage not found on destination ({final.parent})", STORAGE_FIX)
+            raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination ({final.parent})")
         landing.targets.append(Target(i, final, final.parent / f"{STAGING_PREFIX}{session}" / final.name,
                                       int(about["size"]), int(about["data"]), int(about.get("mode", 0o644)) & 0o777))
         dev = os.stat(final.parent).st_dev
@@ -171,11 +173,11 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
     try:
         landing = preflight(host, channel, request, cpu)
     except MigrationError as err:
-        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
+        await channel.send_json({"ok": False, **err.as_dict()})
         return
     except (ValidationError, KeyError, ValueError, TypeError) as err:
-        await channel.send_json({"ok": False, "error": f"Migration rejected: malformed request ({err})",
-                                 "fix": "run the same QuantaVirt version on both hosts"})
+        bad = refused(Reason.BAD_REQUEST, f"malformed request ({err})", "run the same QuantaVirt version on both hosts")
+        await channel.send_json({"ok": False, **bad.as_dict()})
         return
     vm = host.registry.define(landing.spec)
     vm.busy = "incoming"
@@ -190,7 +192,7 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
         await channel.send_json({"event": "received"})
         verdict = await asyncio.wait_for(channel.recv_json(), IDLE_TIMEOUT)
         if not verdict or verdict.get("cmd") != "commit":
-            raise MigrationError(f"source did not commit ({verdict or 'connection closed'})")
+            raise failure(Reason.CONNECTION_RESET, f"source did not commit ({verdict or 'connection closed'})")
         await asyncio.to_thread(_commit, vm)
         committed = True
         vm.busy = None
@@ -200,10 +202,11 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
             await channel.send_json({"event": "committed", "host": host.config.host.name})
     except Exception as err:
         log.warning("incoming offline migration of %s failed: %s", vm.name, err)
-        cause, fix = ((err.cause, err.fix) if isinstance(err, MigrationError)
-                      else (f"destination failed to receive the VM: {err}", "see the destination agent's log"))
+        why = err if isinstance(err, MigrationError) else failure(
+            Reason.DESTINATION_FAILED, f"destination failed to receive the VM: {err}",
+            "see the destination agent's log")
         with contextlib.suppress(Exception):
-            await channel.send_json({"event": "failed", "error": cause, "fix": fix})
+            await channel.send_json({"event": "failed", **why.as_dict()})
     finally:
         if not committed:
             await discard(host, vm, landing)
@@ -212,7 +215,7 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
 async def _next(channel: SecureChannel) -> bytes:
     record = await asyncio.wait_for(channel.recv(), IDLE_TIMEOUT)
     if record is None:
-        raise MigrationError("source closed the connection mid-copy", NETWORK_FIX)
+        raise failure(Reason.CONNECTION_RESET, "source closed the connection mid-copy")
     return record
 
 
@@ -221,7 +224,7 @@ def _message(record: bytes) -> dict[str, Any]:
         raise WireError("source sent a chunk where a message was expected")
     message = json.loads(record)
     if message.get("cmd") == "abort":
-        raise MigrationError("source aborted the migration")
+        raise failure(Reason.CANCELLED, "source aborted the migration")
     return message
 
 
@@ -274,7 +277,7 @@ def _land(landing: Landing, vm: VM) -> None:
         try:
             os.link(target.staged, target.final)
         except FileExistsError:
-            raise MigrationError(f"disk {target.final} appeared on the destination during the copy",
+            raise failure(Reason.NAME_CLASH, f"disk {target.final} appeared on the destination during the copy",
                                  "remove or rename it there and retry") from None
         except OSError as err:  # a filesystem without hard links: rename, checking first
             if err.errno not in (errno.EPERM, errno.EOPNOTSUPP) or target.final.exists():

@@ -18,8 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...addresses import split_hostport
-from ...pqc import open_channel
+from ..peer import ask as ask_peer
 
 if TYPE_CHECKING:
     from ...host import Host
@@ -27,7 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OUTGOING = "outgoing.json"
-MIGRATION_PORT = 9410
 RETRY_CAP = 60.0
 _settling: set[asyncio.Task[None]] = set()  # strong references to running _settle tasks
 
@@ -55,19 +53,12 @@ def unmark(vm: VM) -> None:
 
 async def ask(host: Host, dest: str, name: str, session: str, kem: str) -> str | None:
     """The destination's word on the VM: committed, pending or absent; None when unreachable."""
-    addr, port = split_hostport(dest, MIGRATION_PORT)
     try:
-        channel = await open_channel(addr, port, identity=host.identity, trust=host.trust, kem=kem,
-                                     hello_extra={**host.hello_extra(), "purpose": "offline-state"})
-        try:
-            await channel.send_json({"op": "offline-state", "vm": name, "session": session})
-            reply = await asyncio.wait_for(channel.recv_json(), 10)
-        finally:
-            await channel.close()
+        reply = await ask_peer(host, dest, {"op": "offline-state", "vm": name, "session": session}, kem)
     except Exception as err:
         log.info("asking %s about %s: %s", dest, name, err)
         return None
-    state = (reply or {}).get("state")
+    state = reply.get("state")
     return state if state in ("committed", "pending", "absent") else None
 
 

@@ -27,12 +27,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ... import __version__
-from ...addresses import split_hostport
-from ...contract.errors import NETWORK_FIX, MigrationError
+from ...contract.errors import MigrationError, failure
 from ...contract.flags import MigrateFlags
-from ...pqc import PQCError, SecureChannel, open_channel
+from ...contract.reasons import Reason
+from ...contract.rules import Policies
+from ...pqc import PQCError, SecureChannel
 from ...units import format_duration
 from ..job import MigrationJob
+from ..peer import channel_failure, open_peer
 from . import recovery
 from .disks import CHUNK, DiskSource, allocated
 from .status import OfflineStatus
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)
-MIGRATION_PORT = 9410
 STALL_LIMIT = 30.0  # seconds one record may take to leave = the network is gone
 PUBLISH_EVERY = 0.25
 SETUP_TIMEOUT = 60.0
@@ -69,8 +70,9 @@ class SourceDisk:
 class OfflineMigration(MigrationJob):
     """An offline migration: a stopped VM's definition and disks; it stays here unless it completes."""
 
-    def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags) -> None:
-        super().__init__(host, vm, dest, flags,
+    def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags,
+                 policies: Policies | None = None) -> None:
+        super().__init__(host, vm, dest, flags, policies,
                          OfflineStatus(vm.name, dest, f"{flags.pqc_kem} / AES-256-GCM ({host.provider_name})",
                                        flags.max_iterations, compress=flags.compress))
         self.channel: SecureChannel | None = None
@@ -98,11 +100,10 @@ class OfflineMigration(MigrationJob):
             await self._fail(err)
         except (PQCError, OSError, asyncio.IncompleteReadError, ConnectionError) as err:
             reason = await self._dest_reason()  # a destination that gave up says why before it hangs up
-            await self._fail(reason or MigrationError(
-                f"Connection reset during transfer: {getattr(err, 'cause', err)}", NETWORK_FIX))
+            await self._fail(reason or channel_failure(err, self.dest))
         except Exception as err:
             log.exception("offline migration of %s failed", self.vm.name)
-            await self._fail(MigrationError(f"offline migration failed: {err}"))
+            await self._fail(failure(Reason.ERROR, f"offline migration failed: {err}", "see the source agent's log"))
         finally:
             self.setup_done.set()
             await self._teardown()
@@ -110,7 +111,7 @@ class OfflineMigration(MigrationJob):
     async def _setup(self) -> None:
         """Phase 1: read the disks' extents, handshake, the destination's checks."""
         if self.vm.running:
-            raise MigrationError(f"VM {self.vm.name!r} is running",
+            raise failure(Reason.VM_STATE, f"VM {self.vm.name!r} is running",
                                  "stop it first, or drop --offline for a live migration")
         shared = self.host.config.storage.shared
         for i, disk in enumerate(self.vm.spec.disks):
@@ -126,17 +127,17 @@ class OfflineMigration(MigrationJob):
         from ...vmm import cpu_facts
 
         cpu = await asyncio.to_thread(cpu_facts, self.host.accel)  # may ask QEMU the first time
-        addr, port = split_hostport(self.dest, MIGRATION_PORT)
-        self.channel = await self._open(addr, port, "offline-migrate")
+        self.channel = await open_peer(self.host, self.dest, "offline-migrate", self.flags.pqc_kem)
         await self.channel.send_json({
             "op": "offline-receive", "session": self.session, "version": __version__,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
+            "policies": self.policies.model_dump(),
             "cpu": cpu, "disks": [d.describe() for d in self.disks],
         })
         reply = await asyncio.wait_for(self.channel.recv_json(), SETUP_TIMEOUT)
         if not reply or not reply.get("ok"):
-            raise MigrationError((reply or {}).get("error", "destination closed the connection"),
-                                 (reply or {}).get("fix"))
+            raise MigrationError.from_dict(reply or {"error": "destination closed the connection during setup"},
+                                           Reason.CONNECTION_RESET)
         log.info("offline migration of %s to %s: copying %d disk(s), %d bytes of data", self.vm.name,
                  self.dest, len(to_copy), self.status.total)
 
@@ -144,10 +145,6 @@ class OfflineMigration(MigrationJob):
         # Under a tight --bandwidth, smaller records keep the link (and the progress) moving.
         return CHUNK if not self.flags.bandwidth else max(64 << 10, min(CHUNK, self.flags.bandwidth // 4))
 
-    async def _open(self, addr: str, port: int, purpose: str) -> SecureChannel:
-        return await open_channel(addr, port, identity=self.host.identity, trust=self.host.trust,
-                                  kem=self.flags.pqc_kem, hello_extra={**self.host.hello_extra(),
-                                                                      "purpose": purpose})
 
     async def _copy(self) -> None:
         """Phase 2: every local disk, chunk by chunk; the next chunk is read (and compressed) in a
@@ -191,9 +188,9 @@ class OfflineMigration(MigrationJob):
     def _check(self) -> None:
         """Stop the copy on cancel, timeout or a word from the destination."""
         if self._cancel_reason:
-            raise MigrationError(f"Migration {self._cancel_reason}")
+            raise failure(Reason.CANCELLED, f"Migration {self._cancel_reason}")
         if self.status.elapsed > self.flags.timeout:
-            raise MigrationError(f"Timeout exceeded ({format_duration(self.flags.timeout)})",
+            raise failure(Reason.TIMEOUT, f"Timeout exceeded ({format_duration(self.flags.timeout)})",
                                  "raise --timeout for large disks, or check the network path")
         if self._from_dest is not None and self._from_dest.done():
             self._dest_said(self._from_dest.result(), "received")
@@ -201,9 +198,10 @@ class OfflineMigration(MigrationJob):
     def _dest_said(self, message: Any, expected: str) -> None:
         if message and message.get("event") == expected:
             return
-        message = message or {}
-        raise MigrationError(message.get("error", f"destination closed the connection before {expected!r}"),
-                             message.get("fix", NETWORK_FIX))
+        if not message or not message.get("error"):
+            raise channel_failure(ConnectionResetError(f"destination closed the connection before {expected!r}"),
+                                  self.dest)
+        raise MigrationError.from_dict(message, Reason.DESTINATION_FAILED)
 
     async def _dest_reason(self) -> MigrationError | None:
         if self._from_dest is None:
@@ -212,7 +210,7 @@ class OfflineMigration(MigrationJob):
             await asyncio.wait({self._from_dest}, timeout=1)
             message = self._from_dest.result() if self._from_dest.done() else None
             if message and message.get("error"):
-                return MigrationError(message["error"], message.get("fix"))
+                return MigrationError.from_dict(message, Reason.DESTINATION_FAILED)
         return None
 
     async def _await_dest(self, expected: str) -> None:
@@ -243,7 +241,7 @@ class OfflineMigration(MigrationJob):
                 self._dest_said(reply, "committed")
             if not await self._destination_owns_vm():
                 recovery.unmark(self.vm)
-                raise MigrationError("destination did not commit the VM", NETWORK_FIX)
+                raise channel_failure(ConnectionResetError("destination did not commit the VM"), self.dest)
         self._close_disks()
         recovery.release(self.host, self.vm)
         self.host.events.publish(self.vm.name, "migrated-out", destination=self.dest)
@@ -264,8 +262,8 @@ class OfflineMigration(MigrationJob):
         # Still in doubt: the VM stays busy here and the marker stays, as after a crash.
         self._in_doubt = True
         recovery.settle_later(self.host, self.vm)
-        raise MigrationError(
-            f"VM in doubt after commit: destination {self.dest} did not answer",
+        raise failure(
+            Reason.IN_DOUBT, f"VM in doubt after commit: destination {self.dest} did not answer",
             f"the agent keeps asking {self.dest} and releases or keeps {self.vm.name} accordingly; "
             "check the network path")
 
@@ -280,6 +278,7 @@ class OfflineMigration(MigrationJob):
         self.status.state = "CANCELLED" if cancelled else "FAILED"
         self.status.error = err.cause
         self.status.fix = err.fix
+        self.status.code = err.code
         self.status.finished = time.time()
         log.warning("offline migration of %s to %s: %s", self.vm.name, self.dest, err)
         self._publish("cancelled" if cancelled else "failed", error=err.cause, fix=err.fix)
