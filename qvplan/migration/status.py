@@ -124,6 +124,8 @@ class MigrationStatus:
             lines.append(f"Total Time:      {format_duration(self.elapsed)}")
             if self.fix:
                 lines.append(f"Fix:             {self.fix}")
+            if self.code:
+                lines.append(f"Reason:          {self.code}")
         else:
             est = "n/a" if self.expected_downtime is None else f"~{self.expected_downtime * 1000:.0f} ms"
             lines += [f"Est. Downtime:   {est}", f"Elapsed:         {format_duration(self.elapsed)}"]

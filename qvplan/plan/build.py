@@ -34,5 +34,14 @@ class Build:
         self.deps.setdefault(f"move:{vm}", set()).add(f"check:{check.id}")
         return check
 
+    def free(self, host: str) -> int:
+        """The host's free memory in the facts (0 when they do not say)."""
+        free = ((self.facts or {}).get(host, {}).get("memory") or {}).get("free")
+        return free if isinstance(free, int) else 0
+
+    def capacity(self) -> dict[str, int]:
+        """Free memory of every host with facts: what the schedule's simulation starts from."""
+        return {host: self.free(host) for host in (self.facts or {})}
+
     def failed(self, vm: str) -> list[Check]:
         return self.failures.get(vm, [])

@@ -120,6 +120,7 @@ class Plan:
     facts_hash: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # on_failure, limits, prerequisites
     trust_exchange: list[tuple[str, str]] = field(default_factory=list)  # (importer, host whose key)
+    capacity: dict[str, int] = field(default_factory=dict)  # host → free memory the schedule started from
 
     @property
     def changes(self) -> list[Move]:
@@ -166,6 +167,7 @@ class Plan:
             "diagnostics": [d.to_dict() for d in self.diagnostics],
             "settings": self.settings,
             "trust_exchange": [list(p) for p in self.trust_exchange],
+            "capacity": self.capacity,
         }
 
     @classmethod
@@ -179,4 +181,5 @@ class Plan:
             facts_hash=d.get("facts_hash"),
             settings=d.get("settings", {}),
             trust_exchange=[(a, b) for a, b in d.get("trust_exchange", [])],
+            capacity={str(h): int(v) for h, v in (d.get("capacity") or {}).items()},
         )

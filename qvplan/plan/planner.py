@@ -29,6 +29,7 @@ def make_plan(loaded: LoadedPlan, facts: Facts | None) -> Plan:
                   "prerequisites": spec.prerequisites.model_dump(),
                   "hosts": {name: h.model_dump() for name, h in loaded.hosts.items()}},
         trust_exchange=sorted(b.trust_exchange),
+        capacity=b.capacity(),
     )
 
 

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,17 @@ class Incoming:
     state: str = "waiting"  # waiting, received, running, aborted
 
 
+def verdict(spec: VMSpec, flags: MigrateFlags, request: dict[str, Any], facts: dict[str, Any],
+            reachable: Callable[[str], bool]) -> rules.Refusal | None:
+    """The rule book's verdict on an incoming VM: the source's version and CPU (as the request
+    carries them) against this host's facts, under the plan's policies; its shared disks."""
+    policies = rules.Policies.model_validate(request.get("policies") or {})
+    source = {"version": request.get("version"), "cpu": request.get("cpu")}
+    shared = [] if flags.storage_migrate else [str(d.get("path")) for d in request.get("disks", [])]
+    return (rules.judge(spec.cpu.model_dump(), spec.memory_bytes, source, facts, policies)
+            or rules.check_shared_disks(shared, reachable))
+
+
 def preflight(host: Host, channel: SecureChannel,
               request: dict[str, Any]) -> tuple[VMSpec, MigrateFlags, exports.Placement | None]:
     """Every check of phase 1, before any VM state moves. Raises the spec's refusal.
@@ -68,12 +80,7 @@ def preflight(host: Host, channel: SecureChannel,
     if spec.name in host.registry.vms:
         raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
-    facts = host_facts(host)
-    policies = rules.Policies.model_validate(request.get("policies") or {})
-    source = {"version": request.get("version"), "cpu": request.get("cpu")}
-    shared = [] if flags.storage_migrate else [str(d.get("path")) for d in request.get("disks", [])]
-    problem = (rules.judge(spec.cpu.model_dump(), spec.memory_bytes, source, facts, policies)
-               or rules.check_shared_disks(shared, os.path.exists))
+    problem = verdict(spec, flags, request, host_facts(host), os.path.exists)
     if problem:
         raise refusal_error(problem)
     if flags.storage_migrate:

@@ -65,6 +65,8 @@ class OfflineStatus(MigrationStatus):
         ]
         if self.done and self.fix:
             lines.append(f"Fix:             {self.fix}")
+        if self.done and self.code:
+            lines.append(f"Reason:          {self.code}")
         return "\n".join(lines)
 
 
