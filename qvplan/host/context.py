@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,10 @@ from ..units import parse_size
 from .config import AgentConfig
 from .events import EventHub
 from .registry import Registry
+
+# Tests of the version policies need two agents of different versions from one checkout: this
+# variable (documented in the README, test and lab use only) sets the version an agent reports.
+VERSION_OVERRIDE = "QUANTAVIRT_TEST_VERSION"
 
 # One request on an authenticated channel of :9410 (the request is its first JSON message).
 Operation = Callable[[SecureChannel, dict[str, Any]], Awaitable[None]]
@@ -35,13 +40,14 @@ class Host:
         self.accel = detect_accel()
         self.events = EventHub()
         self.registry = Registry(self.state_dir, self.pools, self.accel, self.events)
+        self.version = os.environ.get(VERSION_OVERRIDE) or __version__  # what peers and facts are told
 
     @property
     def name(self) -> str:
         return self.config.host.name
 
     def hello_extra(self) -> dict[str, Any]:
-        return {"host": self.name, "version": __version__, "provider": self.provider_name}
+        return {"host": self.name, "version": self.version, "provider": self.provider_name}
 
     def identity_document(self) -> dict[str, str]:
         return {

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
 from ..contract.rules import free_memory
 
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ def host_facts(host: Host) -> dict[str, Any]:
     capacity = host.memory_capacity or mem["total"]
     return {
         "name": host.config.host.name,
-        "version": __version__,
+        "version": host.version,
         "qemu_version": qemu_version(),
         "accelerator": host.accel,
         "cpu": cpu_facts(host.accel),

@@ -8,7 +8,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ... import __version__
 from ...contract.errors import MigrationError, failure
 from ...contract.flags import MigrateFlags
 from ...contract.reasons import Reason
@@ -85,7 +84,7 @@ class SourceMigration(MigrationJob):
         qmp = self.vm.proc.qmp
         facts = host_facts(self.host)
         request = {
-            "op": "migrate", "session": self.session, "version": __version__,
+            "op": "migrate", "session": self.session, "version": self.host.version,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
             "policies": self.policies.model_dump(),
             "cpu": facts["cpu"], "disks": self.host.registry.disk_facts(self.vm.spec),

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ... import __version__
 from ...contract import rules
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
@@ -120,7 +119,7 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
         raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
     policies = rules.Policies.model_validate(request.get("policies") or {})
-    problem = (rules.check_version(str(request.get("version", "?")), __version__, policies.version)
+    problem = (rules.check_version(str(request.get("version", "?")), host.version, policies.version)
                or rules.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu, policies.cpu))
     if problem:
         raise refusal_error(problem)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ... import __version__
 from ...contract.errors import MigrationError, failure
 from ...contract.flags import MigrateFlags
 from ...contract.reasons import Reason
@@ -129,7 +128,7 @@ class OfflineMigration(MigrationJob):
         cpu = await asyncio.to_thread(cpu_facts, self.host.accel)  # may ask QEMU the first time
         self.channel = await open_peer(self.host, self.dest, "offline-migrate", self.flags.pqc_kem)
         await self.channel.send_json({
-            "op": "offline-receive", "session": self.session, "version": __version__,
+            "op": "offline-receive", "session": self.session, "version": self.host.version,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
             "policies": self.policies.model_dump(),
             "cpu": cpu, "disks": [d.describe() for d in self.disks],
