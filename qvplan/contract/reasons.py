@@ -42,6 +42,7 @@ class Reason(StrEnum):
     STORAGE_FAILED = "storage-failed"
     # apply and the API
     STALE = "stale"
+    OTHER_HOSTS = "plan-for-other-hosts"
     UNKNOWN_VM = "unknown-vm"
     BAD_REQUEST = "bad-request"
     AGENT_UNREACHABLE = "agent-unreachable"
