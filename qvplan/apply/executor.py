@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..contract.events import OUTCOMES
 from ..contract.reasons import Reason
 from ..contract.rules import Policies
 from ..plan.facts import drop_none
 from ..plan.model import Move, Plan
 from ..remote import HostConnection, HostTarget
 from .journal import Journal
-from .progress import OUTCOMES, Bar, Board
+from .progress import Bar, Board
 from .recheck import recheck
 from .scheduler import Scheduler
 

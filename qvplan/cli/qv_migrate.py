@@ -10,6 +10,7 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from ..contract.events import OUTCOMES
 from ..contract.flags import MigrateFlags
 from ..errors import UsageError
 from ..migration.offline.status import OfflineStatus
@@ -17,7 +18,7 @@ from ..migration.offline.status import describe as describe_offline
 from ..migration.status import MigrationStatus
 from . import local
 from .common import run_async
-from .progress import OUTCOMES, follow
+from .progress import follow
 from .qv_vm import vm
 
 

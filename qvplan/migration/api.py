@@ -8,6 +8,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..contract.errors import refused
+from ..contract.events import OUTCOMES
 from ..contract.flags import MigrateFlags
 from ..contract.reasons import Reason
 from ..contract.rules import Policies
@@ -21,7 +22,6 @@ from .offline.source import OfflineMigration
 if TYPE_CHECKING:
     from ..host import Host
 
-OUTCOMES = {"completed", "failed", "cancelled"}
 
 
 def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) -> None:

@@ -6,15 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..contract.events import PHASE_NAMES as PHASES
 from ..units import format_duration, format_rate, format_size
-
-PHASES = {
-    1: "setup",
-    2: "initial transfer",
-    3: "iterative dirty copy",
-    4: "stop-and-copy",
-    5: "activation",
-}
 
 
 @dataclass

@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ...contract.events import OFFLINE_PHASE_NAMES as PHASES
 from ...units import format_duration, format_rate, format_size
 from ..status import MigrationStatus
-
-PHASES = {1: "setup", 2: "disk copy", 5: "commit"}
 
 
 @dataclass
