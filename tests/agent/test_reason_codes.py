@@ -58,15 +58,21 @@ def test_out_of_resources_and_cpu_incompatible(make_agent):
     assert c.vm_names() == [] and b.vm_names() == []
 
 
-@pytest.mark.parametrize("policy,refused", [("same-major", True), ("same-minor", True), ("exact", True),
-                                            ("any", False)])
-def test_version_mismatch_under_each_policy(make_agent, policy, refused):
+def pair_of_versions(make_agent, dest_version: str):
+    """hv-a (this checkout's version) running vm-1, and hv-b reporting `dest_version`; trusted."""
     a = make_agent("hv-a")
     b = make_agent("hv-b", start=False)
-    b.env = {"QUANTAVIRT_TEST_VERSION": "0.2.0"}
+    b.env = {"QUANTAVIRT_TEST_VERSION": dest_version}
     b.start()
     mutual_trust(a, b)
     start_guest(a)
+    return a, b
+
+
+@pytest.mark.parametrize("policy,refused", [("same-major", True), ("same-minor", True), ("exact", True),
+                                            ("any", False)])
+def test_version_mismatch_under_each_policy(make_agent, policy, refused):
+    a, b = pair_of_versions(make_agent, "0.2.0")
     body = {"dest": b.migration, "flags": {}, "policies": {"version": policy}}
     if refused:
         with pytest.raises(ApiError) as err:
@@ -81,12 +87,7 @@ def test_version_mismatch_under_each_policy(make_agent, policy, refused):
 
 
 def test_default_policy_on_the_cli_is_same_major(make_agent):
-    a = make_agent("hv-a")
-    b = make_agent("hv-b", start=False)
-    b.env = {"QUANTAVIRT_TEST_VERSION": "0.2.0"}
-    b.start()
-    mutual_trust(a, b)
-    start_guest(a)
+    a, b = pair_of_versions(make_agent, "0.2.0")
     doc, line = migrate_cli(a, "--dest", b.migration)
     assert doc["code"] == "version-mismatch", doc
     assert "Migration rejected: version mismatch" in line and line.endswith("(reason: version-mismatch)")
