@@ -6,6 +6,7 @@ Failure messages use the spec's troubleshooting wording ("untrusted host", "CPU 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,16 +55,18 @@ def fingerprint(facts: dict[str, Any]) -> str | None:
     return fp if isinstance(fp, str) else None
 
 
-def trusts(truster: dict[str, Any], peer: dict[str, Any]) -> bool:
-    """Does `truster` hold `peer`'s key? Matched by fingerprint, whatever name it was imported as."""
-    fp = fingerprint(peer)
-    return fp is not None and fp in _d(_d(truster.get("pqc")).get("trusted")).values()
+def trusted_fingerprints(facts: dict[str, Any]) -> frozenset[str]:
+    """The fingerprints a host trusts (whatever names they were imported as)."""
+    return frozenset(v for v in _d(_d(facts.get("pqc")).get("trusted")).values() if isinstance(v, str))
 
 
 def check_trust(src: str, dst: str, facts: dict[str, dict[str, Any]], exchange: bool,
-                pinned: dict[str, str], insecure: bool) -> tuple[Result, list[tuple[str, str]]]:
+                pinned: dict[str, str], insecure: bool,
+                trusted: Callable[[str], frozenset[str]] | None = None) -> tuple[Result, list[tuple[str, str]]]:
     """Both directions: the source must trust the destination and the destination the source.
-    Returns the result and the key imports apply must do: (importing host, host whose key)."""
+    Returns the result and the key imports apply must do: (importing host, host whose key).
+    `trusted(host)` gives a host's trusted fingerprints (the planner keeps them per host)."""
+    trusted = trusted or (lambda host: trusted_fingerprints(facts[host]))
     for host in (src, dst):
         want, got = pinned.get(host), fingerprint(facts[host])
         if want is not None and want != got:
@@ -72,7 +75,8 @@ def check_trust(src: str, dst: str, facts: dict[str, dict[str, Any]], exchange: 
     if insecure and _d(facts[dst].get("migration")).get("pqc_required"):
         return fail(f"{dst} requires PQC (pqc_required = true) but the move is insecure",
                     "drop insecure: true", Reason.PQC_REQUIRED), []
-    missing = [(a, b) for a, b in ((src, dst), (dst, src)) if not trusts(facts[a], facts[b])]
+    missing = [(a, b) for a, b in ((src, dst), (dst, src))
+               if fingerprint(facts[b]) is None or fingerprint(facts[b]) not in trusted(a)]
     if not missing:
         return ok(f"{src} ⇄ {dst} trusted"), []
     if exchange:

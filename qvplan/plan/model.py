@@ -37,7 +37,7 @@ class Status(Enum):
     SKIPPED = "skipped"  # a move it comes `after:` is blocked or skipped
 
 
-@dataclass
+@dataclass(slots=True)
 class Move:
     """One VM's change. `flags` is the full set of migrate flags (spec defaults filled in):
     pqc_kem, bandwidth (bytes/s, 0 = unlimited), timeout (s), max_iterations, max_downtime (s),
@@ -72,7 +72,7 @@ class Move:
         return cls(**d)
 
 
-@dataclass
+@dataclass(slots=True)
 class Check:
     """One precondition of one move. `id` is `<vm>:<kind>`; kinds are vm, host, state, after, trust,
     version, cpu, storage, network, memory. `message` uses the spec's wording on failure."""
@@ -148,10 +148,10 @@ class Plan:
         return all(m.action is not Action.UNKNOWN and m.status is Status.READY for m in self.moves)
 
     def move(self, vm: str) -> Move:
-        for m in self.moves:
-            if m.vm == vm:
-                return m
-        raise KeyError(vm)
+        index = self.__dict__.get("_by_vm")
+        if index is None or len(index) != len(self.moves):  # built once; moves are only appended
+            index = self.__dict__["_by_vm"] = {m.vm: m for m in self.moves}
+        return index[vm]
 
     def to_dict(self) -> dict[str, Any]:
         return {
