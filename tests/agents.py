@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qvplan.host.config import AgentConfig
+
 QUANTAVIRT = [sys.executable, "-m", "qvplan.cli.quantavirt"]
 
 
@@ -44,7 +46,6 @@ class AgentProc:
     mig_port: int
     memory: str | None = None
     proc: subprocess.Popen[bytes] | None = None
-    extra_config: str = ""
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,13 +62,12 @@ class AgentProc:
 
     def write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        memory = f'memory = "{self.memory}"\n' if self.memory else ""
-        self.config.write_text(
-            f'[host]\nname = "{self.name}"\nstate_dir = "{self.state}"\n{memory}'
-            f'[api]\nlisten = "{self.address}:{self.api_port}"\n'
-            f'[migration]\nlisten = "{self.address}:{self.mig_port}"\npqc_required = true\n'
-            f'[storage]\npools = {{ default = "{self.root / "images"}" }}\n{self.extra_config}'
-        )
+        self.config.write_text(AgentConfig.model_validate({
+            "host": {"name": self.name, "state_dir": str(self.state), "memory": self.memory},
+            "api": {"listen": f"{self.address}:{self.api_port}"},
+            "migration": {"listen": self.migration, "pqc_required": True},
+            "storage": {"pools": {"default": str(self.root / "images")}},
+        }).to_toml())
 
     def start(self, timeout: float = 30) -> AgentProc:
         self.write_config()

@@ -8,8 +8,8 @@ import signal
 
 from aiohttp import web
 
-from ..host import Host
 from ..host.config import AgentConfig
+from ..host.context import Host
 from ..migration import MigrationService
 from .api import build_app
 from .listener import MigrationListener

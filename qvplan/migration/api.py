@@ -19,7 +19,7 @@ from .live.source import SourceMigration
 from .offline.source import OfflineMigration
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..host.context import Host
 
 OUTCOMES = {"completed", "failed", "cancelled"}
 

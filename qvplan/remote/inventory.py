@@ -20,10 +20,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..contract.ports import API_LISTEN, MIGRATION_PORT
 from ..errors import UsageError
-
-AGENT_API = "127.0.0.1:9400"
-MIGRATION_PORT = 9410
 
 
 class SSHOptions(BaseModel):
@@ -39,7 +37,6 @@ class SSHOptions(BaseModel):
     def host_key_checking(self) -> bool:
         return (self.known_hosts or "").lower() != "none"
 
-
 class HostTarget(BaseModel):
     """One host as the fleet side reaches it."""
 
@@ -49,7 +46,7 @@ class HostTarget(BaseModel):
     address: str
     ssh: SSHOptions = Field(default_factory=SSHOptions)
     migration: str | None = None
-    api: str = AGENT_API
+    api: str = API_LISTEN
 
     @classmethod
     def from_dict(cls, name: str, data: dict[str, Any], base: Path | None = None) -> HostTarget:
@@ -71,7 +68,6 @@ class HostTarget(BaseModel):
     @property
     def ssh_address(self) -> str:
         return f"{self.address}:{self.ssh.port}"
-
 
 def load_inventory(path: str | Path) -> dict[str, HostTarget]:
     """Read an inventory file into {name: HostTarget}; any problem is one line naming the key."""
@@ -95,12 +91,11 @@ def load_inventory(path: str | Path) -> dict[str, HostTarget]:
             raise UsageError(f"{file}: hosts.{name}.{key}: {first['msg']}", "fix that key") from None
     return targets
 
-
 def dump_inventory(targets: dict[str, HostTarget]) -> str:
     """The YAML text of an inventory (what `qvplan lab up` writes)."""
     hosts = {name: t.model_dump(exclude={"name"}, exclude_defaults=False) for name, t in targets.items()}
     for entry in hosts.values():
         entry["ssh"].pop("connect_timeout", None)
-        if entry.get("api") == AGENT_API:
+        if entry.get("api") == API_LISTEN:
             entry.pop("api")
     return yaml.safe_dump({"hosts": hosts}, sort_keys=False)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import __version__
 from .connection import HostConnection
@@ -30,7 +30,6 @@ class ProvisionOptions:
     python: str = "python3"                                # the host's interpreter for the venv
     use_systemd: bool | None = None                        # None: when systemd is PID 1 and running
     start_timeout: float = 30.0
-    extra_config: dict[str, str] = field(default_factory=dict)  # e.g. {"storage": 'pools = {...}'}
 
     @property
     def venv(self) -> str:
@@ -51,15 +50,15 @@ class AgentStatus:
 
 
 def default_config(conn: HostConnection, opts: ProvisionOptions) -> str:
+    """The agent config qvplan writes on a host that has none (from the agent's own model)."""
+    from ..host.config import AgentConfig
+
     t = conn.target
-    lines = ["[host]", f'name = "{t.name}"']
-    if opts.state_dir:
-        lines.append(f'state_dir = "{opts.state_dir}"')
-    lines += ["", "[api]", f'listen = "{t.api}"', "", "[migration]", 'listen = "0.0.0.0:9410"',
-              f'advertise = "{t.migration_address}"', "pqc_required = true"]
-    for section, body in opts.extra_config.items():
-        lines += ["", f"[{section}]", body]
-    return "\n".join(lines) + "\n"
+    return AgentConfig.model_validate({
+        "host": {"name": t.name, "state_dir": opts.state_dir},
+        "api": {"listen": t.api},
+        "migration": {"advertise": t.migration_address, "pqc_required": True},
+    }).to_toml()
 
 
 async def running_version(conn: HostConnection) -> str | None:
