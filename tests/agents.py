@@ -6,19 +6,17 @@ Each agent gets its own config, state directory, API port and migration port, on
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from qvplan.agent.client import AgentClient, AgentError, AgentUnreachable
 from qvplan.host.config import AgentConfig
 
 QUANTAVIRT = [sys.executable, "-m", "qvplan.cli.quantavirt"]
@@ -30,11 +28,7 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(f"HTTP {status}: {body}")
-        self.status = status
-        self.body = body
+ApiError = AgentError  # what a test catches when the agent refuses: .status, .code, .cause, .fix
 
 
 @dataclass
@@ -79,9 +73,9 @@ class AgentProc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent {self.name} exited: {self.log_tail()}")
             try:
-                self.api("GET", "host")
+                self.api("GET", "host", timeout=5)
                 return self
-            except (urllib.error.URLError, ConnectionError):
+            except AgentUnreachable:
                 time.sleep(0.1)
         raise RuntimeError(f"agent {self.name} did not come up: {self.log_tail()}")
 
@@ -101,15 +95,12 @@ class AgentProc:
         path = self.root / "agent.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
 
+    @property
+    def client(self) -> AgentClient:
+        return AgentClient(f"{self.address}:{self.api_port}", timeout=120, name=self.name)
+
     def api(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.address}:{self.api_port}/api/v1/{path}", data=data,
-                                     method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            raise ApiError(err.code, json.loads(err.read() or b"{}")) from None
+        return self.client.request(method, path, body, timeout=timeout)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*QUANTAVIRT, "--config", str(self.config), *args], capture_output=True,

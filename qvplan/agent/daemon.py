@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ..host.config import AgentConfig
 from ..host.context import Host
-from ..migration import MigrationService
+from ..migration.service import MigrationService
 from .api import build_app
 from .listener import MigrationListener
 

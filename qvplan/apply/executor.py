@@ -262,11 +262,3 @@ def ready_moves(plan: Plan) -> list[Move]:
     """The moves of the plan's waves, in wave order."""
     return [plan.move(vm) for wave in plan.waves for vm in wave.moves]
 
-
-async def apply_plan(plan: Plan, journal: Journal, board: Board | None = None) -> ApplyResult:
-    """Carry out every ready move of `plan` (no lock, no re-planning: see `session` for those)."""
-    ex = Executor(targets_of(plan.settings.get("hosts", {})), journal, board or Board(len(plan.changes)))
-    try:
-        return await ex.apply(plan, ready_moves(plan))
-    finally:
-        await ex.close()

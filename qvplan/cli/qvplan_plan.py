@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from ..plan import PlanError, live_facts, load_facts, load_plan, make_plan
-from ..plan.facts import FactsDoc
 from ..plan.loader import parse_var
 from ..plan.model import Plan
 from ..plan.render import render_plan
@@ -122,13 +121,3 @@ def schema() -> None:
     """Print the plan file's JSON Schema (for editor completion)."""
     click.echo(json.dumps(json_schema(), indent=2))
 
-
-COMMANDS = [validate, plan_cmd, show, schema]
-
-
-def register(group: click.Group) -> None:
-    for cmd in COMMANDS:
-        group.add_command(cmd)
-
-
-__all__ = ["COMMANDS", "FactsDoc", "register"]

@@ -43,6 +43,7 @@ class Reason(StrEnum):
     # apply and the API
     STALE = "stale"
     UNKNOWN_VM = "unknown-vm"
+    NO_MIGRATION = "no-migration"  # the API knows no migration of that VM
     BAD_REQUEST = "bad-request"
     AGENT_UNREACHABLE = "agent-unreachable"
     ERROR = "error"

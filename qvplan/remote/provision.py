@@ -13,8 +13,9 @@ import shlex
 from dataclasses import dataclass
 
 from .. import __version__
+from ..agent.client import AgentError, AgentUnreachable
 from .connection import HostConnection
-from .errors import AgentUnreachable, ProvisionError, RemoteError
+from .errors import ProvisionError, RemoteError
 from .wheelhouse import wheelhouse
 
 UNIT_NAME = "quantavirt-agent.service"
@@ -197,6 +198,6 @@ async def ensure_agent(conn: HostConnection, opts: ProvisionOptions | None = Non
         await wait_agent(conn, opts, detached)
     except ProvisionError:
         raise
-    except RemoteError as err:
+    except (RemoteError, AgentError) as err:
         raise ProvisionError(f"{conn.name}: provisioning failed: {err.cause}", err.fix) from None
     return status

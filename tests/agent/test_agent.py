@@ -46,7 +46,7 @@ def test_unknown_vm_and_bad_definition_are_clear(make_agent, tmp_path):
     a = make_agent("hv-a")
     with pytest.raises(ApiError) as err:
         a.api("POST", "vms/nope/start", {})
-    assert err.value.status == 404 and "unknown VM 'nope'" in err.value.body["error"]
+    assert err.value.status == 404 and err.value.code == "unknown-vm" and "unknown VM 'nope'" in err.value.cause
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: vm-x\nmemory: lots\nguest: {test: {}}\n")
     out = a.cli("vm", "define", str(bad))

@@ -29,7 +29,7 @@ def test_untrusted_source_is_refused_and_vm_untouched(make_agent):
     start_guest(a)
     with pytest.raises(ApiError) as err:
         a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {}})
-    assert "untrusted host" in err.value.body["error"]
+    assert "untrusted host" in err.value.cause
     runs_only_on(a, b, "vm-1")
     assert b.vm_names() == []
 
@@ -40,6 +40,6 @@ def test_destination_out_of_resources_is_refused_before_start(make_agent):
     start_guest(a)
     with pytest.raises(ApiError) as err:
         a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {}})
-    assert "Destination out of resources" in err.value.body["error"]
+    assert "Destination out of resources" in err.value.cause
     runs_only_on(a, b, "vm-1")
     assert b.vm_names() == []

@@ -129,7 +129,7 @@ def test_back_again_refuses_an_existing_image_then_deletes_the_source_disk(pair)
     # a kept its copy: going back must not overwrite it
     with pytest.raises(ApiError) as err:
         b.api("POST", "vms/vm-1/migrate", {"dest": a.migration, "flags": {"storage_migrate": True}})
-    assert f"disk {DISK} already exists in destination pool default" in err.value.body["error"]
+    assert f"disk {DISK} already exists in destination pool default" in err.value.cause
     runs_only_on(b, a, "vm-1")
     (a.root / "images" / DISK).unlink()
 
@@ -191,8 +191,8 @@ def test_refusals_leave_the_vm_untouched(pair):
         with pytest.raises(ApiError) as err:
             a.api("POST", "vms/vm-1/migrate", {"dest": b.migration,
                                                "flags": {"storage_migrate": True, "dest_pool": pool}})
-        assert message in err.value.body["error"], err.value.body
-        assert err.value.body["fix"]
+        assert message in err.value.cause, err.value
+        assert err.value.fix
     cli = a.cli("vm", "migrate", "vm-1", "--dest", b.migration, "--storage-migrate", "--dest-pool", "nope")
     assert cli.returncode != 0
     assert len(cli.stderr.strip().splitlines()) == 1 and " — pass --dest-pool" in cli.stderr, cli.stderr
