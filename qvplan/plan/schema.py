@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from ..errors import QVError
+from ..inventory import HostEntry
 from ..units import parse_duration, parse_size
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -66,23 +67,6 @@ SPEC_DEFAULTS: dict[str, Any] = {
 FLAG_NAMES = tuple(SPEC_DEFAULTS)
 
 
-class SSH(_Strict):
-    user: str = "root"
-    port: int = Field(22, ge=1, le=65535)
-    key: str | None = None
-    known_hosts: str | None = Field(None, description="file, or 'none' (labs only); default ~/.ssh/known_hosts")
-    connect_timeout: float | None = Field(None, gt=0)
-
-
-class HostSpec(_Strict):
-    """How to reach one host: its address for SSH and, optionally, its migration endpoint."""
-
-    address: str = Field(min_length=1)
-    ssh: SSH = Field(default_factory=SSH)
-    migration: str | None = Field(None, description="host:port peers use for migration (default address:9410)")
-    api: str | None = Field(None, description="the agent API as seen on the host itself")
-
-
 class Trust(_Strict):
     """PQC trust between hosts: use what the hosts trust already, pin fingerprints, or exchange keys."""
 
@@ -137,7 +121,7 @@ class PlanSpec(_Strict):
     description: str | None = None
     vars: dict[str, Any] | list[str] | None = Field(None, description="variable defaults or vars files")
     inventory: str | None = Field(None, description="inventory YAML: {hosts: {name: {address, ssh, migration}}}")
-    hosts: dict[Name, HostSpec] = Field(default_factory=dict)
+    hosts: dict[Name, HostEntry] = Field(default_factory=dict)
     trust: Trust = Field(default_factory=Trust)
     prerequisites: Prerequisites = Field(default_factory=Prerequisites)
     defaults: Flags = Field(default_factory=Flags)

@@ -2,10 +2,10 @@
 
 from ..addresses import split_hostport
 from ..agent.client import AgentError, AgentUnreachable
+from ..inventory import HostTarget, SSHOptions, dump_inventory, load_inventory
 from .connection import HostConnection, RunResult
 from .errors import HostUnreachable, ProvisionError, RemoteCommandError, RemoteError
 from .facts import fan_out, gather_facts
-from .inventory import HostTarget, SSHOptions, dump_inventory, load_inventory
 from .provision import AgentStatus, ProvisionOptions, ensure_agent, start_agent, stop_agent
 
 __all__ = [

@@ -21,8 +21,8 @@ import asyncssh
 
 from ..addresses import split_hostport
 from ..agent.client import AgentUnreachable, AsyncAgentClient
+from ..inventory import HostTarget
 from .errors import HostUnreachable, RemoteCommandError
-from .inventory import HostTarget
 
 FIX_AGENT = "start it with `quantavirt agent` on the host (or let qvplan provision it)"
 

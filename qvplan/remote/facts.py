@@ -18,9 +18,9 @@ from typing import Any
 
 from ..addresses import split_hostport
 from ..agent.client import AgentError
+from ..inventory import HostTarget
 from .connection import HostConnection
 from .errors import RemoteError
-from .inventory import HostTarget
 from .provision import ProvisionOptions, ensure_agent
 
 REACH_TIMEOUT = 3
