@@ -14,11 +14,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..migration.status import OUTCOMES
 from ..plan.facts import drop_none
 from ..plan.model import Move, Plan
 from ..remote import HostConnection, HostTarget
 from .journal import Journal
-from .progress import OUTCOMES, Bar, Board
+from .progress import Bar, Board
 from .scheduler import Limits, Scheduler
 
 FIGURES = ("transferred", "iteration", "downtime", "pause", "elapsed")

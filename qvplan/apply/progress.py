@@ -10,9 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..migration.status import PHASES
-
-OUTCOMES = ("completed", "failed", "cancelled")
+from ..migration.status import OUTCOMES, PHASES
 
 
 @dataclass

@@ -51,6 +51,17 @@ class LazyGroup(OneLineErrors):
         return super().get_command(ctx, cmd_name)
 
 
+def entry_point(lazy: dict[str, str]) -> Callable[[Callable[..., Any]], LazyGroup]:
+    """The top group of a CLI: `--version`, `-h`, and `lazy` subcommands."""
+    from .. import __version__
+
+    def wrap(fn: Callable[..., Any]) -> LazyGroup:
+        fn = click.version_option(__version__, "--version", message="%(version)s")(fn)
+        return click.group(cls=LazyGroup, lazy=lazy, context_settings={"help_option_names": ["-h", "--help"]})(fn)
+
+    return wrap
+
+
 def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
     """Let a click command be an `async def`."""
 

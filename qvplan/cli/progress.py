@@ -20,7 +20,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ..apply.progress import OUTCOMES, Bar, Board
+from ..apply.progress import Bar, Board
+from ..migration.status import OUTCOMES
 from ..units import format_duration, format_rate, format_size
 
 PLAIN_EVERY_PERCENT = 10.0

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__
-from .common import LazyGroup
+from .common import entry_point
 
 COMMANDS = {
     "agent": "qvplan.cli.qv_agent:agent",
@@ -15,8 +14,7 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", message="%(version)s")
+@entry_point(COMMANDS)
 @click.option("--config", "config", envvar="QUANTAVIRT_CONFIG", type=click.Path(dir_okay=False),
               help="Agent config file (default /etc/quantavirt/quantavirt.conf).")
 @click.option("--state-dir", envvar="QUANTAVIRT_STATE_DIR", type=click.Path(file_okay=False),

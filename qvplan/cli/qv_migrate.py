@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..apply.progress import OUTCOMES
 from ..errors import UsageError
+from ..migration.status import OUTCOMES
 from . import local
 
 if TYPE_CHECKING:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import click
-
-from .. import __version__
-from .common import LazyGroup
+from .common import entry_point
 
 COMMANDS = {
     "lab": "qvplan.cli.qvplan_lab:lab",
@@ -18,8 +15,7 @@ COMMANDS = {
 }
 
 
-@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", message="%(version)s")
+@entry_point(COMMANDS)
 def main() -> None:
     """Plan and apply live migrations of running VMs across QuantaVirt hosts."""
 

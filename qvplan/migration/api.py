@@ -19,11 +19,11 @@ from ..host.registry import VMError
 from .job import MigrationJob
 from .live.source import SourceMigration
 from .offline.source import OfflineMigration
+from .status import OUTCOMES
 
 if TYPE_CHECKING:
     from ..host.context import Host
 
-OUTCOMES = {"completed", "failed", "cancelled"}
 
 
 def no_migration(name: str) -> QVError:

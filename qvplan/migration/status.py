@@ -8,6 +8,9 @@ from typing import Any
 
 from ..units import format_duration, format_rate, format_size
 
+# The events that end a migration's event stream (live and offline alike).
+OUTCOMES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
 PHASES = {
     1: "setup",
     2: "initial transfer",

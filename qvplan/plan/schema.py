@@ -11,7 +11,6 @@ from ..inventory import HostEntry
 from ..units import parse_duration, parse_size
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-KEMS = ("ML-KEM-768", "ML-KEM-1024")
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
