@@ -6,21 +6,21 @@ convention for all of them: paths under `/api/v1/`, JSON both ways, an error ans
 `{error, fix, code}` raised as `AgentError` with the HTTP status and the server's reason code,
 and events as `event:`/`data:` blocks decoded into one dict each.
 
-Two transports share that convention. `AgentClient` blocks (stdlib `http.client`, so a host
-command starts fast: no asyncio, no aiohttp); `AsyncAgentClient` runs on aiohttp for callers
-that drive many agents at once (apply), over TCP or any aiohttp connector.
+Two transports share that convention. `AgentClient` blocks (one request per connection on a
+plain socket, `agent/http11.py`, so a host command starts fast: no asyncio, no aiohttp);
+`AsyncAgentClient` runs on aiohttp for callers that drive many agents at once (apply), over TCP
+or any aiohttp connector.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..contract.reasons import Reason
 from ..errors import QVError
+from . import http11
 
 if TYPE_CHECKING:
     import aiohttp
@@ -112,17 +112,6 @@ def sse_events(lines: Iterable[bytes | str]) -> Iterator[dict[str, Any]]:
         yield event
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 class AgentClient:
     """A blocking client of one agent at `address` (HOST:PORT) or at a Unix socket `unix`."""
 
@@ -135,40 +124,34 @@ class AgentClient:
         self.timeout = timeout
         self.name = name or address or unix or "agent"
 
-    def _connect(self, timeout: float | None) -> http.client.HTTPConnection:
+    def _where(self) -> tuple[str, int] | str:
         if self.unix is not None:
-            return _UnixHTTPConnection(self.unix, timeout)
+            return self.unix
         from ..addresses import split_hostport
 
-        host, port = split_hostport(str(self.address))
-        return http.client.HTTPConnection(host, port, timeout=timeout)
+        return split_hostport(str(self.address))
 
     def _unreachable(self, err: BaseException) -> AgentUnreachable:
         why = "did not answer in time" if isinstance(err, TimeoutError) else (
             getattr(err, "strerror", None) or str(err) or type(err).__name__)
         return AgentUnreachable(f"cannot reach the quantavirt agent at {self.name}: {why}", START_AGENT)
 
-    def _send(self, method: str, path: str, body: Any, timeout: float | None) -> tuple[
-            http.client.HTTPConnection, http.client.HTTPResponse]:
-        conn = self._connect(timeout)
+    def _send(self, method: str, path: str, body: Any, timeout: float | None) -> http11.Response:
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
         try:
-            conn.request(method, api_path(path), body=payload, headers=headers)
-            return conn, conn.getresponse()
-        except (OSError, http.client.HTTPException) as err:
-            conn.close()
+            return http11.exchange(self._where(), method, api_path(path), payload, timeout)
+        except OSError as err:
             raise self._unreachable(err) from None
 
     def request(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         """Call the API and return the decoded JSON; an error answer raises `AgentError`."""
-        conn, resp = self._send(method, path, body, timeout or self.timeout)
+        resp = self._send(method, path, body, timeout or self.timeout)
         try:
             data = resp.read()
-        except (OSError, http.client.HTTPException) as err:
+        except OSError as err:
             raise self._unreachable(err) from None
         finally:
-            conn.close()
+            resp.close()
         if resp.status >= 400:
             raise AgentError.from_answer(resp.status, data)
         return _json(data)
@@ -188,21 +171,21 @@ class AgentClient:
         The stream is opened here, before the first event is asked for, so nothing that happens
         meanwhile is missed.
         """
-        conn, resp = self._send("GET", path, None, None)
+        resp = self._send("GET", path, None, None)
         if resp.status >= 400:
             try:
                 raise AgentError.from_answer(resp.status, resp.read())
             finally:
-                conn.close()
-        return self._stream(conn, resp)
+                resp.close()
+        return self._stream(resp)
 
-    def _stream(self, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse) -> Iterator[dict[str, Any]]:
+    def _stream(self, resp: http11.Response) -> Iterator[dict[str, Any]]:
         try:
-            yield from sse_events(resp)
-        except (OSError, http.client.HTTPException) as err:
+            yield from sse_events(resp.lines())
+        except OSError as err:
             raise self._unreachable(err) from None
         finally:
-            conn.close()
+            resp.close()
 
 
 class AsyncAgentClient:

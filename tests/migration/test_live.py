@@ -17,9 +17,13 @@ def test_live_migration_moves_a_running_guest(pair):
     assert status["pause"] is not None and status["pause"] < 2
     assert "vm-1" not in a.vm_names()
     runs_only_on(b, a, "vm-1")
-    # and back again, with the other KEM and a single stream
-    status = migrate(b, a, "vm-1", pqc_kem="ML-KEM-1024", threads=1)
-    assert status["state"] == "COMPLETED", status
+    # and back again through the CLI (it follows the agent's events), with the other KEM and one stream
+    run = b.cli("vm", "migrate", "vm-1", "--dest", a.migration, "--pqc-kem", "ML-KEM-1024", "--threads", "1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"vm-1 → {a.migration}: [phase] phase " in run.stdout, run.stdout  # plain lines, no TTY
+    assert "State:" in run.stdout and "COMPLETED" in run.stdout and "ML-KEM-1024" in run.stdout, run.stdout
+    status = b.api("GET", "vms/vm-1/migrate")
+    assert status["state"] == "COMPLETED" and status["encryption"].startswith("ML-KEM-1024"), status
     runs_only_on(a, b, "vm-1")
 
 
