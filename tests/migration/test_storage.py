@@ -3,10 +3,9 @@ qcow2 disk that is written while it is being mirrored through the PQC channel.""
 
 from __future__ import annotations
 
-import json
+import contextlib
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -55,14 +54,12 @@ def wait_status(agent, check, what: str, timeout: float = 60) -> dict:
 
 def storage_events(agent, count: int = 2) -> list[str]:
     """The Storage lines of the first `count` events of vm-1's migration event stream (SSE)."""
-    url = f"http://{agent.address}:{agent.api_port}/api/v1/vms/vm-1/migrate/events"
     lines = []
-    with urllib.request.urlopen(url, timeout=30) as stream:
-        for raw in stream:
-            if raw.startswith(b"data: "):
-                lines.append(json.loads(raw[6:])["storage"])
-                if len(lines) == count:
-                    return lines
+    with contextlib.closing(agent.client.events("vms/vm-1/migrate/events")) as events:
+        for event in events:
+            lines.append(event["storage"])
+            if len(lines) == count:
+                break
     return lines
 
 
