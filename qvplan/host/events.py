@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 Event = dict[str, Any]
@@ -51,7 +51,7 @@ class EventHub:
                 yield event
 
 
-async def drain(queue: asyncio.Queue[Event], until: set[str] | None = None) -> AsyncIterator[Event]:
+async def drain(queue: asyncio.Queue[Event], until: Collection[str] | None = None) -> AsyncIterator[Event]:
     """Yield a subscription's events; stop after one whose kind is in `until`."""
     while True:
         event = await queue.get()

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..remote import HostConnection, HostTarget, RemoteError, SSHOptions, dump_inventory
+from ..remote import AgentError, HostConnection, HostTarget, RemoteError, SSHOptions, dump_inventory
 from . import agents, net, sshd
 from .model import LabError, LabHost, LabSpec, Mode, default_lab_dir, default_mode
 from .procs import descendants, kill_all
@@ -154,7 +154,7 @@ class Lab:
                     try:
                         await conn.api("GET", "host", timeout=5)
                         return None
-                    except RemoteError as err:
+                    except (RemoteError, AgentError) as err:
                         if agents.pid(host) is None:
                             return f"{host.name}: the agent exited: {agents.log_tail(host)} " \
                                    f"(log {host.file('agent.log')})"
@@ -221,7 +221,7 @@ class Lab:
                 async with self.connect(st.name) as conn:
                     st.vms = list(await conn.api("GET", "vms", timeout=10))
                     st.api = True
-            except RemoteError as err:
+            except (RemoteError, AgentError) as err:
                 st.api, st.error = False, str(err)
 
         await asyncio.gather(*(ask(st) for st in out if st.sshd))

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..contract.ports import API_LISTEN, API_PORT, MIGRATION_LISTEN, MIGRATION_PORT
 from ..errors import QVError
 
 Mode = Literal["netns", "loopback"]
@@ -105,9 +106,10 @@ class LabSpec:
         addr = f"{self.subnet}.{last}"
         hdir = str(self.path / name)
         if self.mode == "netns":
-            return LabHost(name, i, addr, 22, "127.0.0.1:9400", "0.0.0.0:9410", f"{addr}:9410", hdir,
+            return LabHost(name, i, addr, 22, API_LISTEN, MIGRATION_LISTEN, f"{addr}:{MIGRATION_PORT}", hdir,
                            netns=f"{self.prefix}-{name}", veth=f"{self.prefix}-v{i}")
-        return LabHost(name, i, addr, 2200 + last, f"{addr}:9400", f"{addr}:9410", f"{addr}:9410", hdir)
+        return LabHost(name, i, addr, 2200 + last, f"{addr}:{API_PORT}", f"{addr}:{MIGRATION_PORT}",
+                       f"{addr}:{MIGRATION_PORT}", hdir)
 
     def all_hosts(self) -> list[LabHost]:
         return [self.host(i) for i in range(self.hosts)]

@@ -6,7 +6,7 @@ Walking a plan (apply):
     for wave in plan.waves:                  # in order; all moves of a wave may run at once
         for vm in wave.moves:
             move = plan.move(vm)             # source, dest, dest_address, mode, flags, storage
-            MigrateFlags(**move.flags)       # flags use qvplan.migration.flags names and units
+            MigrateFlags(**move.flags)       # flags use qvplan.contract.flags names and units
 
 A move whose own checks failed is BLOCKED, one whose `after:` move cannot run is SKIPPED; neither
 is in a wave. Unchanged VMs are NOOP moves, also outside the waves.

@@ -233,7 +233,7 @@ def test_dest_pool_absolute_and_uncreated_disks_and_a_clash(pair):
     (a.root / "images" / "vm-2.raw").write_bytes(b"not yours")
     with pytest.raises(ApiError) as err:
         b.api("POST", "vms/vm-2/migrate", {"dest": a.migration, "flags": {"offline": True}})
-    assert "already exists on the destination" in err.value.body["error"]
+    assert "already exists on the destination" in err.value.cause
     assert b.vm("vm-2")["state"] == "defined" and "vm-2" not in a.vm_names()
     assert (a.root / "images" / "vm-2.raw").read_bytes() == b"not yours"
 

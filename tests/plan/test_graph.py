@@ -101,7 +101,7 @@ def test_yaml_lines_per_key_path() -> None:
 
 
 def test_move_flags_are_migrate_flags() -> None:
-    """Apply hands `move.flags` to the migrate API: the names and units of qvplan.migration.flags."""
+    """Apply hands `move.flags` to the migrate API: the names and units of qvplan.contract.flags."""
     import pytest
 
     flags_mod = pytest.importorskip("qvplan.contract.flags")

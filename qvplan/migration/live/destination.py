@@ -35,7 +35,7 @@ from ..storage import exports
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, accept_stream
 
 if TYPE_CHECKING:
-    from ...host import Host
+    from ...host.context import Host
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)

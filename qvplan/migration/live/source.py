@@ -21,7 +21,7 @@ from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
 
 if TYPE_CHECKING:
-    from ...host import Host
+    from ...host.context import Host
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)

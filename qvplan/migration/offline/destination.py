@@ -38,7 +38,7 @@ from ..incoming import INCOMING_FILES, INCOMING_MARK, remove_incoming_files
 from .disks import DiskSink, WireError, is_chunk
 
 if TYPE_CHECKING:
-    from ...host import Host
+    from ...host.context import Host
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)
