@@ -42,6 +42,7 @@ def storage_check(path: str) -> dict[str, Any]:
 def host_facts(agent: Any) -> dict[str, Any]:
     """Assemble the facts document; `agent` is the running `Agent`."""
     from ..vmm import cpu_facts, qemu_version
+    from ..vmm.taps import bridges
 
     mem = meminfo()
     committed = agent.registry.committed_memory()
@@ -60,6 +61,7 @@ def host_facts(agent: Any) -> dict[str, Any]:
             "committed": committed,
         },
         "storage": {"pools": pool_facts(agent.pools), "shared": agent.config.storage.shared},
+        "bridges": bridges(),  # host bridges VM NICs may join (in the agent's network namespace)
         "pqc": {
             "provider": agent.provider_name,
             "fingerprint": agent.identity.fingerprint,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..contract.network import missing_network
 from .errors import CPU_FIX, RESOURCES_FIX, STORAGE_FIX, VERSION_FIX, MigrationError, refused
 
 
@@ -49,4 +50,23 @@ def check_shared_disks(disks: list[dict[str, Any]], exists: Any) -> MigrationErr
     for disk in disks:
         if not exists(disk["path"]):
             return refused(f"Storage not found on destination ({disk['path']})", STORAGE_FIX)
+    return None
+
+
+def check_network(vm: dict[str, Any], dest_bridges: list[str]) -> MigrationError | None:
+    """The shared rule (qvplan.contract.network): every bridge the VM's NICs join exists here."""
+    problem = missing_network(vm, dest_bridges)
+    if problem is None:
+        return None
+    err = refused(problem.message, problem.fix)
+    err.reason_code = problem.reason_code  # type: ignore[attr-defined]
+    return err
+
+
+def check_boot_files(paths: list[str], exists: Any) -> MigrationError | None:
+    """A kernel boot's files must be on the destination too: its QEMU starts with the same -kernel."""
+    for path in paths:
+        if not exists(path):
+            return refused(f"boot file not found on destination ({path})",
+                           "copy the kernel and initrd to the same pool on the destination")
     return None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..agent.registry import INCOMING_FILES, INCOMING_MARK, record_incoming_files
+from ..errors import QVError
 from ..pqc import SecureChannel
 from ..vmm import VMSpec
 from . import checks, pools
@@ -73,6 +74,8 @@ def preflight(agent: Agent, channel: SecureChannel,
         checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), facts["cpu"]),
         checks.check_memory(spec.memory_bytes, facts["memory"]["free"]),
         None if flags.storage_migrate else checks.check_shared_disks(request.get("disks", []), os.path.exists),
+        checks.check_network(request["vm"], facts["bridges"]),
+        checks.check_boot_files(boot_files(agent, spec), os.path.exists),
     ):
         if problem:
             raise problem
@@ -82,12 +85,23 @@ def preflight(agent: Agent, channel: SecureChannel,
     return spec, flags, None
 
 
+def boot_files(agent: Agent, spec: VMSpec) -> list[str]:
+    """The kernel boot's files as this host resolves them ([] without a kernel boot)."""
+    if spec.guest.boot is None:
+        return []
+    try:
+        return [str(p) for p in spec.guest.boot.resolve(agent.pools)]
+    except QVError as err:
+        raise refused(err.cause, err.fix) from None
+
+
 async def handle_migrate(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
     log.info("incoming migration of %s from %s", request.get("vm", {}).get("name"), channel.peer_name)
     try:
         spec, flags, placement = preflight(agent, channel, request)
     except MigrationError as err:
-        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
+        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix,
+                                 "reason_code": getattr(err, "reason_code", None)})
         return
     vm = agent.registry.define(spec)
     vm.busy = "incoming"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import QVError
 
 
@@ -11,6 +13,15 @@ class MigrationError(QVError):
 
 def refused(reason: str, fix: str | None = None) -> MigrationError:
     return MigrationError(f"Migration rejected: {reason}", fix)
+
+
+def refusal_from(reply: dict[str, Any] | None) -> MigrationError:
+    """The destination's {"ok": false, "error", "fix", "reason_code"} as the error it stands for."""
+    reply = reply or {}
+    err = MigrationError(reply.get("error", "destination closed the connection"), reply.get("fix"))
+    if reply.get("reason_code"):
+        err.reason_code = str(reply["reason_code"])  # type: ignore[attr-defined]
+    return err
 
 
 CPU_FIX = 'use cpu.model with explicit feature flags, not "host"'

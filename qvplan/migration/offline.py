@@ -31,7 +31,7 @@ from ..addresses import split_hostport
 from ..pqc import PQCError, SecureChannel, open_channel
 from ..units import format_duration
 from . import offline_doubt as doubt
-from .errors import NETWORK_FIX, MigrationError
+from .errors import NETWORK_FIX, MigrationError, refusal_from
 from .flags import MigrateFlags
 from .job import MigrationJob
 from .offline_disks import CHUNK, DiskSource, allocated
@@ -135,8 +135,7 @@ class OfflineMigration(MigrationJob):
         })
         reply = await asyncio.wait_for(self.channel.recv_json(), SETUP_TIMEOUT)
         if not reply or not reply.get("ok"):
-            raise MigrationError((reply or {}).get("error", "destination closed the connection"),
-                                 (reply or {}).get("fix"))
+            raise refusal_from(reply)
         log.info("offline migration of %s to %s: copying %d disk(s), %d bytes of data", self.vm.name,
                  self.dest, len(to_copy), self.status.total)
 
@@ -280,6 +279,7 @@ class OfflineMigration(MigrationJob):
         self.status.state = "CANCELLED" if cancelled else "FAILED"
         self.status.error = err.cause
         self.status.fix = err.fix
+        self.status.reason_code = getattr(err, "reason_code", None)
         self.status.finished = time.time()
         log.warning("offline migration of %s to %s: %s", self.vm.name, self.dest, err)
         self._publish("cancelled" if cancelled else "failed", error=err.cause, fix=err.fix)

@@ -118,8 +118,13 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu
     if spec.name in agent.registry.vms:
         raise refused(f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
+    from ..vmm.taps import bridges
+    from .destination import boot_files
+
     problem = (checks.check_version(str(request.get("version", "?")), __version__)
-               or checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu))
+               or checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu)
+               or checks.check_network(request["vm"], bridges())
+               or checks.check_boot_files(boot_files(agent, spec), os.path.exists))
     if problem:
         raise problem
     info = {d.get("index"): d for d in request.get("disks", []) if isinstance(d, dict)}
@@ -171,7 +176,8 @@ async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str
     try:
         landing = preflight(agent, channel, request, cpu)
     except MigrationError as err:
-        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix})
+        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix,
+                                 "reason_code": getattr(err, "reason_code", None)})
         return
     except (ValidationError, KeyError, ValueError, TypeError) as err:
         await channel.send_json({"ok": False, "error": f"Migration rejected: malformed request ({err})",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..addresses import split_hostport
 from ..pqc import PQCError, SecureChannel, open_channel
-from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError
+from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError, refusal_from
 from .flags import MigrateFlags
 from .job import MigrationJob
 from .qmp import configure, ensure_running, event_time, run_state
@@ -94,8 +94,7 @@ class SourceMigration(MigrationJob):
         reply = await asyncio.wait_for(self.control.recv_json(), 60)
         log.debug("destination answered setup: %s", reply)
         if not reply or not reply.get("ok"):
-            raise MigrationError((reply or {}).get("error", "destination closed the connection"),
-                                 (reply or {}).get("fix"))
+            raise refusal_from(reply)
         self._from_dest = asyncio.ensure_future(self.control.recv_json())
         await self.carrier.serve(self.vm.run_dir / "migrate.sock", MIGRATE_DATA)
         await configure(qmp, self.flags)
@@ -363,6 +362,7 @@ class SourceMigration(MigrationJob):
         self.status.state = "CANCELLED" if self._cancel_reason else "FAILED"
         self.status.error = err.cause
         self.status.fix = err.fix
+        self.status.reason_code = getattr(err, "reason_code", None)
         self.status.finished = time.time()
         self._publish("cancelled" if self._cancel_reason else "failed", error=err.cause, fix=err.fix)
 

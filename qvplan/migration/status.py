@@ -37,6 +37,7 @@ class MigrationStatus:
     pause: float | None = None  # source STOP → destination RESUME, seconds
     error: str | None = None
     fix: str | None = None
+    reason_code: str | None = None  # stable code of a refusal (e.g. network-not-found), when known
     storage_copied: int = 0  # bytes the disk mirrors have written to the destination
     storage_total: int = 0  # bytes they have to copy so far (grows with the guest's writes)
     storage_dirty: int = 0  # bytes dirty right now, not yet copied (QEMU's dirty bitmaps)

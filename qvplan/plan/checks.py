@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..contract.network import missing_network
 from ..units import format_size
 
 TRUST_FIX = ("exchange and import PQC keys between hosts (`quantavirt pqc key-export host-identity --public` "
@@ -26,14 +27,15 @@ class Result:
     ok: bool
     message: str
     fix: str | None = None
+    reason_code: str | None = None  # stable code of a failure, when the rule book gives one
 
 
 def ok(message: str) -> Result:
     return Result(True, message)
 
 
-def fail(message: str, fix: str | None) -> Result:
-    return Result(False, message, fix)
+def fail(message: str, fix: str | None, reason_code: str | None = None) -> Result:
+    return Result(False, message, fix, reason_code)
 
 
 def _d(value: Any) -> dict[str, Any]:
@@ -224,7 +226,13 @@ def check_storage(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[
 
 # -- network ----------------------------------------------------------------------------------------
 
-def check_network(src: str, dst: str, facts: dict[str, dict[str, Any]], address: str | None) -> Result:
+def check_network(src: str, dst: str, facts: dict[str, dict[str, Any]], address: str | None,
+                  vm: dict[str, Any] | None = None) -> Result:
+    """The migration port, then the VM's networks: the rule book's bridge rule over the
+    destination's `bridges` fact (the same function the destination agent judges by)."""
+    problem = missing_network(_d(_d(vm).get("spec")), _l(facts[dst].get("bridges")))
+    if problem is not None:
+        return fail(f"{problem.message} ({dst})", problem.fix, problem.reason_code)
     seen = _d(facts[src].get("reachable")).get(dst)
     if seen is False:
         return fail(f"migration port unreachable: {src} cannot reach {dst} at {address}", NETWORK_FIX)

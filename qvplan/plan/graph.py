@@ -37,7 +37,7 @@ class Build:
 
     def add_check(self, vm: str, kind: str, result: C.Result, where: str | None = None) -> Check:
         check = Check(f"{vm}:{kind}", vm, kind, result.ok, result.message, result.fix,
-                      where or self.plan.where.get(vm))
+                      where or self.plan.where.get(vm), result.reason_code)
         self.checks[check.id] = check
         if not check.ok:
             self.failures.setdefault(vm, []).append(check)
@@ -121,7 +121,7 @@ def add_checks(b: Build) -> None:
         b.add_check(vm, "storage", C.check_storage(vmf, src, dst, facts, spec.prerequisites.shared_storage,
                                                    move.flags["storage_migrate"], move.flags["dest_pool"],
                                                    pool_used))
-        b.add_check(vm, "network", C.check_network(src, dst, facts, move.dest_address))
+        b.add_check(vm, "network", C.check_network(src, dst, facts, move.dest_address, vmf))
 
 
 def add_after_edges(b: Build) -> None:

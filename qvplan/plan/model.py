@@ -84,9 +84,13 @@ class Check:
     message: str
     fix: str | None = None
     where: str | None = None
+    reason_code: str | None = None  # stable code of a failure from the rule book (qvplan.contract)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["reason_code"] is None:  # keeps older saved plans and their hashes as they were
+            del out["reason_code"]
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Check:

@@ -1,0 +1,1 @@
+"""The rule book both the plan and the agent judge by."""
