@@ -30,7 +30,7 @@ def config_text(host: LabHost) -> str:
         "[api]", f'listen = "{host.api}"', "",
         "[migration]", f'listen = "{host.migration_listen}"', f'advertise = "{host.migration}"',
         "pqc_required = true", "",
-        "[storage]", f'pools = {{ default = "{state / "images"}" }}', "",
+        "[storage]", f'pools = {{ default = "{state / "images"}", images = "{host.path.parent / "images"}" }}', "",
     ])
 
 
