@@ -53,8 +53,8 @@ def add_routes(app: web.Application, agent: Agent) -> None:
         await job.setup_done.wait()
         status = job.status.as_dict()
         if job.status.state == "FAILED":
-            return web.json_response({"error": job.status.error, "fix": job.status.fix, "status": status},
-                                     status=409)
+            return web.json_response({"error": job.status.error, "fix": job.status.fix,
+                                      "reason_code": job.status.reason_code, "status": status}, status=409)
         return web.json_response(status, status=202)
 
     @routes.get("/api/v1/vms/{name}/migrate")
