@@ -40,8 +40,9 @@ QUIT_TIMEOUT = 10.0
 
 class QemuProcess:
     def __init__(self, spec: VMSpec, run_dir: Path, accel: str = "tcg",
-                 pool_paths: Mapping[str, Path] | None = None) -> None:
+                 pool_paths: Mapping[str, Path] | None = None, netns: str | None = None) -> None:
         self.spec = spec
+        self.netns = netns  # run QEMU (and its taps) in this network namespace; None: our own
         self.paths = RunPaths(Path(run_dir).absolute())
         self.accel = accel
         self.pool_paths = dict(pool_paths or {})
@@ -102,7 +103,8 @@ class QemuProcess:
             for warning in cmd.warnings:
                 log.write(f"--- warning: {warning}\n".encode())
             log.flush()
-            self._popen = subprocess.Popen(cmd.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            argv = ["ip", "netns", "exec", self.netns, *cmd.argv] if self.netns else cmd.argv
+            self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            cwd=self.run_dir, start_new_session=True, close_fds=True)
         self._pid = self._popen.pid
         try:
@@ -120,7 +122,7 @@ class QemuProcess:
     def _attach_taps(self) -> None:
         """QEMU made its taps before its monitor answered: join each to its bridge."""
         for tap, bridge in self._bridge_taps():
-            attach_tap(tap, bridge)
+            attach_tap(tap, bridge, self.netns)
 
     async def attach(self, timeout: float = 5.0) -> None:
         """Re-attach to a QEMU started earlier (maybe by another process) from this run_dir."""
@@ -170,7 +172,7 @@ class QemuProcess:
             self.qmp_socket.unlink(missing_ok=True)
             self.paths.pidfile.unlink(missing_ok=True)
             for tap, _ in self._bridge_taps():
-                remove_tap(tap)
+                remove_tap(tap, self.netns)
 
     async def disconnect(self) -> None:
         """Drop the QMP connection, leaving QEMU running."""

@@ -3,7 +3,8 @@
 QEMU creates the tap itself (`-netdev tap,ifname=NAME`, not persistent), so the kernel removes it
 the moment that QEMU goes, however it goes (quit, migrated away, rolled back, kill -9). Right
 after QEMU starts, `attach` puts it on its bridge and brings it up; `remove` deletes one that
-another tool left persistent. Everything runs in the caller's network namespace (a lab host's).
+another tool left persistent. Everything runs in the caller's network namespace (a lab host's),
+or in `netns` when given.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ def tap_name(vm: str, index: int) -> str:
     return name
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+def _ip(*args: str, netns: str | None = None) -> subprocess.CompletedProcess[str]:
+    where = ["-n", netns] if netns else []
     try:
-        return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
+        return subprocess.run(["ip", *where, *args], capture_output=True, text=True, timeout=10)
     except FileNotFoundError:
         raise QemuError("the `ip` command is missing", "install iproute2") from None
 
@@ -40,20 +42,20 @@ def bridges() -> list[str]:
         return []
 
 
-def exists(name: str) -> bool:
-    return _ip("link", "show", "dev", name).returncode == 0
+def exists(name: str, netns: str | None = None) -> bool:
+    return _ip("link", "show", "dev", name, netns=netns).returncode == 0
 
 
-def attach(tap: str, bridge: str) -> None:
+def attach(tap: str, bridge: str, netns: str | None = None) -> None:
     """Put `tap` on `bridge` and bring it up."""
     for args in (("link", "set", "dev", tap, "master", bridge), ("link", "set", "dev", tap, "up")):
-        done = _ip(*args)
+        done = _ip(*args, netns=netns)
         if done.returncode != 0:
             raise QemuError(f"cannot attach tap {tap} to bridge {bridge}: {done.stderr.strip()}",
                             f"check that bridge {bridge} exists on this host (ip link show type bridge)")
 
 
-def remove(tap: str) -> None:
+def remove(tap: str, netns: str | None = None) -> None:
     """Delete `tap` if it is still there (a no-op once its QEMU is gone)."""
-    if exists(tap):
-        _ip("link", "del", "dev", tap)
+    if exists(tap, netns):
+        _ip("link", "del", "dev", tap, netns=netns)
