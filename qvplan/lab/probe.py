@@ -32,20 +32,24 @@ class Seen:
     sent: int = 0
     answered: int = 0
     longest_gap_ms: float = 0.0
-    gap_at: float | None = None  # wall time (time.time) when the longest gap ended
+    gap_from: float | None = None  # wall time (time.time) of the answer that began the longest gap
+    gap_to: float | None = None  # ... and of the one that ended it
     errors: list[str] = field(default_factory=list)
     _last: float | None = None
+    _last_wall: float | None = None
 
     def answer(self, now: float) -> None:
         self.answered += 1
+        wall = time.time()
         if self._last is not None and (now - self._last) * 1000 > self.longest_gap_ms:
             self.longest_gap_ms = (now - self._last) * 1000
-            self.gap_at = time.time()
-        self._last = now
+            self.gap_from, self.gap_to = self._last_wall, wall
+        self._last, self._last_wall = now, wall
 
     def report(self) -> dict[str, object]:
         out = asdict(self)
         out.pop("_last")
+        out.pop("_last_wall")
         out["longest_gap_ms"] = round(self.longest_gap_ms, 1)
         return out
 
