@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,16 @@ from qvplan.vmm.taps import tap_name
 from .conftest import Hosts
 
 pytestmark = pytest.mark.qemu
+
+
+def learned(ports: Callable[[], list[str]], want: str | None = None, timeout: float = 3.0) -> list[str]:
+    """The ports a bridge learned the MAC on, once it has (frames cross the bridges asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while (got := ports()) == [] or (want is not None and got != [want]):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return got
 
 
 def test_client_keeps_its_connection_through_two_moves(hosts: Hosts, tmp_path: Path) -> None:
@@ -32,18 +44,22 @@ def test_client_keeps_its_connection_through_two_moves(hosts: Hosts, tmp_path: P
         assert there["state"] == "COMPLETED", there
         # The source's tap went with its QEMU; the bridges learned the MAC on its new port.
         assert tap not in hosts.links("hv-a") and tap in hosts.links("hv-b")
-        assert vmnet.fdb(b, vmnet.HOST_BRIDGE, mac) == [tap]
-        assert vmnet.fdb(None, lab.spec.vm_segment, mac) == [b.vm_uplink]
+        assert learned(lambda: vmnet.fdb(b, vmnet.HOST_BRIDGE, mac), tap) == [tap]
+        assert learned(lambda: vmnet.fdb(None, lab.spec.vm_segment, mac), b.vm_uplink) == [b.vm_uplink]
         back = hosts.migrate("lx-1", "hv-b", "hv-a", threads=4)
         assert back["state"] == "COMPLETED", back
         assert tap not in hosts.links("hv-b") and tap in hosts.links("hv-a")
-        assert vmnet.fdb(None, lab.spec.vm_segment, mac) == [a.vm_uplink]
+        assert learned(lambda: vmnet.fdb(None, lab.spec.vm_segment, mac), a.vm_uplink) == [a.vm_uplink]
+        time.sleep(1.0)  # probes keep flowing after the moves
     finally:
         seen = client.stop()
         frames = capture.stop()
     udp, tcp = seen["udp"], seen["tcp"]
     assert tcp["survived"] and tcp["intact"] and tcp["echoed_bytes"] == tcp["sent_bytes"] > 0, tcp
-    assert tcp["errors"] == [] and udp["answered"] > 0.9 * udp["sent"], seen
+    # UDP is not retransmitted: what the guest could not answer while it moved is lost, at most
+    # 1.5 s worth of 1 ms probes over the two moves (a loaded 2-core TCG box), and answers resumed.
+    assert tcp["errors"] == [] and udp["sent"] - udp["answered"] < 1500, seen
+    assert udp["gap_to"] is not None and udp["longest_gap_ms"] < 1500, seen
     # Each move announced the guest: RARP frames (QEMU) and ARP (the guest's virtio announce).
     rarp = [f for f in frames if "Reverse Request" in f or "rarp" in f.lower()]
     assert len(rarp) >= 2, frames
