@@ -4,6 +4,8 @@ here (no Linux boot): what is checked is the host side."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -68,3 +70,24 @@ def test_rollback_removes_the_destination_tap(hosts: Hosts) -> None:
     assert hosts.api("hv-a", "GET", "vms/br-2")["state"] == "running"
     hosts.api("hv-a", "POST", "vms/br-2/stop", {})
     assert tap not in hosts.links("hv-a")
+
+
+def test_tap_goes_with_a_killed_qemu_and_a_missing_bridge_fails_the_start(hosts: Hosts) -> None:
+    tap = tap_name("br-3", 0)
+    hosts.api("hv-a", "POST", "vms", toy("br-3", "vmbr0"))
+    pid = hosts.api("hv-a", "POST", "vms/br-3/start", {})["pid"]
+    assert tap in hosts.links("hv-a")
+    os.kill(pid, signal.SIGKILL)  # not the agent's doing: the kernel drops QEMU's tap
+    deadline = time.monotonic() + 5
+    while tap in hosts.links("hv-a"):
+        assert time.monotonic() < deadline, "tap outlived its QEMU"
+        time.sleep(0.1)
+    hosts.api("hv-a", "DELETE", "vms/br-3")
+
+    hosts.api("hv-a", "POST", "vms", toy("br-4", "vmbr7"))
+    with pytest.raises(AgentAPIError) as failed:
+        hosts.api("hv-a", "POST", "vms/br-4/start", {})
+    assert "cannot attach tap" in str(failed.value) and "bridge vmbr7" in str(failed.value)
+    assert hosts.api("hv-a", "GET", "vms/br-4")["state"] == "defined"
+    assert tap_name("br-4", 0) not in hosts.links("hv-a")
+    hosts.api("hv-a", "DELETE", "vms/br-4")
