@@ -38,11 +38,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.migration import _add_tls, _until, make_tls_dir
+from qvplan.contract.flags import MigrateFlags
 from qvplan.lab import Lab, images
 from qvplan.lab.linuxguest import Client, address_of, control, linux_vm, wait_serial
 from qvplan.lab.model import LabHost
 from qvplan.lab.testing import lab_session
-from qvplan.migration.flags import MigrateFlags
 from qvplan.migration.qmp import configure, event_time
 from qvplan.vmm import QemuProcess, VMSpec, detect_accel
 

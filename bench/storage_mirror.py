@@ -40,8 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qvplan.migration import pools
-from qvplan.migration.storage import DiskMirrors
+from qvplan.migration.storage import exports as pools
+from qvplan.migration.storage.mirror import DiskMirrors
 from qvplan.vmm import QemuProcess, VMSpec, detect_accel
 from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
 from tests.migration.helpers import wait_outcome

@@ -3,63 +3,29 @@ remote control comes through SSH, never through an open port."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiohttp import web
-from pydantic import ValidationError
 
 from ..errors import QVError
+from ..host import Host
+from ..host.facts import host_facts, storage_check
+from ..host.http import errors_as_json, sse
 from ..vmm import VMSpec
-from ..vmm.spec import describe_error
-from .events import Event
-from .facts import host_facts, storage_check
 
-if TYPE_CHECKING:
-    from .daemon import Agent
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RouteAdder = Callable[[web.Application], None]
 
 
-def error_response(status: int, cause: str, fix: str | None = None) -> web.Response:
-    return web.json_response({"error": cause, "fix": fix}, status=status)
-
-
-@web.middleware
-async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except QVError as err:
-        status = 404 if str(err.cause).startswith("unknown VM") else 409
-        return error_response(status, err.cause, err.fix)
-    except ValidationError as err:
-        cause, fix = describe_error(err)
-        return error_response(400, cause, fix)
-    except json.JSONDecodeError:
-        return error_response(400, "request body is not JSON")
-
-
-async def sse(request: web.Request, events: AsyncIterator[Event], first: Event | None = None) -> web.StreamResponse:
-    """Stream events as server-sent events (works with `curl -N`)."""
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await resp.prepare(request)
-    if first is not None:
-        await resp.write(f"event: {first['event']}\ndata: {json.dumps(first)}\n\n".encode())
-    async for event in events:
-        await resp.write(f"event: {event['event']}\ndata: {json.dumps(event)}\n\n".encode())
-    await resp.write_eof()
-    return resp
-
-
-def build_app(agent: Agent) -> web.Application:
+def build_app(host: Host, extensions: Iterable[RouteAdder] = ()) -> web.Application:
+    """The API: the host's own routes, then each extension's (the migration service's)."""
     app = web.Application(middlewares=[errors_as_json])
-    reg = agent.registry
+    reg = host.registry
     routes = web.RouteTableDef()
 
     @routes.get("/api/v1/host")
-    async def host(_: web.Request) -> web.Response:
-        return web.json_response(host_facts(agent))
+    async def facts(_: web.Request) -> web.Response:
+        return web.json_response(host_facts(host))
 
     @routes.get("/api/v1/vms")
     async def list_vms(_: web.Request) -> web.Response:
@@ -110,7 +76,7 @@ def build_app(agent: Agent) -> web.Application:
 
     @routes.get("/api/v1/vms/{name}/events")
     async def vm_events(request: web.Request) -> web.StreamResponse:
-        return await sse(request, agent.events.stream(request.match_info["name"]))
+        return await sse(request, host.events.stream(request.match_info["name"]))
 
     @routes.get("/api/v1/storage-check")
     async def storage(request: web.Request) -> web.Response:
@@ -118,15 +84,15 @@ def build_app(agent: Agent) -> web.Application:
 
     @routes.get("/api/v1/pqc/identity")
     async def identity(_: web.Request) -> web.Response:
-        return web.json_response(agent.identity_document())
+        return web.json_response(host.identity_document())
 
     @routes.post("/api/v1/pqc/trust")
     async def trust(request: web.Request) -> web.Response:
         body: dict[str, Any] = await request.json()
-        fingerprint = agent.import_trust(body["name"], body["public_key"], force=bool(body.get("force")))
+        fingerprint = host.import_trust(body["name"], body["public_key"], force=bool(body.get("force")))
         return web.json_response({"name": body["name"], "fingerprint": fingerprint})
 
     app.add_routes(routes)
-    for extend in agent.api_extensions:
-        extend(app, agent)
+    for add_routes in extensions:
+        add_routes(app)
     return app

@@ -44,7 +44,7 @@ class AgentClient:
             raise AgentUnreachable(f"cannot reach the quantavirt agent at {self.base_url}: {err}",
                                    "start it with `quantavirt agent` or check [api] listen in the config") from None
         if resp.status >= 400:
-            raise QVError(data.get("error", f"HTTP {resp.status}"), data.get("fix"))
+            raise QVError.from_dict(data if isinstance(data, dict) else {"error": f"HTTP {resp.status}"})
         return data
 
     async def get(self, path: str) -> Any:
@@ -61,7 +61,7 @@ class AgentClient:
             async with self.session.get(url, timeout=timeout) as resp:
                 if resp.status >= 400:
                     data = await resp.json(content_type=None)
-                    raise QVError(data.get("error", f"HTTP {resp.status}"), data.get("fix"))
+                    raise QVError.from_dict(data if isinstance(data, dict) else {"error": f"HTTP {resp.status}"})
                 async for raw in resp.content:
                     line = raw.decode().strip()
                     if line.startswith("data:"):

@@ -1,42 +1,32 @@
 """The migration listener on :9410: every connection is a PQC channel, then one request.
 
-Operations are registered by name (`ping`, `storage-check`, and the migration's own), so the
-channel knows nothing of migration (STYLE.md 6).
+Operations are handed in by name (`ping`, `storage-check`, and the migration service's own), so
+the channel knows nothing of migration (STYLE.md 6).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
+from ..host import Host, Operation
+from ..host.facts import storage_check
 from ..pqc import PQCError, SecureChannel, accept_channel
-
-if TYPE_CHECKING:
-    from .daemon import Agent
 
 log = logging.getLogger(__name__)
 
-Operation = Callable[["Agent", SecureChannel, dict[str, Any]], Awaitable[None]]
-OPERATIONS: dict[str, Operation] = {}
-
-
-def operation(name: str) -> Callable[[Operation], Operation]:
-    def register(fn: Operation) -> Operation:
-        OPERATIONS[name] = fn
-        return fn
-
-    return register
-
 
 class MigrationListener:
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, host: Host, operations: Mapping[str, Operation]) -> None:
+        self.host = host
+        self.operations: dict[str, Operation] = {"ping": self._ping, "storage-check": self._storage_check,
+                                                 **operations}
         self.server: asyncio.Server | None = None
 
     async def start(self) -> None:
-        host, port = self.agent.config.migration_address
+        host, port = self.host.config.migration_address
         self.server = await asyncio.start_server(self._serve, host, port, reuse_address=True)
 
     async def close(self) -> None:
@@ -47,8 +37,8 @@ class MigrationListener:
         peer = writer.get_extra_info("peername")
         try:
             channel = await accept_channel(
-                reader, writer, identity=self.agent.identity, trust=self.agent.trust,
-                allowed_kems=("ML-KEM-768", "ML-KEM-1024"), hello_extra=self.agent.hello_extra(),
+                reader, writer, identity=self.host.identity, trust=self.host.trust,
+                allowed_kems=("ML-KEM-768", "ML-KEM-1024"), hello_extra=self.host.hello_extra(),
             )
         except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError) as err:
             log.warning("migration connection from %s refused: %s", peer, err)
@@ -56,11 +46,11 @@ class MigrationListener:
             return
         try:
             request = await channel.recv_json()
-            op = OPERATIONS.get((request or {}).get("op", ""))
+            op = self.operations.get((request or {}).get("op", ""))
             if op is None:
                 await channel.send_json({"ok": False, "error": f"unknown operation {request!r}"})
                 return
-            await op(self.agent, channel, request)
+            await op(channel, request)
         except Exception as err:
             log.exception("operation from %s failed: %s", peer, err)
         finally:
@@ -70,14 +60,8 @@ class MigrationListener:
                 except Exception:
                     channel.writer.close()
 
+    async def _ping(self, channel: SecureChannel, _: dict[str, Any]) -> None:
+        await channel.send_json({"ok": True, **self.host.hello_extra(), "trusted_as": channel.peer_name})
 
-@operation("ping")
-async def _ping(agent: Agent, channel: SecureChannel, _: dict[str, Any]) -> None:
-    await channel.send_json({"ok": True, **agent.hello_extra(), "trusted_as": channel.peer_name})
-
-
-@operation("storage-check")
-async def _storage_check(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
-    from .facts import storage_check
-
-    await channel.send_json({"ok": True, **storage_check(str(request.get("path", "")))})
+    async def _storage_check(self, channel: SecureChannel, request: dict[str, Any]) -> None:
+        await channel.send_json({"ok": True, **storage_check(str(request.get("path", "")))})

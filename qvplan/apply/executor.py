@@ -14,12 +14,16 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..contract.events import OUTCOMES
+from ..contract.reasons import Reason
+from ..contract.rules import Policies
 from ..plan.facts import drop_none
 from ..plan.model import Move, Plan
 from ..remote import HostConnection, HostTarget
 from .journal import Journal
-from .progress import OUTCOMES, Bar, Board
-from .scheduler import Limits, Scheduler
+from .progress import Bar, Board
+from .recheck import recheck
+from .scheduler import Scheduler
 
 FIGURES = ("transferred", "iteration", "downtime", "pause", "elapsed")
 
@@ -32,6 +36,7 @@ class MoveResult:
     ok: bool = False
     skipped: bool = False
     error: str | None = None
+    code: str | None = None  # the reason code of a failure or skip
     started: float = 0.0
     finished: float = 0.0
     figures: dict[str, Any] = field(default_factory=dict)
@@ -110,14 +115,30 @@ class Executor:
         bar = self.board.start(move.vm, source, dest, label)
         try:
             api = await self.conn(source)
-            await api.api("POST", f"vms/{move.vm}/migrate", {"dest": dest_address, "flags": move.flags},
-                          timeout=120)
+            if not label:  # a rollback-all move back was not planned: nothing to re-check it against
+                await self._recheck(move, source, dest)
+            body = {"dest": dest_address, "flags": move.flags, "policies": self._policies()}
+            await api.api("POST", f"vms/{move.vm}/migrate", body, timeout=120)
             if self.cancelling and not label:  # a failure elsewhere while this one was being started
                 await self.cancel(move.vm, source)
             await self._watch(api, bar, result)
         except Exception as err:  # one host's trouble must not hide the others' results
-            result.error = str(err)
+            result.error, result.code = str(err), getattr(err, "code", Reason.ERROR.value)
         return self._end(bar, result)
+
+    def _policies(self) -> dict[str, Any]:
+        prerequisites = (self.plan.settings if self.plan else {}).get("prerequisites") or {}
+        return {k: v for k, v in prerequisites.items() if k in Policies.model_fields}
+
+    async def _recheck(self, move: Move, source: str, dest: str) -> None:
+        """Refuse a move whose facts changed since planning (raises StaleMove)."""
+        assert self.plan is not None
+        src_conn, dst_conn = await self.conn(source), await self.conn(dest)
+        src_facts, dst_facts = await asyncio.gather(src_conn.api("GET", "host", timeout=30),
+                                                    dst_conn.api("GET", "host", timeout=30))
+        stale = recheck(self.plan, move, {source: src_facts, dest: dst_facts})
+        if stale is not None:
+            raise stale
 
     async def follow(self, vm: str, source: str, dest: str) -> MoveResult:
         """A migration an interrupted apply started: follow it to its outcome, start nothing."""
@@ -127,7 +148,7 @@ class Executor:
         try:
             await self._watch(await self.conn(source), bar, result)
         except Exception as err:
-            result.error = str(err)
+            result.error, result.code = str(err), getattr(err, "code", Reason.ERROR.value)
         return self._end(bar, result)
 
     async def _watch(self, api: HostConnection, bar: Bar, result: MoveResult) -> None:
@@ -144,11 +165,12 @@ class Executor:
         result.figures = {k: status.get(k) for k in FIGURES}
         result.ok = status.get("state") == "COMPLETED"
         result.error = None if result.ok else (status.get("error") or last.get("error") or "failed")
+        result.code = None if result.ok else (status.get("code") or last.get("code") or Reason.ERROR.value)
 
     def _end(self, bar: Bar, result: MoveResult) -> MoveResult:
         result.finished = time.time()
         self.journal.write("end", vm=result.vm, source=result.source, dest=result.dest, ok=result.ok,
-                           error=result.error, followed=result.followed or None, **result.figures)
+                           error=result.error, code=result.code, followed=result.followed or None, **result.figures)
         self.board.finish(bar, result.ok, result.error)
         return result
 
@@ -161,17 +183,15 @@ class Executor:
     def _skip(self, results: dict[str, MoveResult], vm: str, reason: str) -> None:
         assert self.plan is not None
         move = self.plan.move(vm)
-        results[vm] = MoveResult(vm, move.source or "?", move.dest, skipped=True, error=reason)
-        self.journal.write("skip", vm=vm, reason=reason)
+        results[vm] = MoveResult(vm, move.source or "?", move.dest, skipped=True, error=reason, code="skipped")
+        self.journal.write("skip", vm=vm, reason=reason, code="skipped")
         self.board.skip(vm, reason)
 
-    async def run(self, plan: Plan, moves: list[Move], skip: dict[str, str] | None = None,
-                  free: dict[str, int] | None = None) -> list[MoveResult]:
-        """Run `moves` as the scheduler allows; `skip`: moves not to run, with why; `free`: each
-        host's free memory from the facts the plan was made from."""
+    async def run(self, plan: Plan, moves: list[Move], skip: dict[str, str] | None = None) -> list[MoveResult]:
+        """Run `moves` as the plan's graph allows (scheduler.py); `skip`: moves not to run, with why."""
         self.plan = plan
         policy = plan.settings.get("on_failure", "rollback")
-        sched = Scheduler(moves, Limits.from_settings(plan.settings.get("limits")), free)
+        sched = Scheduler.of_plan(plan, moves)
         for vm, why in (skip or {}).items():
             sched.skip(vm, why)
         running: dict[asyncio.Task[MoveResult], Move] = {}
@@ -247,12 +267,12 @@ class Executor:
 
 
     async def apply(self, plan: Plan, moves: list[Move], followed: list[MoveResult] | None = None,
-                    skip: dict[str, str] | None = None, free: dict[str, int] | None = None) -> ApplyResult:
+                    skip: dict[str, str] | None = None) -> ApplyResult:
         """Exchange trust, run `moves`, report where every VM runs; `followed` are moves an
         interrupted apply left running that this one already followed to their end."""
         if moves:
             await self.exchange_trust(plan)
-        results = list(followed or []) + await self.run(plan, moves, skip, free)
+        results = list(followed or []) + await self.run(plan, moves, skip)
         placement = await self.placement()
         self.journal.write("done", ok=all(m.ok for m in results), placement=placement)
         return ApplyResult(results, placement)
@@ -261,12 +281,3 @@ class Executor:
 def ready_moves(plan: Plan) -> list[Move]:
     """The moves of the plan's waves, in wave order."""
     return [plan.move(vm) for wave in plan.waves for vm in wave.moves]
-
-
-async def apply_plan(plan: Plan, journal: Journal, board: Board | None = None) -> ApplyResult:
-    """Carry out every ready move of `plan` (no lock, no re-planning: see `session` for those)."""
-    ex = Executor(targets_of(plan.settings.get("hosts", {})), journal, board or Board(len(plan.changes)))
-    try:
-        return await ex.apply(plan, ready_moves(plan))
-    finally:
-        await ex.close()

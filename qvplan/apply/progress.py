@@ -10,9 +10,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..migration.status import PHASES
-
-OUTCOMES = ("completed", "failed", "cancelled")
+from ..contract.events import OUTCOMES
+from ..contract.events import PHASE_NAMES as PHASES
 
 
 @dataclass

@@ -3,8 +3,8 @@
 The plan's waves are a safe schedule; apply does not wait for a whole wave to end before the next
 starts. A move starts as soon as:
   - every move it comes `after:` has finished well (a failed one makes it skipped, and so on down),
-  - its destination has the memory: given the hosts' free memory (from the facts the plan was
-    made from), the VM fits beside what moves into that host have taken, counting memory freed
+  - its destination has the memory: given the hosts' free memory (the plan's `capacity`: what its
+    capacity simulation started from), the VM fits beside what moves into that host have taken, counting memory freed
     only by moves out of it that completed. Without those figures, the plan's memory order: moves
     of earlier waves that leave its destination have ended (the planner counted what they free),
   - the limits have room: total running, per-host outbound, per-host inbound.
@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..plan.model import Move
+from ..plan.model import Move, Plan
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class Scheduler:
     running: dict[str, Move] = field(default_factory=dict)
     outcome: dict[str, bool] = field(default_factory=dict)  # vm → ok, for finished moves
     skipped: dict[str, str] = field(default_factory=dict)   # vm → why
+
+    @classmethod
+    def of_plan(cls, plan: Plan, moves: list[Move]) -> Scheduler:
+        """The scheduler of a plan's graph: its `after:` edges and waves (on the moves), its limits,
+        and the free memory its capacity simulation started from."""
+        return cls(moves, Limits.from_settings(plan.settings.get("limits")), plan.capacity or None)
 
     def __post_init__(self) -> None:
         self.pending = sorted(self.moves, key=lambda m: (m.wave or 0, m.index))

@@ -119,7 +119,5 @@ async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, 
         ui.journal = ex.journal.path
         ui.board.say(f"journal: {ex.journal.path}")
     ui.board.plan_more(len(moves))
-    free = {h: f["memory"]["free"] for h, f in facts.items()
-            if isinstance((f.get("memory") or {}).get("free"), int)}
-    result = await ex.apply(plan, moves, followed, skip, free)
+    result = await ex.apply(plan, moves, followed, skip)
     return Outcome("applied", plan, result, ex.journal.path, followed)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..agent.client import AgentClient
-from ..agent.config import AgentConfig, load_config
+from ..host.config import AgentConfig, load_config
 
 
 def config(ctx: click.Context) -> AgentConfig:

@@ -20,8 +20,9 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from ..apply.progress import OUTCOMES, Bar, Board
-from ..migration.status import PHASES
+from ..apply.progress import Bar, Board
+from ..contract.events import OUTCOMES
+from ..contract.events import PHASE_NAMES as PHASES
 from ..units import format_duration, format_rate, format_size
 
 PLAIN_EVERY_PERCENT = 10.0

@@ -10,14 +10,15 @@ from typing import Any
 import click
 from pydantic import ValidationError
 
+from ..contract.events import OUTCOMES
+from ..contract.flags import MigrateFlags
 from ..errors import UsageError
-from ..migration.flags import MigrateFlags
-from ..migration.offline_status import OfflineStatus
-from ..migration.offline_status import describe as describe_offline
+from ..migration.offline.status import OfflineStatus
+from ..migration.offline.status import describe as describe_offline
 from ..migration.status import MigrationStatus
 from . import local
 from .common import run_async
-from .progress import OUTCOMES, follow
+from .progress import follow
 from .qv_vm import vm
 
 
@@ -53,26 +54,41 @@ def _flags(**raw: object) -> MigrateFlags:
 @click.option("--offline", is_flag=True, default=None,
               help="Move a stopped VM: definition and disks (zstd with --compress), then undefine it here.")
 @click.option("--detach", is_flag=True, help="Return once phase 1 (setup) has passed.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON (an error as {error, fix, code}).")
 @click.pass_context
 @run_async
 async def migrate(ctx: click.Context, name: str, dest: str, pqc: bool, detach: bool, pqc_kem: str | None,
-                  **raw: object) -> None:
+                  as_json: bool, **raw: object) -> None:
     """Live-migrate a running VM to another host (or move a stopped one with --offline)."""
+    ctx.meta["as_json"] = as_json
     if pqc and raw.get("insecure"):
         raise UsageError("--pqc and --insecure contradict each other", "drop one of them")
     flags = _flags(pqc_kem=pqc_kem, **raw)
     async with local.agent_client(ctx, timeout=120) as api:
         await api.post(f"vms/{name}/migrate", {"dest": dest, "flags": flags.model_dump(mode="json")})
         if detach:
-            click.echo(f"Migration of {name} to {dest} started (phase 1 passed). "
+            click.echo(json.dumps({"state": "STARTED", "vm": name, "destination": dest}) if as_json else
+                       f"Migration of {name} to {dest} started (phase 1 passed). "
                        f"Follow it with `quantavirt vm migrate-status {name}`.")
             return
         events = api.events(f"vms/{name}/migrate/events")
-        last = await (follow_offline(events) if flags.offline else follow(events))
+        if as_json:
+            last = await _outcome(events)
+        else:
+            last = await (follow_offline(events) if flags.offline else follow(events))
         status = await api.get(f"vms/{name}/migrate")
-    click.echo(_render(status))
+    click.echo(json.dumps(status, indent=2) if as_json else _render(status))
     if last.get("event") != "completed" and status.get("state") != "COMPLETED":
         sys.exit(1)
+
+
+async def _outcome(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    async for ev in events:
+        last = ev
+        if ev["event"] in OUTCOMES:
+            break
+    return last
 
 
 def _render(status: dict) -> str:

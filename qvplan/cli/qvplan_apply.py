@@ -37,9 +37,10 @@ def write_junit(path: str, result: ApplyResult) -> None:
         elif m.skipped:
             reason = quoteattr(m.error or "")
             cases.append(f'  <testcase classname="qvplan.apply" name={name}><skipped message={reason}/></testcase>')
-        else:
+        else:  # the reason code goes in `type`, as JUnit's failure type
             cases.append(f'  <testcase classname="qvplan.apply" name={name} time="{took:.3f}">'
-                         f'<failure message={quoteattr(m.error or "failed")}/></testcase>')
+                         f'<failure type={quoteattr(m.code or "error")} message={quoteattr(m.error or "failed")}/>'
+                         '</testcase>')
     failures = sum(1 for m in result.moves if not m.ok and not m.skipped)
     skipped = sum(1 for m in result.moves if m.skipped)
     Path(path).write_text(f'<?xml version="1.0" encoding="UTF-8"?>\n<testsuite name="qvplan apply" '
@@ -110,6 +111,8 @@ def _report(outcome: Outcome, as_json: bool) -> None:
     for m in result.moves:
         if m.skipped:
             click.echo(f"  {m.vm}: {m.error}")
+        elif not m.ok:
+            click.echo(f"  {m.vm}: failed [{m.code}]: {m.error}")
     click.echo(f"\nApply {'complete' if result.ok else 'FAILED'}: {ok}/{len(result.moves)} moves succeeded. "
                f"Journal: {outcome.journal}")
     if not result.ok and outcome.journal:

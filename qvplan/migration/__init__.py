@@ -1,25 +1,10 @@
-"""Live migration: source and destination state machines, stream tunnels, convergence control."""
+"""Migration, both directions: live (pre-copy), live + storage, offline; the streams that carry
+QEMU's bytes through PQC channels; the undo list and recovery of incoming migrations.
 
-from __future__ import annotations
+`MigrationService` is what the agent builds from it: it owns the migrations of one host and
+hands the agent its operations (:9410) and routes (:9400).
+"""
 
-from typing import TYPE_CHECKING
+from .service import MigrationService
 
-if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-
-
-def install(agent: Agent) -> None:
-    """Give an agent its migration operations (on :9410) and API routes (on :9400)."""
-    from ..agent.listener import OPERATIONS
-    from . import api, destination, offline_dest, offline_doubt
-
-    agent.incoming = {}
-    agent.migrations = {}
-    OPERATIONS["migrate"] = destination.handle_migrate
-    OPERATIONS["migrate-data"] = destination.handle_data
-    OPERATIONS["storage-data"] = destination.handle_data
-    OPERATIONS["session-state"] = destination.handle_session_state
-    OPERATIONS["offline-receive"] = offline_dest.handle_receive
-    OPERATIONS["offline-state"] = offline_dest.handle_state
-    offline_doubt.resume(agent)
-    agent.api_extensions.append(api.add_routes)
+__all__ = ["MigrationService"]

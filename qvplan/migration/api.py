@@ -7,28 +7,32 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..agent.api import error_response, sse
-from ..agent.events import drain
-from ..agent.registry import VMError
-from .errors import MigrationError
-from .flags import MigrateFlags
-from .offline import OfflineMigration
-from .source import SourceMigration
+from ..contract.errors import refused
+from ..contract.events import OUTCOMES
+from ..contract.flags import MigrateFlags
+from ..contract.reasons import Reason
+from ..contract.rules import Policies
+from ..host.events import drain
+from ..host.http import error_response, sse
+from ..host.registry import VMError
+from .job import MigrationJob
+from .live.source import SourceMigration
+from .offline.source import OfflineMigration
 
 if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-
-OUTCOMES = {"completed", "failed", "cancelled"}
+    from ..host import Host
 
 
-def add_routes(app: web.Application, agent: Agent) -> None:
+
+def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) -> None:
+    """The migration routes; `jobs` holds each VM's latest outgoing migration."""
     routes = web.RouteTableDef()
 
     @routes.post("/api/v1/vms/{name}/migrate")
     async def migrate(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         body = await request.json()
-        vm = agent.registry.get(name)
+        vm = host.registry.get(name)
         try:
             flags = MigrateFlags.model_validate(body.get("flags", {}))
         except ValidationError as err:
@@ -45,22 +49,24 @@ def add_routes(app: web.Application, agent: Agent) -> None:
                 raise VMError(f"VM {name!r} is not running", "start it, or use --offline for a stopped VM")
         elif flags.offline:
             raise VMError(f"VM {name!r} is running", "stop it first, or drop --offline for a live migration")
-        if dest in (agent.config.advertised_migration, agent.config.migration.listen):
-            raise MigrationError("Migration rejected: destination is the source host", "pick another --dest")
-        job = (OfflineMigration if flags.offline else SourceMigration)(agent, vm, dest, flags)
-        agent.migrations[name] = job
+        if dest in (host.config.advertised_migration, host.config.migration.listen):
+            raise refused(Reason.SAME_HOST, "destination is the source host", "pick another --dest")
+        policies = Policies.model_validate(body.get("policies") or {})
+        job = (OfflineMigration if flags.offline else SourceMigration)(host, vm, dest, flags, policies)
+        jobs[name] = job
         job.start()
         await job.setup_done.wait()
         status = job.status.as_dict()
         if job.status.state == "FAILED":
-            return web.json_response({"error": job.status.error, "fix": job.status.fix,
-                                      "reason_code": job.status.reason_code, "status": status}, status=409)
+            return web.json_response({"error": job.status.error, "fix": job.status.fix, "code": job.status.code,
+                                      "status": status},
+                                     status=409)
         return web.json_response(status, status=202)
 
     @routes.get("/api/v1/vms/{name}/migrate")
     async def status(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        job = agent.migrations.get(name)
+        job = jobs.get(name)
         if job is None:
             return error_response(404, f"no migration of {name!r} on this host",
                                   f"start one with `quantavirt vm migrate {name} --dest HOST:9410`")
@@ -69,7 +75,7 @@ def add_routes(app: web.Application, agent: Agent) -> None:
     @routes.post("/api/v1/vms/{name}/migrate/cancel")
     async def cancel(request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        job = agent.migrations.get(name)
+        job = jobs.get(name)
         if job is None or job.status.done:
             return error_response(409, f"VM {name!r} is not migrating")
         job.cancel()
@@ -80,12 +86,12 @@ def add_routes(app: web.Application, agent: Agent) -> None:
     @routes.get("/api/v1/vms/{name}/migrate/events")
     async def events(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
-        job = agent.migrations.get(name)
+        job = jobs.get(name)
         if job is None:
             return error_response(404, f"no migration of {name!r} on this host")
         topic = f"{name}/migrate"
         # Subscribe before reading the status, so an outcome in between is not lost.
-        with agent.events.subscribe(topic) as queue:
+        with host.events.subscribe(topic) as queue:
             first = {"event": "status", "topic": topic, **job.status.as_dict()}
             if job.status.done:
                 return await sse(request, _nothing(), first)

@@ -7,22 +7,25 @@ import asyncio
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from .flags import MigrateFlags
+from ..contract.flags import MigrateFlags
+from ..contract.rules import Policies
 
 if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-    from ..agent.registry import VM
+    from ..host import Host
+    from ..host.registry import VM
     from .status import MigrationStatus
 
 
 class MigrationJob:
     """Owns a VM from `start()` until the outcome; subclasses write `_run`."""
 
-    def __init__(self, agent: Agent, vm: VM, dest: str, flags: MigrateFlags, status: MigrationStatus) -> None:
-        self.agent = agent
+    def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags, policies: Policies | None,
+                 status: MigrationStatus) -> None:
+        self.host = host
         self.vm = vm
         self.dest = dest
         self.flags = flags
+        self.policies = policies or Policies()  # the plan's prerequisites, or the defaults
         self.status = status
         self.session = uuid.uuid4().hex
         self.topic = f"{vm.name}/migrate"
@@ -42,4 +45,4 @@ class MigrationJob:
         raise NotImplementedError
 
     def _publish(self, kind: str, **extra: Any) -> None:
-        self.agent.events.publish(self.topic, kind, **{**self.status.as_dict(), **extra})
+        self.host.events.publish(self.topic, kind, **{**self.status.as_dict(), **extra})

@@ -8,7 +8,7 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from .flags import MigrateFlags
+from ..contract.flags import MigrateFlags
 
 
 def event_time(event: dict[str, Any]) -> float:

@@ -6,15 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..contract.events import PHASE_NAMES as PHASES
 from ..units import format_duration, format_rate, format_size
-
-PHASES = {
-    1: "setup",
-    2: "initial transfer",
-    3: "iterative dirty copy",
-    4: "stop-and-copy",
-    5: "activation",
-}
 
 
 @dataclass
@@ -39,7 +32,7 @@ class MigrationStatus:
     resumed_at: float | None = None  # wall time of the destination's RESUME
     error: str | None = None
     fix: str | None = None
-    reason_code: str | None = None  # stable code of a refusal (e.g. network-not-found), when known
+    code: str | None = None  # the reason code of a failure or cancel
     storage_copied: int = 0  # bytes the disk mirrors have written to the destination
     storage_total: int = 0  # bytes they have to copy so far (grows with the guest's writes)
     storage_dirty: int = 0  # bytes dirty right now, not yet copied (QEMU's dirty bitmaps)
@@ -126,6 +119,8 @@ class MigrationStatus:
             lines.append(f"Total Time:      {format_duration(self.elapsed)}")
             if self.fix:
                 lines.append(f"Fix:             {self.fix}")
+            if self.code:
+                lines.append(f"Reason:          {self.code}")
         else:
             est = "n/a" if self.expected_downtime is None else f"~{self.expected_downtime * 1000:.0f} ms"
             lines += [f"Est. Downtime:   {est}", f"Elapsed:         {format_duration(self.elapsed)}"]

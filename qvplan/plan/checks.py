@@ -9,17 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..contract import rules
 from ..contract.network import missing_network
+from ..contract.ports import MIGRATION_PORT
+from ..contract.reasons import FIXES, PORT_FIX, Reason
 from ..units import format_size
 
 TRUST_FIX = ("exchange and import PQC keys between hosts (`quantavirt pqc key-export host-identity --public` "
              "on one, `quantavirt pqc key-import --name HOST` on the other), or set trust.exchange: true")
-CPU_FIX = 'use cpu.model with explicit feature flags, not "host"'
-STORAGE_FIX = "run `quantavirt system storage-check`, verify the NFS/Ceph mount on the destination"
+CPU_FIX = FIXES[Reason.CPU_INCOMPATIBLE]
+STORAGE_FIX = FIXES[Reason.STORAGE_NOT_FOUND]
 RESOURCES_FIX = "free memory on the destination, pick another host, or order moves with after:"
-VERSION_FIX = "run the same QuantaVirt major version on both hosts"
-NETWORK_FIX = "check port 9410 is open, verify the network route, retry"
-MIGRATION_PORT = 9410
+VERSION_FIX = FIXES[Reason.VERSION_MISMATCH]
+NETWORK_FIX = PORT_FIX.format(port=MIGRATION_PORT)
 
 
 @dataclass(frozen=True)
@@ -27,15 +29,15 @@ class Result:
     ok: bool
     message: str
     fix: str | None = None
-    reason_code: str | None = None  # stable code of a failure, when the rule book gives one
+    code: str | None = None  # the reason code of a failure
 
 
 def ok(message: str) -> Result:
     return Result(True, message)
 
 
-def fail(message: str, fix: str | None, reason_code: str | None = None) -> Result:
-    return Result(False, message, fix, reason_code)
+def fail(message: str, fix: str | None, code: Reason = Reason.ERROR) -> Result:
+    return Result(False, message, fix, code.value)
 
 
 def _d(value: Any) -> dict[str, Any]:
@@ -67,78 +69,47 @@ def check_trust(src: str, dst: str, facts: dict[str, dict[str, Any]], exchange: 
         want, got = pinned.get(host), fingerprint(facts[host])
         if want is not None and want != got:
             return fail(f"untrusted host: {host}'s key is {got}, trust.pinned expects {want}",
-                        "verify the host (reinstalled? impostor?) and update trust.pinned"), []
+                        "verify the host (reinstalled? impostor?) and update trust.pinned", Reason.UNTRUSTED_HOST), []
     if insecure and _d(facts[dst].get("migration")).get("pqc_required"):
         return fail(f"{dst} requires PQC (pqc_required = true) but the move is insecure",
-                    "drop insecure: true"), []
+                    "drop insecure: true", Reason.PQC_REQUIRED), []
     missing = [(a, b) for a, b in ((src, dst), (dst, src)) if not trusts(facts[a], facts[b])]
     if not missing:
         return ok(f"{src} ⇄ {dst} trusted"), []
     if exchange:
         unknown = [b for _, b in missing if fingerprint(facts[b]) is None]
         if unknown:
-            return fail(f"untrusted host: {unknown[0]} reports no key fingerprint", TRUST_FIX), []
+            return fail(f"untrusted host: {unknown[0]} reports no key fingerprint", TRUST_FIX,
+                        Reason.UNTRUSTED_HOST), []
         shown = ", ".join(f"{a} imports {b}" for a, b in missing)
         return ok(f"{src} ⇄ {dst} keys will be exchanged at apply ({shown})"), missing
     a, b = missing[0]
-    return fail(f"untrusted host: {a} has not imported the key of {b}", TRUST_FIX), []
+    return fail(f"untrusted host: {a} has not imported the key of {b}", TRUST_FIX, Reason.UNTRUSTED_HOST), []
 
 
-# -- version ----------------------------------------------------------------------------------------
+# -- version and CPU: the rule book's verdict, in the plan's words --------------------------------
 
-def version_key(version: str, policy: str) -> tuple[str, ...]:
-    """The part of a version that must match. The spec counts 0.1.x as one major version, so for
-    0.x versions "major" is the first two numbers (as in semver)."""
-    parts = tuple(version.split("."))
-    if policy == "exact":
-        return parts
-    width = 1 if policy == "same-major" else 2
-    return parts[: width + (parts[0] == "0")]
-
-
-def check_version(src: str, dst: str, facts: dict[str, dict[str, Any]], policy: str) -> Result:
+def check_version(src: str, dst: str, facts: dict[str, dict[str, Any]], policy: rules.VersionPolicy) -> Result:
     a, b = str(facts[src].get("version") or "?"), str(facts[dst].get("version") or "?")
-    if policy == "any" or version_key(a, policy) == version_key(b, policy):
+    if rules.check_version(a, b, policy) is None:
         return ok(f"versions {a} / {b} ({policy})")
-    return fail(f"version mismatch: {src} runs {a}, {dst} runs {b} (policy {policy})", VERSION_FIX)
+    return fail(f"version mismatch: {src} runs {a}, {dst} runs {b} (policy {policy})", VERSION_FIX,
+                Reason.VERSION_MISMATCH)
 
 
-# -- CPU --------------------------------------------------------------------------------------------
-
-def _norm(flag: str) -> str:
-    return flag.replace(".", "_").replace("-", "_").lower()
-
-
-def cpu_problem(vm: dict[str, Any], src: dict[str, Any], dst: dict[str, Any], policy: str = "strict") -> str | None:
-    """Why `vm` cannot run on `dst`'s CPU, or None. A `host`/`max` model takes the source's CPU, so
-    it needs the same vendor and a superset of the source's flags; a named model needs each `+feature`
-    in the destination's qemu_host_features."""
-    if policy == "any":
-        return None
-    cpu = _d(vm.get("cpu"))
-    model = str(cpu.get("model") or "host")
-    s_cpu, d_cpu = _d(src.get("cpu")), _d(dst.get("cpu"))
-    if model in ("host", "max") or policy == "vendor":
-        if s_cpu.get("vendor") != d_cpu.get("vendor"):
-            return f"vendor {s_cpu.get('vendor')} → {d_cpu.get('vendor')}"
-        if policy == "vendor":
-            return None
-    if model in ("host", "max"):
-        missing = sorted(set(map(_norm, _l(s_cpu.get("flags")))) - set(map(_norm, _l(d_cpu.get("flags")))))
-    else:
-        have = {_norm(str(f)) for f in _l(d_cpu.get("qemu_host_features")) + _l(d_cpu.get("flags"))}
-        wanted = [str(f) for f in _l(cpu.get("features")) if not str(f).startswith("-")]
-        missing = sorted({f.lstrip("+") for f in wanted if _norm(f.lstrip("+")) not in have})
-    if missing:
-        return "lacks " + ", ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
-    return None
+def cpu_problem(vm: dict[str, Any], src: dict[str, Any], dst: dict[str, Any],
+                policy: rules.CpuPolicy = "strict") -> str | None:
+    """Why `vm` cannot run on `dst`'s CPU, or None (the rule book's detail)."""
+    refusal = rules.check_cpu(_d(vm.get("cpu")), _d(src.get("cpu")), _d(dst.get("cpu")), policy)
+    return refusal.detail if refusal else None
 
 
-def check_cpu(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[str, Any]], policy: str) -> Result:
+def check_cpu(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[str, Any]],
+              policy: rules.CpuPolicy) -> Result:
     model = _d(vm.get("cpu")).get("model") or "host"
     problem = cpu_problem(vm, facts[src], facts[dst], policy)
     if problem:
-        return fail(f"CPU incompatible: {dst} {problem} (cpu.model {model})", CPU_FIX)
+        return fail(f"CPU incompatible: {dst} {problem} (cpu.model {model})", CPU_FIX, Reason.CPU_INCOMPATIBLE)
     return ok(f"cpu.model {model} runs on {dst}")
 
 
@@ -151,10 +122,13 @@ def check_state(vm: dict[str, Any], mode: str) -> Result:
     if mode == "offline" and state == "defined":
         return ok("stopped, offline migration")
     if state == "migrating":
-        return fail(f"{vm.get('name')} is already migrating", "wait for it or run `quantavirt vm migrate-cancel`")
+        return fail(f"{vm.get('name')} is already migrating", "wait for it or run `quantavirt vm migrate-cancel`",
+                    Reason.VM_STATE)
     if mode == "live":
-        return fail(f"{vm.get('name')} is {state}: live migration needs it running", "start it, or set mode: offline")
-    return fail(f"{vm.get('name')} is {state}: offline migration needs it stopped", "stop it first, or set mode: live")
+        return fail(f"{vm.get('name')} is {state}: live migration needs it running", "start it, or set mode: offline",
+                    Reason.VM_STATE)
+    return fail(f"{vm.get('name')} is {state}: offline migration needs it stopped", "stop it first, or set mode: live",
+                Reason.VM_STATE)
 
 
 # -- storage ----------------------------------------------------------------------------------------
@@ -200,26 +174,28 @@ def check_storage(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[
             continue
         seen = _checked(checks, path)
         if seen is False or (isinstance(seen, dict) and not seen.get("accessible")):
-            return fail(f"Storage not found on destination: {dst} cannot reach {path}", STORAGE_FIX)
+            return fail(f"Storage not found on destination: {dst} cannot reach {path}", STORAGE_FIX,
+                        Reason.STORAGE_NOT_FOUND)
         if seen is None and not _under(path, _l(_d(d.get("storage")).get("shared"))):
             return fail(f"Storage not found on destination: {path} not checked or not shared on {dst}",
-                        STORAGE_FIX + " (or gather facts with storage checks)")
+                        STORAGE_FIX + " (or gather facts with storage checks)", Reason.STORAGE_NOT_FOUND)
     if not local:
         return ok(f"{len(disks)} shared disk(s) reachable from {dst}")
     if not migrate:
         return fail(f"Storage not found on destination: {local[0]['path']} is local to {src}",
-                    "set storage: {migrate: true} to copy it, or put it on shared storage")
+                    "set storage: {migrate: true} to copy it, or put it on shared storage", Reason.STORAGE_NOT_FOUND)
     need = sum(int(x.get("size") or 0) for x in local if isinstance(x.get("size") or 0, int))
     wanted = dest_pool or str(local[0].get("pool") or "default")
     found = find_pool(d, wanted)
     if found is None:
         return fail(f"Storage not found on destination: {dst} has no pool {wanted!r}",
-                    "set storage.dest_pool to one of the destination's pools")
+                    "set storage.dest_pool to one of the destination's pools", Reason.STORAGE_NOT_FOUND)
     name, pool = found
     free = int(pool.get("free") or 0) - pool_used.get((dst, name), 0)
     if need > free:
         return fail(f"Destination out of resources: pool {name} on {dst} has {format_size(max(free, 0))} free, "
-                    f"disks need {format_size(need)}", "free space in the pool or pick another pool")
+                    f"disks need {format_size(need)}", "free space in the pool or pick another pool",
+                    Reason.OUT_OF_RESOURCES)
     pool_used[(dst, name)] = pool_used.get((dst, name), 0) + need
     return ok(f"{len(local)} disk(s) copied to pool {name} on {dst} ({format_size(need)})")
 
@@ -232,10 +208,11 @@ def check_network(src: str, dst: str, facts: dict[str, dict[str, Any]], address:
     destination's `bridges` fact (the same function the destination agent judges by)."""
     problem = missing_network(_d(_d(vm).get("spec")), _l(facts[dst].get("bridges")))
     if problem is not None:
-        return fail(f"{problem.message} ({dst})", problem.fix, problem.reason_code)
+        return fail(f"network not found on destination: {problem.detail} ({dst})", problem.fix, problem.code)
     seen = _d(facts[src].get("reachable")).get(dst)
     if seen is False:
-        return fail(f"migration port unreachable: {src} cannot reach {dst} at {address}", NETWORK_FIX)
+        return fail(f"migration port unreachable: {src} cannot reach {dst} at {address}", NETWORK_FIX,
+                    Reason.CONNECT_FAILED)
     if seen is None:
         return ok(f"{dst} at {address} (not probed by gather; assumed reachable)")
     return ok(f"{src} reaches {dst} at {address}")

@@ -10,43 +10,16 @@ import graphlib
 import heapq
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from . import checks as C
+from .build import Build
 from .facts import Facts
-from .loader import LoadedPlan
-from .model import Action, Check, Move, Wave
+from .model import Action, Move
+from .schedule import schedule
 from .schema import resolve_flags
 
 KIND_ORDER = ("vm", "host", "state", "after", "trust", "version", "cpu", "storage", "network", "memory")
-
-
-@dataclass
-class Build:
-    plan: LoadedPlan
-    facts: Facts | None  # None: offline validation, only the checks that need no facts
-    moves: dict[str, Move] = field(default_factory=dict)
-    checks: dict[str, Check] = field(default_factory=dict)
-    deps: dict[str, set[str]] = field(default_factory=dict)  # node → nodes it waits for
-    order: list[str] = field(default_factory=list)  # move VMs in graph order
-    waves: list[Wave] = field(default_factory=list)
-    trust_exchange: set[tuple[str, str]] = field(default_factory=set)
-    vm_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failures: dict[str, list[Check]] = field(default_factory=dict)
-
-    def add_check(self, vm: str, kind: str, result: C.Result, where: str | None = None) -> Check:
-        check = Check(f"{vm}:{kind}", vm, kind, result.ok, result.message, result.fix,
-                      where or self.plan.where.get(vm), result.reason_code)
-        self.checks[check.id] = check
-        if not check.ok:
-            self.failures.setdefault(vm, []).append(check)
-        self.deps.setdefault(f"check:{check.id}", set())
-        self.deps.setdefault(f"move:{vm}", set()).add(f"check:{check.id}")
-        return check
-
-    def failed(self, vm: str) -> list[Check]:
-        return self.failures.get(vm, [])
 
 
 def locate(facts: Facts, vm: str) -> list[tuple[str, dict[str, Any]]]:
@@ -77,7 +50,8 @@ def add_moves(b: Build) -> None:
             move.action = Action.UNKNOWN
             where = " and ".join(h for h, _ in found)
             b.add_check(vm, "vm", C.fail(f"VM {vm} is on {where}" if found else f"VM {vm} not found on any host",
-                                         "check the VM name and the plan's hosts, then gather facts again"))
+                                         "check the VM name and the plan's hosts, then gather facts again",
+                                         C.Reason.UNKNOWN_VM))
             continue
         move.source, vmf = found[0]
         b.vm_facts[vm] = vmf
@@ -105,7 +79,8 @@ def add_checks(b: Build) -> None:
             h = unknown[0]
             why = "not in the plan's hosts or inventory" if h not in b.plan.hosts else "no facts gathered"
             b.add_check(vm, "host", C.fail(f"unknown host {h} ({why})",
-                                           "add it to hosts: or the inventory, and gather its facts"))
+                                           "add it to hosts: or the inventory, and gather its facts",
+                                           C.Reason.BAD_REQUEST))
             continue
         b.add_check(vm, "host", C.ok(f"{src or '?'} → {dst}"))
         if facts is None or src is None:
@@ -132,13 +107,15 @@ def add_after_edges(b: Build) -> None:
         unknown = [a for a in move.after if a not in b.moves]
         if unknown:
             b.add_check(move.vm, "after", C.fail(f"after: {unknown[0]} is not a VM of this plan",
-                                                 "name a VM placed under vms: (or by a module)"), where)
+                                                 "name a VM placed under vms: (or by a module)",
+                                                 C.Reason.BAD_REQUEST), where)
         edges[move.vm] = {a for a in move.after if a in b.moves}
     cycles = _cycles(edges)
     for cycle in cycles:
         text = " → ".join(cycle)
         for vm in dict.fromkeys(cycle):
-            b.add_check(vm, "after", C.fail(f"cycle in after: {text}", "remove one of these after: entries"),
+            b.add_check(vm, "after", C.fail(f"cycle in after: {text}", "remove one of these after: entries",
+                                                 C.Reason.BAD_REQUEST),
                         b.plan.after_where.get(vm))
     for vm, targets in edges.items():
         for a in targets:
@@ -186,6 +163,4 @@ def order_nodes(b: Build) -> None:
 
 
 def transformers() -> list[Callable[[Build], None]]:
-    from .schedule import schedule
-
     return [add_moves, add_checks, add_after_edges, order_nodes, schedule]

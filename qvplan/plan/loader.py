@@ -16,10 +16,9 @@ from pydantic import ValidationError
 
 from .diagnostics import Diagnostic, PlanError, key_path
 from .facts import Facts
+from .modules import expand_modules
 from .schema import HostSpec, Placement, PlanSpec
-from .source import Located, parse_yaml, render
-
-SCHEMA_FIX = "see `qvplan schema` for the plan format"
+from .source import SCHEMA_FIX, Located, parse_yaml, pydantic_diagnostics, render
 
 
 @dataclass
@@ -33,27 +32,6 @@ class LoadedPlan:
     where: dict[str, str] = field(default_factory=dict)  # vm → "file:line" of its placement
     after_where: dict[str, str] = field(default_factory=dict)  # vm → "file:line" of its after:
     variables: dict[str, Any] = field(default_factory=dict)
-
-
-def pydantic_diagnostics(err: ValidationError, located: Located, prefix: tuple[Any, ...] = ()) -> list[Diagnostic]:
-    out = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if p != "[key]")
-        path = (*prefix, *loc)
-        kind, msg = e["type"], e["msg"]
-        if kind == "extra_forbidden":
-            msg, fix = f"unknown key {loc[-1]!r}", f"check its spelling; {SCHEMA_FIX}"
-        elif kind == "missing":
-            msg, fix = f"missing required key {loc[-1]!r}", SCHEMA_FIX
-            path = path[:-1]
-        elif kind == "value_error" and " — " in msg:
-            msg, fix = msg.removeprefix("Value error, ").split(" — ", 1)
-        else:
-            msg, fix = msg.removeprefix("Value error, "), SCHEMA_FIX
-        if "[key]" in e["loc"]:
-            msg = f"invalid name {loc[-1]!r}: {msg}"
-        out.append(located.diag(msg, fix, path))
-    return out
 
 
 # -- variables --------------------------------------------------------------------------------------
@@ -175,7 +153,6 @@ def load_plan(path: str | Path, variables: dict[str, Any] | None = None, var_fil
 def load_plan_text(text: str, file: str = "<plan>", variables: dict[str, Any] | None = None,
                    facts: Facts | None = None, base: Path | None = None) -> LoadedPlan:
     """Text → `LoadedPlan`, or `PlanError` with every problem found."""
-    from .modules import expand_modules
 
     base = base or Path.cwd()
     values = {**plan_vars(text, file, base), **(variables or {})}

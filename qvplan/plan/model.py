@@ -84,13 +84,10 @@ class Check:
     message: str
     fix: str | None = None
     where: str | None = None
-    reason_code: str | None = None  # stable code of a failure from the rule book (qvplan.contract)
+    code: str | None = None  # the reason code of a failed check (contract/reasons.py)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if out["reason_code"] is None:  # keeps older saved plans and their hashes as they were
-            del out["reason_code"]
-        return out
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Check:
@@ -123,6 +120,7 @@ class Plan:
     facts_hash: str | None = None
     settings: dict[str, Any] = field(default_factory=dict)  # on_failure, limits, prerequisites
     trust_exchange: list[tuple[str, str]] = field(default_factory=list)  # (importer, host whose key)
+    capacity: dict[str, int] = field(default_factory=dict)  # host → free memory the schedule started from
 
     @property
     def changes(self) -> list[Move]:
@@ -169,6 +167,7 @@ class Plan:
             "diagnostics": [d.to_dict() for d in self.diagnostics],
             "settings": self.settings,
             "trust_exchange": [list(p) for p in self.trust_exchange],
+            "capacity": self.capacity,
         }
 
     @classmethod
@@ -182,4 +181,5 @@ class Plan:
             facts_hash=d.get("facts_hash"),
             settings=d.get("settings", {}),
             trust_exchange=[(a, b) for a, b in d.get("trust_exchange", [])],
+            capacity={str(h): int(v) for h, v in (d.get("capacity") or {}).items()},
         )

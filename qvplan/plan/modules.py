@@ -21,7 +21,7 @@ from .diagnostics import Diagnostic, PlanError
 from .facts import Facts
 from .placement import Helpers
 from .schema import HostSpec, Placement, PlanSpec
-from .source import Located, parse_yaml, render_cached
+from .source import Located, parse_yaml, pydantic_diagnostics, render_cached
 
 SHIPPED = Path(__file__).resolve().parents[2] / "modules"
 TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "list": (list,), "int": (int,), "bool": (bool,),
@@ -110,7 +110,6 @@ def _placements(frag: Located, module: str, problems: list[Diagnostic], use_loc:
     try:
         vms = PlanSpec.model_validate({"vms": data.get("vms") or {}}).vms
     except ValidationError as err:
-        from .loader import pydantic_diagnostics
 
         problems.extend(pydantic_diagnostics(err, frag))
         return

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .build import Build
 from .facts import Facts, facts_hash
-from .graph import Build, transformers
+from .graph import transformers
 from .loader import LoadedPlan, load_plan
 from .model import Plan
 
@@ -28,6 +29,7 @@ def make_plan(loaded: LoadedPlan, facts: Facts | None) -> Plan:
                   "prerequisites": spec.prerequisites.model_dump(),
                   "hosts": {name: h.model_dump() for name, h in loaded.hosts.items()}},
         trust_exchange=sorted(b.trust_exchange),
+        capacity=b.capacity(),
     )
 
 

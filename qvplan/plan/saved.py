@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..contract.reasons import Reason
 from ..errors import QVError
 from .facts import Facts, FactsDoc, canonical, facts_hash, identity, now
 from .model import Plan
@@ -25,13 +26,19 @@ FORMAT = "qvplan-plan/1"
 class SavedPlanError(QVError):
     """A saved plan that cannot be read."""
 
+    code = Reason.BAD_REQUEST.value
+
 
 class PlanForOtherHosts(QVError):
     """The saved plan was made for different hosts (names or host keys)."""
 
+    code = Reason.OTHER_HOSTS.value
+
 
 class StalePlan(QVError):
     """The hosts changed since the plan was made."""
+
+    code = Reason.STALE.value
 
 
 class Freshness(Enum):

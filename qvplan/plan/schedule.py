@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import checks as C
-from .graph import Build
+from .build import Build
 from .model import Action, Status, Wave
 
 
@@ -48,11 +48,6 @@ class WaveLoad:
     inn: Counter[str] = field(default_factory=Counter)
 
 
-def _free(b: Build, host: str) -> int:
-    free = ((b.facts or {}).get(host, {}).get("memory") or {}).get("free")
-    return free if isinstance(free, int) else 0
-
-
 def schedule(b: Build) -> None:
     limits = b.plan.spec.limits
     memory: dict[str, HostMemory] = {}
@@ -75,10 +70,11 @@ def schedule(b: Build) -> None:
             continue
         src, dst = move.source, move.dest
         first = max((wave_of[a] + 1 for a in move.after if a in wave_of), default=0)
-        mem = memory.setdefault(dst, HostMemory(_free(b, dst)))
+        mem = memory.setdefault(dst, HostMemory(b.free(dst)))
         floor = mem.floor(len(loads))
         if floor[-1] < move.memory:
-            b.add_check(vm, "memory", C.fail(C.memory_message(dst, floor[-1], move.memory), C.RESOURCES_FIX))
+            b.add_check(vm, "memory", C.fail(C.memory_message(dst, floor[-1], move.memory), C.RESOURCES_FIX,
+                                                    C.Reason.OUT_OF_RESOURCES))
             move.status, move.reason = Status.BLOCKED, b.checks[f"{vm}:memory"].message
             continue
         w = first
@@ -94,7 +90,7 @@ def schedule(b: Build) -> None:
         load.inn[dst] += 1
         mem.grow(len(loads) + 1)
         mem.taken[w] += move.memory
-        out = memory.setdefault(src, HostMemory(_free(b, src)))
+        out = memory.setdefault(src, HostMemory(b.free(src)))
         out.grow(len(loads) + 1)
         out.freed[w] += move.memory
         wave_of[vm] = w

@@ -6,11 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from ..errors import QVError
-from ..units import parse_duration, parse_size
+from ..contract.flags import PLAN_FLAGS, SPEC_DEFAULTS, FlagOverrides
+from ..contract.rules import Policies
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-KEMS = ("ML-KEM-768", "ML-KEM-1024")
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 
@@ -18,52 +17,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _units(fn: Any, value: Any, what: str, **kw: Any) -> Any:
-    try:
-        return fn(value, what, **kw)
-    except QVError as err:  # pydantic reports ValueError with its location
-        raise ValueError(str(err)) from None
-
-
-class Flags(_Strict):
-    """Migrate flags of the spec. Unset (None) means "inherit": VM → `defaults` → spec default."""
-
-    pqc_kem: Literal["ML-KEM-768", "ML-KEM-1024"] | None = None
-    bandwidth: int | None = Field(None, ge=0, description="bytes/s, e.g. 10G; 0 or 'unlimited' = unlimited")
-    timeout: float | None = Field(None, gt=0, description="seconds, e.g. 600 or 10m")
-    max_iterations: int | None = Field(None, ge=1, le=10000)
-    max_downtime: float | None = Field(None, gt=0, description="seconds; a bare number is ms, e.g. 300ms")
-    auto_converge: bool | None = None
-    compress: bool | None = None
-    threads: int | None = Field(None, ge=1, le=64)
-    insecure: bool | None = Field(None, description="plaintext migration (refused where pqc_required)")
-
-    @field_validator("bandwidth", mode="before")
-    @classmethod
-    def _bandwidth(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return 0 if v.strip().lower() in ("unlimited", "0", "") else _units(parse_size, v, "bandwidth")
-        return v
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _timeout(cls, v: Any) -> Any:
-        return _units(parse_duration, v, "timeout") if isinstance(v, str) else v
-
-    @field_validator("max_downtime", mode="before")
-    @classmethod
-    def _downtime(cls, v: Any) -> Any:
-        if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
-            return _units(parse_duration, v, "max_downtime", default_unit="ms")
-        return v
-
-
-# The spec's defaults (its "Convergence & Downtime" table and the --timeout 600 example).
-SPEC_DEFAULTS: dict[str, Any] = {
-    "pqc_kem": "ML-KEM-768", "bandwidth": 0, "timeout": 600.0, "max_iterations": 30,
-    "max_downtime": 0.3, "auto_converge": True, "compress": False, "threads": 4, "insecure": False,
-}
-FLAG_NAMES = tuple(SPEC_DEFAULTS)
+# The plan's migrate flags: the rule book's model, every field optional (None = inherit).
+Flags = FlagOverrides
 
 
 class SSH(_Strict):
@@ -90,10 +45,9 @@ class Trust(_Strict):
     pinned: dict[Name, str] = Field(default_factory=dict, description="host → expected fingerprint")
 
 
-class Prerequisites(_Strict):
-    version: Literal["same-major", "same-minor", "exact", "any"] = "same-major"
-    cpu: Literal["strict", "vendor", "any"] = Field(
-        "strict", description="strict: host model needs same vendor + superset of flags; vendor: only vendor")
+class Prerequisites(Policies):
+    """The rule book's policies (version, cpu), and where shared storage is."""
+
     shared_storage: list[str] = Field(default_factory=list, description="path prefixes on shared storage")
 
 
@@ -164,7 +118,7 @@ def resolve_flags(defaults: Flags, vm: Flags) -> dict[str, Any]:
     """Spec defaults ← plan `defaults` ← the VM's own overrides, as a plain dict."""
     out = dict(SPEC_DEFAULTS)
     for layer in (defaults, vm):
-        for name in FLAG_NAMES:
+        for name in PLAN_FLAGS:
             value = getattr(layer, name)
             if value is not None:
                 out[name] = value

@@ -14,8 +14,11 @@ from typing import Any
 import jinja2
 import yaml
 from jinja2.sandbox import SandboxedEnvironment
+from pydantic import ValidationError
 
 from .diagnostics import Diagnostic, PlanError
+
+SCHEMA_FIX = "see `qvplan schema` for the plan format"
 
 Path_ = tuple[Any, ...]
 
@@ -154,3 +157,24 @@ def parse_yaml(text: str, file: str) -> Located:
     # Keys are looked up by their text: pydantic reports loc keys as strings.
     return Located(data, file, {tuple(str(p) if not isinstance(p, int) else p for p in k): v
                                 for k, v in lines.items()})
+
+
+def pydantic_diagnostics(err: ValidationError, located: Located, prefix: tuple[Any, ...] = ()) -> list[Diagnostic]:
+    out = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if p != "[key]")
+        path = (*prefix, *loc)
+        kind, msg = e["type"], e["msg"]
+        if kind == "extra_forbidden":
+            msg, fix = f"unknown key {loc[-1]!r}", f"check its spelling; {SCHEMA_FIX}"
+        elif kind == "missing":
+            msg, fix = f"missing required key {loc[-1]!r}", SCHEMA_FIX
+            path = path[:-1]
+        elif kind == "value_error" and " — " in msg:
+            msg, fix = msg.removeprefix("Value error, ").split(" — ", 1)
+        else:
+            msg, fix = msg.removeprefix("Value error, "), SCHEMA_FIX
+        if "[key]" in e["loc"]:
+            msg = f"invalid name {loc[-1]!r}: {msg}"
+        out.append(located.diag(msg, fix, path))
+    return out

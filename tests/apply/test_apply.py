@@ -323,3 +323,46 @@ def test_stale_locks(lab):
                 assert list(mine.held) == ["hv-a"] and "(--break-lock)" in said[-1]
 
     asyncio.run(scenario())
+
+
+STALE = """
+inventory: {inventory}
+limits: {{parallel: 1}}
+on_failure: continue
+vms:
+  # vm-3 crawls at 4 MiB/s; while it moves the test stops vm-4, which comes after it
+  vm-3: {{host: hv-b, bandwidth: 4M}}
+  vm-4: {{host: hv-a, after: [vm-3]}}
+"""
+
+
+def test_a_move_made_stale_during_apply_is_refused_before_it_starts(lab, tmp_path):
+    """Start: vm-1, vm-2 on hv-b, vm-3, vm-4 on hv-c (the rollback test's end). Planned with vm-4
+    running; stopped while vm-3 moves: apply re-checks vm-4 against fresh facts and refuses it as
+    stale, before anything of it starts."""
+    plan = tmp_path / "stale.yaml"
+    plan.write_text(STALE.format(inventory=lab.inventory_path))
+    junit = tmp_path / "report.xml"
+    proc = subprocess.Popen([*QVPLAN, "apply", str(plan), "--auto-approve", "--junit", str(junit), "--json"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_journal(lambda: journal_of(tmp_path), lambda es: any(e["kind"] == "start" and e["vm"] == "vm-3" for e in es))
+
+    async def stop_vm4() -> None:
+        async with lab.connect("hv-c") as conn:
+            await conn.api("POST", "vms/vm-4/stop", {}, timeout=60)
+
+    asyncio.run(stop_vm4())
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out + err
+    report = json.loads(out)
+    stale = next(m for m in report["moves"] if m["vm"] == "vm-4")
+    assert stale["code"] == "stale" and "vm-4 is defined" in stale["error"], stale
+    cases = {c.get("name").split()[0]: c for c in ET.parse(junit).getroot().findall("testcase")}
+    assert cases["vm-4"].find("failure").get("type") == "stale"
+    assert cases["vm-3"].find("failure") is None
+    entries = read_journal(journal_of(tmp_path))
+    end = next(e for e in entries if e["kind"] == "end" and e["vm"] == "vm-4")
+    assert end["code"] == "stale" and not end["ok"]
+    # Nothing of vm-4 started anywhere: it is still defined (stopped) on hv-c only.
+    where = asyncio.run(where_vms(lab))
+    assert where["vm-4"] == [("hv-c", "defined")] and where["vm-3"] == [("hv-b", "running")], where

@@ -43,7 +43,7 @@ def test_missing_bridge_is_refused_by_plan_and_agent(hosts: Hosts, tmp_path: Pat
             hosts.api("hv-a", "POST", "vms/br-1/migrate", {"dest": lab.host("hv-b").migration, "flags": {}})
         assert "Migration rejected: network not found on destination: bridge vmbr9" in str(refused.value)
         status = hosts.api("hv-a", "GET", "vms/br-1/migrate")
-        assert status["state"] == "FAILED" and status["reason_code"] == "network-not-found"
+        assert status["state"] == "FAILED" and status["code"] == "network-not-found"
         # Nothing moved: the VM runs on hv-a, hv-b never heard of it and has no tap for it.
         assert hosts.api("hv-a", "GET", "vms/br-1")["state"] == "running"
         assert "br-1" not in [v["name"] for v in hosts.api("hv-b", "GET", "vms")]

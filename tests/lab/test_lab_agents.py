@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from click.testing import CliRunner
 
 from qvplan.cli.qvplan import main
 from qvplan.lab import Lab
+from qvplan.lab.agents import quantavirt_bin
 from qvplan.lab.testing import agent_code_present, free_subnet, leftovers, unique_prefix
 
 
@@ -45,6 +47,18 @@ async def test_guests_trust_and_a_killed_agent(tmp_path: Path) -> None:
         assert await lab.wait_agents() == {}
         assert await lab.create_vms(3) == ["vm-1", "vm-2", "vm-3"]
         assert await lab.create_vms(3) == []  # idempotent
+        # The spec's command line on a fresh lab, before any key exchange: refused as untrusted,
+        # in its own words, not as a connection reset.
+        hv_a, hv_b = lab.host("hv-a"), lab.host("hv-b")
+        argv = [quantavirt_bin(), "--config", str(hv_a.file("agent.toml")), "vm", "migrate", "vm-1",
+                "--dest", f"{hv_b.address}:9410"]
+        refused = await asyncio.to_thread(lab.exec_in, "hv-a", argv, timeout=120)
+        assert refused.returncode == 1, refused
+        line = refused.stderr.strip()
+        assert line.startswith("Error: Migration rejected: untrusted host"), line
+        assert line.endswith("(reason: untrusted-host)") and "Connection reset" not in line, line
+        as_json = await asyncio.to_thread(lab.exec_in, "hv-a", [*argv, "--json"], timeout=120)
+        assert json.loads(as_json.stdout)["code"] == "untrusted-host", as_json
         await lab.exchange_trust()
         async with lab.connect("hv-b") as conn:
             host = await conn.api("GET", "host")

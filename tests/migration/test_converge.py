@@ -19,7 +19,7 @@ import re
 import subprocess
 import time
 
-from qvplan.migration.flags import MigrateFlags
+from qvplan.contract.flags import MigrateFlags
 
 from .helpers import runs_only_on, start_guest, wait_outcome
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from qvplan.migration.offline_dest import check_room
-from qvplan.migration.offline_disks import HEADER, ChecksumMismatch, DiskSink, DiskSource, WireError, data_extents
+from qvplan.migration.offline.destination import check_room
+from qvplan.migration.offline.disks import HEADER, ChecksumMismatch, DiskSink, DiskSource, WireError, data_extents
 
 from ..agents import ApiError, guest_vm, mutual_trust
 from .helpers import migrate, start_guest, wait_outcome

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from qvplan.contract.flags import MigrateFlags
 from qvplan.errors import QVError
-from qvplan.migration import pools
-from qvplan.migration.flags import MigrateFlags
 from qvplan.migration.status import MigrationStatus
+from qvplan.migration.storage import exports as pools
 from qvplan.vmm import VMSpec
 
 from ..agents import ApiError, mutual_trust

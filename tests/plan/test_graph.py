@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from qvplan.plan import load_plan_text
-from qvplan.plan.graph import Build, _cycles, add_after_edges, add_checks, add_moves, order_nodes
+from qvplan.plan.build import Build
+from qvplan.plan.graph import _cycles, add_after_edges, add_checks, add_moves, order_nodes
 from qvplan.plan.model import Action
 from qvplan.plan.schedule import HostMemory
 from qvplan.plan.source import parse_yaml
@@ -68,7 +69,7 @@ def test_move_flags_are_migrate_flags() -> None:
     """Apply hands `move.flags` to the migrate API: the names and units of qvplan.migration.flags."""
     import pytest
 
-    flags_mod = pytest.importorskip("qvplan.migration.flags")
+    flags_mod = pytest.importorskip("qvplan.contract.flags")
     b = build("defaults: {bandwidth: 10G}\nvms: {vm-1: {host: hv-b, max_downtime: 50, timeout: 10m}}",
               {"hv-a": {"vms": {"vm-1": {}}}, "hv-b": {}})
     add_moves(b)

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..pqc import SecureChannel
-from ..pqc.records import DATA, END
+from ...pqc import SecureChannel
+from ...pqc.records import DATA, END
 
 # Largest read from QEMU's socket, so the largest record: big enough that per-record costs vanish.
 CHUNK = 1 << 20

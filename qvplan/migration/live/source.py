@@ -8,23 +8,23 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
-from ..addresses import split_hostport
-from ..pqc import PQCError, SecureChannel, open_channel
-from .errors import CONVERGE_FIX, NETWORK_FIX, MigrationError, refusal_from
-from .flags import MigrateFlags
-from .job import MigrationJob
-from .qmp import configure, ensure_running, event_time, run_state
-from .status import MigrationStatus
-from .storage import DiskMirrors, StorageProgress, describe_disks
-from .streams import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
+from ...contract.errors import MigrationError, failure
+from ...contract.flags import MigrateFlags
+from ...contract.reasons import Reason
+from ...contract.rules import Policies
+from ...pqc import PQCError, SecureChannel
+from ..job import MigrationJob
+from ..peer import ask, channel_failure, open_peer
+from ..qmp import configure, ensure_running, event_time, run_state
+from ..status import MigrationStatus
+from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
+from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
 
 if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-    from ..agent.registry import VM
+    from ...host import Host
+    from ...host.registry import VM
 
 log = logging.getLogger(__name__)
-MIGRATION_PORT = 9410
 POLL = 0.25
 STALL_LIMIT = 15.0  # seconds without a byte moving = the network is gone
 DISCARD_WAIT = 3.0  # seconds a rollback waits for the destination to confirm it removed its side
@@ -34,10 +34,11 @@ ENDINGS = {"completed", "failed", "cancelled"}
 class SourceMigration(MigrationJob):
     """A live migration: the VM keeps running here unless it completes."""
 
-    def __init__(self, agent: Agent, vm: VM, dest: str, flags: MigrateFlags) -> None:
+    def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags,
+                 policies: Policies | None = None) -> None:
         encryption = "plaintext (--insecure)" if flags.insecure else f"{flags.pqc_kem} / AES-256-GCM"
-        super().__init__(agent, vm, dest, flags, MigrationStatus(vm.name, dest, f"{encryption} ({agent.provider_name})",
-                                                                 flags.max_iterations))
+        status = MigrationStatus(vm.name, dest, f"{encryption} ({host.provider_name})", flags.max_iterations)
+        super().__init__(host, vm, dest, flags, policies, status)
         self.control: SecureChannel | None = None
         self.carrier = StreamCarrier(self._open_data, self.session, vm.name)
         self.mirrors: DiskMirrors | None = None  # with --storage-migrate, once phase 1 passed
@@ -63,38 +64,39 @@ class SourceMigration(MigrationJob):
         except MigrationError as err:
             await self._rollback(err)
         except (PQCError, OSError, asyncio.IncompleteReadError, ConnectionError) as err:
-            await self._rollback(MigrationError(f"Connection reset during transfer: {err}", NETWORK_FIX))
+            await self._rollback(channel_failure(err, self.dest))
         except Exception as err:
             log.exception("migration of %s failed", self.vm.name)
-            await self._rollback(MigrationError(f"migration failed: {err}"))
+            await self._rollback(failure(Reason.ERROR, f"migration failed: {err}", "see the source agent's log"))
         finally:
             self.setup_done.set()
             await self._teardown()
 
     async def _setup(self) -> None:
         """Phase 1: handshake, the destination's checks, QEMU listening there, our sockets here."""
-        host, port = split_hostport(self.dest, MIGRATION_PORT)
         log.info("migrating %s to %s: phase 1 (setup)", self.vm.name, self.dest)
-        self.control = await self._open(host, port, "migrate")
+        self.control = await open_peer(self.host, self.dest, "migrate", self.flags.pqc_kem)
         log.debug("control channel to %s up (%s)", self.dest, self.control.kem)
-        if self.control.peer_fingerprint == self.agent.identity.fingerprint:
-            raise MigrationError("destination is the source host", "pick another --dest")
-        from ..agent.facts import host_facts
+        if self.control.peer_fingerprint == self.host.identity.fingerprint:
+            raise failure(Reason.SAME_HOST, "Migration rejected: destination is the source host", "pick another --dest")
+        from ...host.facts import host_facts
 
         qmp = self.vm.proc.qmp
-        facts = host_facts(self.agent)
+        facts = host_facts(self.host)
         request = {
-            "op": "migrate", "session": self.session, "version": __version__,
+            "op": "migrate", "session": self.session, "version": self.host.version,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
-            "cpu": facts["cpu"], "disks": self.agent.registry.disk_facts(self.vm.spec),
+            "policies": self.policies.model_dump(),
+            "cpu": facts["cpu"], "disks": self.host.registry.disk_facts(self.vm.spec),
         }
         if self.flags.storage_migrate:
-            request["storage"] = await describe_disks(qmp, self.vm.spec, self.agent.pools)
+            request["storage"] = await describe_disks(qmp, self.vm.spec, self.host.pools)
         await self.control.send_json(request)
         reply = await asyncio.wait_for(self.control.recv_json(), 60)
         log.debug("destination answered setup: %s", reply)
         if not reply or not reply.get("ok"):
-            raise refusal_from(reply)
+            raise MigrationError.from_dict(reply or {"error": "destination closed the connection during setup"},
+                                           Reason.CONNECTION_RESET)
         self._from_dest = asyncio.ensure_future(self.control.recv_json())
         await self.carrier.serve(self.vm.run_dir / "migrate.sock", MIGRATE_DATA)
         await configure(qmp, self.flags)
@@ -117,13 +119,8 @@ class SourceMigration(MigrationJob):
             end.close()  # QEMU holds its own copy now
         return {"type": "fd", "str": name}
 
-    async def _open(self, host: str, port: int, purpose: str) -> SecureChannel:
-        return await open_channel(host, port, identity=self.agent.identity, trust=self.agent.trust,
-                                  kem=self.flags.pqc_kem, hello_extra={**self.agent.hello_extra(),
-                                                                      "purpose": purpose})
-
     async def _open_data(self, purpose: str) -> SecureChannel:
-        return await self._open(*split_hostport(self.dest, MIGRATION_PORT), purpose)
+        return await open_peer(self.host, self.dest, purpose, self.flags.pqc_kem)
 
     async def _copy_disks(self) -> None:
         """The block phase (--storage-migrate): mirror every disk until all are in sync.
@@ -147,8 +144,7 @@ class SourceMigration(MigrationJob):
             if progress.copied > last_copied:
                 last_copied, last_move_time = progress.copied, time.monotonic()
             elif time.monotonic() - last_move_time > STALL_LIMIT:
-                raise MigrationError(f"Connection reset during transfer (no storage progress for "
-                                     f"{STALL_LIMIT:.0f}s)", NETWORK_FIX)
+                raise self._reset(f"no storage progress for {STALL_LIMIT:.0f}s")
             assert self._from_dest is not None
             await asyncio.wait({self._from_dest}, timeout=POLL)
         self.status.storage_phase = False
@@ -236,9 +232,8 @@ class SourceMigration(MigrationJob):
             if state in ENDINGS and state != "completed":
                 qemu_says = f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}"
                 if self.carrier.broken:  # QEMU failed because our relay lost the destination
-                    raise MigrationError(f"Connection reset during transfer ({self.carrier.broken}; {qemu_says})",
-                                         NETWORK_FIX)
-                raise MigrationError(qemu_says, NETWORK_FIX)
+                    raise self._reset(f"{self.carrier.broken}; {qemu_says}")
+                raise failure(Reason.QEMU_FAILED, qemu_says, "see the VM's qemu.log on both hosts")
             if self.mirrors is not None and not self._switched:
                 await self._storage_progress()  # raises if a mirror broke meanwhile
             if state == "pre-switchover" and not self._switched:
@@ -259,8 +254,7 @@ class SourceMigration(MigrationJob):
             if self.status.transferred > last_moved or state == "completed":
                 last_moved, last_move_time = self.status.transferred, time.monotonic()
             elif time.monotonic() - last_move_time > STALL_LIMIT:
-                raise MigrationError(f"Connection reset during transfer (no progress for {STALL_LIMIT:.0f}s)",
-                                     NETWORK_FIX)
+                raise self._reset(f"no progress for {STALL_LIMIT:.0f}s")
             await asyncio.wait({self._from_dest}, timeout=POLL)
 
     def _check_destination(self) -> None:
@@ -268,15 +262,18 @@ class SourceMigration(MigrationJob):
         if self._from_dest is not None and self._from_dest.done():
             message = None if self._from_dest.exception() else self._from_dest.result()
             if not message:
-                raise MigrationError("Connection reset during transfer (control channel to the destination "
-                                     "closed)", NETWORK_FIX)
-            raise MigrationError(f"destination failed: {message.get('error', message)}", NETWORK_FIX)
+                raise self._reset("control channel to the destination closed")
+            raise MigrationError.from_dict(message, Reason.DESTINATION_FAILED)
+
+    def _reset(self, detail: str) -> MigrationError:
+        return channel_failure(ConnectionResetError(detail), self.dest)
 
     def _check_limits(self) -> None:
         if self._cancel_reason:
-            raise MigrationError(f"Migration {self._cancel_reason}")
+            raise failure(Reason.CANCELLED, f"Migration {self._cancel_reason}")
         if self.status.elapsed > self.flags.timeout:
-            raise MigrationError(f"Timeout exceeded ({self.flags.timeout:.0f}s)", CONVERGE_FIX)
+            raise failure(Reason.TIMEOUT, f"Timeout exceeded ({self.flags.timeout:.0f}s)",
+                          "enable auto-converge, increase bandwidth, or reduce VM write load")
 
     async def _activate(self, info: dict[str, Any]) -> None:
         """Phase 5: the destination resumes the guest; only then is the source VM released."""
@@ -292,7 +289,7 @@ class SourceMigration(MigrationJob):
             message = None
         if not message or message.get("event") != "running":
             if not await self._destination_runs_vm():
-                raise MigrationError("destination did not resume the VM after commit", NETWORK_FIX)
+                raise self._reset("destination did not resume the VM after commit")
             message = {"resumed_at": None}
         if message.get("resumed_at") and self._stop_at:
             self.status.pause = max(0.0, message["resumed_at"] - self._stop_at)
@@ -307,7 +304,7 @@ class SourceMigration(MigrationJob):
         if self.flags.storage_migrate and self.flags.delete_source_disks:
             self._delete_source_disks()
         self.vm.busy = None
-        self.agent.registry.forget(self.vm.name)
+        self.host.registry.forget(self.vm.name)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
@@ -316,7 +313,7 @@ class SourceMigration(MigrationJob):
     def _delete_source_disks(self) -> None:
         """--delete-source-disks: the destination confirmed it runs the guest from its copies."""
         for disk in self.vm.spec.disks:
-            path = disk.resolve(self.agent.pools)
+            path = disk.resolve(self.host.pools)
             try:
                 path.unlink(missing_ok=True)
                 log.info("deleted source disk %s of %s", path, self.vm.name)
@@ -326,16 +323,12 @@ class SourceMigration(MigrationJob):
     async def _destination_runs_vm(self) -> bool:
         """The control channel broke after commit: ask the destination directly."""
         try:
-            host, port = split_hostport(self.dest, MIGRATION_PORT)
-            channel = await self._open(host, port, "session-state")
-            await channel.send_json({"op": "session-state", "vm": self.vm.name})
-            reply = await asyncio.wait_for(channel.recv_json(), 10)
-            await channel.close()
-            return bool(reply and reply.get("running"))
+            reply = await ask(self.host, self.dest, {"op": "session-state", "vm": self.vm.name}, self.flags.pqc_kem)
+            return bool(reply.get("running"))
         except Exception as err:
             # Unknown: keep the source paused rather than risk the guest running twice.
-            raise MigrationError(
-                f"VM left paused on source: destination unreachable after commit ({err})",
+            raise failure(
+                Reason.IN_DOUBT, f"VM left paused on source: destination unreachable after commit ({err})",
                 f"check {self.dest}; resume the source QEMU only if the VM does not run there",
             ) from None
 
@@ -345,7 +338,7 @@ class SourceMigration(MigrationJob):
         if qmp is not None:
             with contextlib.suppress(Exception):
                 await qmp.execute("migrate_cancel")
-            if "left paused" not in err.cause:
+            if err.code != Reason.IN_DOUBT:
                 with contextlib.suppress(Exception):
                     for _ in range(50):
                         if (await qmp.execute("query-migrate")).get("status") in (*ENDINGS, None):
@@ -363,7 +356,7 @@ class SourceMigration(MigrationJob):
         self.status.state = "CANCELLED" if self._cancel_reason else "FAILED"
         self.status.error = err.cause
         self.status.fix = err.fix
-        self.status.reason_code = getattr(err, "reason_code", None)
+        self.status.code = err.code
         self.status.finished = time.time()
         self._publish("cancelled" if self._cancel_reason else "failed", error=err.cause, fix=err.fix)
 

@@ -26,20 +26,21 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .. import __version__
-from ..agent.registry import INCOMING_FILES, INCOMING_MARK, remove_incoming_files
-from ..pqc import SecureChannel
-from ..units import format_size
-from ..vmm import VMSpec
-from ..vmm.spec import DiskSpec
-from . import checks
-from .errors import NETWORK_FIX, STORAGE_FIX, MigrationError, refused
-from .flags import MigrateFlags
-from .offline_disks import DiskSink, WireError, is_chunk
+from ...contract import rules
+from ...contract.errors import MigrationError, failure, refusal_error, refused
+from ...contract.flags import MigrateFlags
+from ...contract.network import missing_network
+from ...contract.reasons import Reason
+from ...pqc import SecureChannel
+from ...units import format_size
+from ...vmm import VMSpec
+from ...vmm.spec import DiskSpec
+from ..incoming import INCOMING_FILES, INCOMING_MARK, remove_incoming_files
+from .disks import DiskSink, WireError, is_chunk
 
 if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-    from ..agent.registry import VM
+    from ...host import Host
+    from ...host.registry import VM
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT = 60.0  # longest wait for the source's next record
@@ -83,20 +84,20 @@ def check_room(needs: Iterable[tuple[Path, int]], free: Callable[[Path], int]) -
     for where, need in needs:
         have = free(where)
         if need > have:
-            return refused(f"Destination out of resources (disks need {format_size(need)} in {where}, "
-                           f"{format_size(have)} free)", ROOM_FIX)
+            return refused(Reason.OUT_OF_RESOURCES, f"Destination out of resources (disks need "
+                           f"{format_size(need)} in {where}, {format_size(have)} free)", ROOM_FIX)
     return None
 
 
-def _pool_named(agent: Agent, wanted: str) -> str:
+def _pool_named(host: Host, wanted: str) -> str:
     """--dest-pool: a pool name, or the directory of a pool."""
-    if wanted in agent.pools:
+    if wanted in host.pools:
         return wanted
-    for name, path in agent.pools.items():
+    for name, path in host.pools.items():
         if Path(wanted).resolve() == Path(path).resolve():
             return name
-    raise refused(f"Storage not found on destination (no pool {wanted!r})",
-                  f"use one of its pools: {', '.join(sorted(agent.pools)) or '(none configured)'}")
+    raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination (no pool {wanted!r})",
+                  f"use one of its pools: {', '.join(sorted(host.pools)) or '(none configured)'}")
 
 
 def _retarget(disk: DiskSpec, pool: str | None) -> DiskSpec:
@@ -106,53 +107,54 @@ def _retarget(disk: DiskSpec, pool: str | None) -> DiskSpec:
     return DiskSpec(pool=pool, file=name, size=disk.size, format=disk.format)
 
 
-def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu: dict[str, Any]) -> Landing:
+def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: dict[str, Any]) -> Landing:
     """Every check before any byte of disk moves (`cpu`: this host's CPU facts). Raises the spec's refusal."""
     spec = VMSpec.model_validate(request["vm"])
     flags = MigrateFlags.model_validate(request["flags"])
     session = str(request.get("session", ""))
     if not SESSION_RE.match(session):
-        raise refused("malformed session id", "run the same QuantaVirt version on both hosts")
-    if channel.peer_fingerprint == agent.identity.fingerprint:
-        raise refused("destination is the source host", "pick another --dest")
-    if spec.name in agent.registry.vms:
-        raise refused(f"a VM named {spec.name!r} already exists on the destination",
+        raise refused(Reason.BAD_REQUEST, "malformed session id", "run the same QuantaVirt version on both hosts")
+    if channel.peer_fingerprint == host.identity.fingerprint:
+        raise refused(Reason.SAME_HOST, "destination is the source host", "pick another --dest")
+    if spec.name in host.registry.vms:
+        raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
-    from ..vmm.taps import bridges
-    from .destination import boot_files
+    policies = rules.Policies.model_validate(request.get("policies") or {})
+    from ...vmm.taps import bridges
+    from ..live.destination import boot_files
 
-    problem = (checks.check_version(str(request.get("version", "?")), __version__)
-               or checks.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu)
-               or checks.check_network(request["vm"], bridges())
-               or checks.check_boot_files(boot_files(agent, spec), os.path.exists))
+    problem = (rules.check_version(str(request.get("version", "?")), host.version, policies.version)
+               or rules.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu, policies.cpu)
+               or missing_network(spec.model_dump(mode="json"), bridges())
+               or rules.check_boot_files(boot_files(host, spec), os.path.exists))
     if problem:
-        raise problem
+        raise refusal_error(problem)
     info = {d.get("index"): d for d in request.get("disks", []) if isinstance(d, dict)}
-    pool = _pool_named(agent, flags.dest_pool) if flags.dest_pool else None
+    pool = _pool_named(host, flags.dest_pool) if flags.dest_pool else None
     landing = Landing(spec, session)
     disks: list[DiskSpec] = []
     needs: dict[int, tuple[Path, int]] = {}
     for i, disk in enumerate(spec.disks):
         about = info.get(i, {})
         if about.get("shared"):
-            problem = checks.check_shared_disks([{"path": str(about.get("path"))}], os.path.exists)
-            if problem:
-                raise problem
+            shared_problem = rules.check_shared_disks([str(about.get("path"))], os.path.exists)
+            if shared_problem:
+                raise refusal_error(shared_problem)
             disks.append(disk)
             continue
         disk = _retarget(disk, pool)
-        if disk.pool is not None and disk.pool not in agent.pools:
-            raise refused(f"Storage not found on destination (no pool {disk.pool!r})",
+        if disk.pool is not None and disk.pool not in host.pools:
+            raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination (no pool {disk.pool!r})",
                           "add the pool to [storage] pools there, or pass --dest-pool")
-        final = disk.resolve(agent.pools)
+        final = disk.resolve(host.pools)
         disks.append(disk)
         if final.exists() or any(t.final == final for t in landing.targets):
-            raise refused(f"disk {final} already exists on the destination",
+            raise refused(Reason.NAME_CLASH, f"disk {final} already exists on the destination",
                           "remove or rename it there, or pass --dest-pool")
         if not about.get("present"):
             continue  # never created on the source: created here at first start
         if not final.parent.is_dir():
-            raise refused(f"Storage not found on destination ({final.parent})", STORAGE_FIX)
+            raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination ({final.parent})")
         landing.targets.append(Target(i, final, final.parent / f"{STAGING_PREFIX}{session}" / final.name,
                                       int(about["size"]), int(about["data"]), int(about.get("mode", 0o644)) & 0o777))
         dev = os.stat(final.parent).st_dev
@@ -168,22 +170,21 @@ def preflight(agent: Agent, channel: SecureChannel, request: dict[str, Any], cpu
 # -- the operation ---------------------------------------------------------------------------------
 
 
-async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, Any]) -> None:
     log.info("incoming offline migration of %s from %s", request.get("vm", {}).get("name"), channel.peer_name)
-    from ..vmm import cpu_facts
+    from ...vmm import cpu_facts
 
-    cpu = await asyncio.to_thread(cpu_facts, agent.accel)  # may ask QEMU the first time
+    cpu = await asyncio.to_thread(cpu_facts, host.accel)  # may ask QEMU the first time
     try:
-        landing = preflight(agent, channel, request, cpu)
+        landing = preflight(host, channel, request, cpu)
     except MigrationError as err:
-        await channel.send_json({"ok": False, "error": err.cause, "fix": err.fix,
-                                 "reason_code": getattr(err, "reason_code", None)})
+        await channel.send_json({"ok": False, **err.as_dict()})
         return
     except (ValidationError, KeyError, ValueError, TypeError) as err:
-        await channel.send_json({"ok": False, "error": f"Migration rejected: malformed request ({err})",
-                                 "fix": "run the same QuantaVirt version on both hosts"})
+        bad = refused(Reason.BAD_REQUEST, f"malformed request ({err})", "run the same QuantaVirt version on both hosts")
+        await channel.send_json({"ok": False, **bad.as_dict()})
         return
-    vm = agent.registry.define(landing.spec)
+    vm = host.registry.define(landing.spec)
     vm.busy = "incoming"
     committed = False
     try:
@@ -196,29 +197,30 @@ async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str
         await channel.send_json({"event": "received"})
         verdict = await asyncio.wait_for(channel.recv_json(), IDLE_TIMEOUT)
         if not verdict or verdict.get("cmd") != "commit":
-            raise MigrationError(f"source did not commit ({verdict or 'connection closed'})")
+            raise failure(Reason.CONNECTION_RESET, f"source did not commit ({verdict or 'connection closed'})")
         await asyncio.to_thread(_commit, vm)
         committed = True
         vm.busy = None
         log.info("offline migration of %s from %s committed", vm.name, channel.peer_name)
-        agent.events.publish(vm.name, "migrated-in", source=channel.peer_name, offline=True)
+        host.events.publish(vm.name, "migrated-in", source=channel.peer_name, offline=True)
         with contextlib.suppress(Exception):
-            await channel.send_json({"event": "committed", "host": agent.config.host.name})
+            await channel.send_json({"event": "committed", "host": host.config.host.name})
     except Exception as err:
         log.warning("incoming offline migration of %s failed: %s", vm.name, err)
-        cause, fix = ((err.cause, err.fix) if isinstance(err, MigrationError)
-                      else (f"destination failed to receive the VM: {err}", "see the destination agent's log"))
+        why = err if isinstance(err, MigrationError) else failure(
+            Reason.DESTINATION_FAILED, f"destination failed to receive the VM: {err}",
+            "see the destination agent's log")
         with contextlib.suppress(Exception):
-            await channel.send_json({"event": "failed", "error": cause, "fix": fix})
+            await channel.send_json({"event": "failed", **why.as_dict()})
     finally:
         if not committed:
-            await discard(agent, vm, landing)
+            await discard(host, vm, landing)
 
 
 async def _next(channel: SecureChannel) -> bytes:
     record = await asyncio.wait_for(channel.recv(), IDLE_TIMEOUT)
     if record is None:
-        raise MigrationError("source closed the connection mid-copy", NETWORK_FIX)
+        raise failure(Reason.CONNECTION_RESET, "source closed the connection mid-copy")
     return record
 
 
@@ -227,7 +229,7 @@ def _message(record: bytes) -> dict[str, Any]:
         raise WireError("source sent a chunk where a message was expected")
     message = json.loads(record)
     if message.get("cmd") == "abort":
-        raise MigrationError("source aborted the migration")
+        raise failure(Reason.CANCELLED, "source aborted the migration")
     return message
 
 
@@ -280,7 +282,7 @@ def _land(landing: Landing, vm: VM) -> None:
         try:
             os.link(target.staged, target.final)
         except FileExistsError:
-            raise MigrationError(f"disk {target.final} appeared on the destination during the copy",
+            raise failure(Reason.NAME_CLASH, f"disk {target.final} appeared on the destination during the copy",
                                  "remove or rename it there and retry") from None
         except OSError as err:  # a filesystem without hard links: rename, checking first
             if err.errno not in (errno.EPERM, errno.EOPNOTSUPP) or target.final.exists():
@@ -301,21 +303,21 @@ def _commit(vm: VM) -> None:
     (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
 
 
-async def discard(agent: Agent, vm: VM, landing: Landing) -> None:
+async def discard(host: Host, vm: VM, landing: Landing) -> None:
     """Remove an incoming VM that did not commit: its staged and landed disks, and its folder."""
     for target in landing.targets:
         if target.sink is not None:
             target.sink.close()
     await asyncio.to_thread(remove_incoming_files, vm.dir)
     vm.busy = None
-    if agent.registry.vms.get(vm.name) is vm:
-        agent.registry.forget(vm.name)
+    if host.registry.vms.get(vm.name) is vm:
+        host.registry.forget(vm.name)
     log.info("incoming offline migration of %s discarded", vm.name)
 
 
-async def handle_state(agent: Agent, channel: SecureChannel, request: dict[str, Any]) -> None:
+async def handle_state(host: Host, channel: SecureChannel, request: dict[str, Any]) -> None:
     """After a lost answer to commit: does this host own the VM now? (Decides the source's cleanup.)"""
-    vm = agent.registry.vms.get(str(request.get("vm", "")))
+    vm = host.registry.vms.get(str(request.get("vm", "")))
     if vm is None:
         state = "absent"
     elif vm.busy or (vm.dir / INCOMING_MARK).exists():

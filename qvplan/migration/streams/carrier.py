@@ -22,8 +22,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from ..pqc import SecureChannel
-from .tunnel import STREAM_BUFFER, relay
+from ...pqc import SecureChannel
+from .relay import STREAM_BUFFER, relay
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,18 @@
-"""The migrate flags of the spec, in one model shared by the CLI, the agent API and plans."""
+"""The migrate flags of the spec, in one model shared by the CLI, the agent API and plans.
+
+`MigrateFlags` is the whole set with the spec's defaults. A plan sets some of them in `defaults:`
+and per VM; `FlagOverrides` is the same fields, each optional (None = inherit), with the same
+types, bounds and units, derived from `MigrateFlags` so the two cannot drift apart.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model, model_validator
 
+from ..errors import QVError
 from ..units import parse_duration, parse_size
 
 KEMS = ("ML-KEM-768", "ML-KEM-1024")
@@ -22,42 +28,55 @@ THROTTLE_MAX = 99  # QEMU's default max-cpu-throttle
 STORAGE_SHARE = 0.25
 
 
+def _units(fn: Any, value: Any, what: str, **kw: Any) -> Any:
+    try:
+        return fn(value, what, **kw)
+    except QVError as err:  # pydantic reports a ValueError with its location
+        raise ValueError(str(err)) from None
+
+
+def _bandwidth(v: Any) -> Any:
+    if isinstance(v, str):
+        return UNLIMITED if v.strip().lower() in ("unlimited", "0", "") else _units(parse_size, v, "bandwidth")
+    return v
+
+
+def _timeout(v: Any) -> Any:
+    return _units(parse_duration, v, "timeout") if isinstance(v, str) else v
+
+
+def _downtime(v: Any) -> Any:
+    # A bare number is milliseconds, as the spec's "300ms" default reads.
+    if isinstance(v, str) or (isinstance(v, int) and not isinstance(v, bool)):
+        return _units(parse_duration, v, "max downtime", default_unit="ms")
+    return v
+
+
+Bandwidth = Annotated[int, BeforeValidator(_bandwidth),
+                      Field(ge=0, description="bytes/s, e.g. 10G; 0 or 'unlimited' = unlimited")]
+Timeout = Annotated[float, BeforeValidator(_timeout), Field(gt=0, description="seconds, e.g. 600 or 10m")]
+Downtime = Annotated[float, BeforeValidator(_downtime),
+                     Field(gt=0, description="seconds; a bare number is ms, e.g. 300ms")]
+
+
 class MigrateFlags(BaseModel):
     """How to migrate one VM. Defaults are the spec's."""
 
     model_config = ConfigDict(extra="forbid")
 
     pqc_kem: Literal["ML-KEM-768", "ML-KEM-1024"] = "ML-KEM-768"
-    bandwidth: int = Field(default=UNLIMITED, ge=0, description="bytes/s, 0 = unlimited")
-    timeout: float = Field(default=600.0, gt=0, description="seconds")
-    max_iterations: int = Field(default=30, ge=1)
-    max_downtime: float = Field(default=0.3, gt=0, description="seconds")
+    bandwidth: Bandwidth = UNLIMITED
+    timeout: Timeout = 600.0
+    max_iterations: Annotated[int, Field(ge=1, le=10000)] = 30
+    max_downtime: Downtime = 0.3
     auto_converge: bool = True
     compress: bool = False
-    threads: int = Field(default=4, ge=1, le=64)
-    insecure: bool = False
+    threads: Annotated[int, Field(ge=1, le=64)] = 4
+    insecure: Annotated[bool, Field(description="plaintext migration (refused where pqc_required)")] = False
     storage_migrate: bool = False
     dest_pool: str | None = None
     delete_source_disks: bool = False
     offline: bool = False
-
-    @field_validator("bandwidth", mode="before")
-    @classmethod
-    def _bandwidth(cls, v: Any) -> Any:
-        if isinstance(v, str):
-            return UNLIMITED if v.lower() in ("unlimited", "0", "") else parse_size(v, "bandwidth")
-        return v
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _timeout(cls, v: Any) -> Any:
-        return parse_duration(v, "timeout") if isinstance(v, str) else v
-
-    @field_validator("max_downtime", mode="before")
-    @classmethod
-    def _downtime(cls, v: Any) -> Any:
-        # A bare number is milliseconds, as the spec's "300ms" default reads.
-        return parse_duration(v, "max downtime", default_unit="ms") if isinstance(v, str | int) else v
 
     @model_validator(mode="after")
     def _storage_flags(self) -> MigrateFlags:
@@ -127,3 +146,16 @@ class MigrateFlags(BaseModel):
         bw = "unlimited" if not self.bandwidth else format_size(self.bandwidth) + "/s"
         enc = "plaintext (--insecure)" if self.insecure else self.pqc_kem
         return f"{enc}, {bw}, ≤{format_duration(self.max_downtime)}"
+
+
+# The flags a plan sets per VM or in `defaults:` (storage and mode have their own keys there).
+PLAN_FLAGS = ("pqc_kem", "bandwidth", "timeout", "max_iterations", "max_downtime", "auto_converge",
+              "compress", "threads", "insecure")
+SPEC_DEFAULTS: dict[str, Any] = {name: MigrateFlags.model_fields[name].default for name in PLAN_FLAGS}
+
+FlagOverrides: type[BaseModel] = create_model(
+    "FlagOverrides",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Migrate flags of the spec. Unset (None) means \"inherit\": VM → `defaults` → spec default.",
+    **{name: (MigrateFlags.model_fields[name].rebuild_annotation() | None, None) for name in PLAN_FLAGS},
+)

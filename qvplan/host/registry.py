@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +20,6 @@ from ..vmm import QemuProcess, VMSpec
 from .events import EventHub
 
 log = logging.getLogger(__name__)
-INCOMING_MARK = "incoming"  # file in a VM's folder while it is an uncommitted incoming migration
-# JSON list, beside the mark, of what that migration wrote outside the folder (offline disk copies)
-INCOMING_FILES = "incoming-files.json"
 
 
 class VMError(QVError):
@@ -82,14 +78,6 @@ class Registry:
                 continue
             vm = VM(spec, vm_json.parent)
             proc = self._process(vm)
-            if (vm.dir / INCOMING_MARK).exists():
-                # An incoming migration that never committed: its QEMU never ran the guest.
-                log.info("removing uncommitted incoming VM %s", spec.name)
-                if proc.is_alive():
-                    await proc.stop(graceful=False)
-                remove_incoming_files(vm.dir)
-                shutil.rmtree(vm.dir, ignore_errors=True)
-                continue
             self.vms[spec.name] = vm
             if proc.is_alive():
                 try:
@@ -212,30 +200,3 @@ class Registry:
                 if disk.size_bytes is None:
                     raise VMError(f"disk {path} does not exist", "create it or give the disk a size")
                 create_disk(path, disk.size_bytes, disk.format)
-
-
-def record_incoming_files(vm_dir: Path, *paths: Path) -> None:
-    """Add to INCOMING_FILES, durably, before creating them: what an uncommitted migration leaves."""
-    listing = vm_dir / INCOMING_FILES
-    try:
-        listed = json.loads(listing.read_text())
-    except (OSError, ValueError):
-        listed = []
-    with open(listing, "w") as f:
-        json.dump([*listed, *map(str, paths)], f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def remove_incoming_files(vm_dir: Path) -> None:
-    """Delete what an uncommitted incoming migration listed in its INCOMING_FILES."""
-    try:
-        listed = json.loads((vm_dir / INCOMING_FILES).read_text())
-    except (OSError, ValueError):
-        return
-    for item in listed if isinstance(listed, list) else []:
-        path = Path(str(item))
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)

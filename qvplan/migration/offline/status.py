@@ -10,10 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..units import format_duration, format_rate, format_size
-from .status import MigrationStatus
-
-PHASES = {1: "setup", 2: "disk copy", 5: "commit"}
+from ...contract.events import OFFLINE_PHASE_NAMES as PHASES
+from ...units import format_duration, format_rate, format_size
+from ..status import MigrationStatus
 
 
 @dataclass
@@ -65,6 +64,8 @@ class OfflineStatus(MigrationStatus):
         ]
         if self.done and self.fix:
             lines.append(f"Fix:             {self.fix}")
+        if self.done and self.code:
+            lines.append(f"Reason:          {self.code}")
         return "\n".join(lines)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import zstandard
 
-from .errors import MigrationError
+from ...contract.errors import MigrationError
 
 CHUNK = 1 << 20
 RAW, ZSTD = 0, 1
@@ -45,9 +45,13 @@ BLOCK = 4096
 class WireError(MigrationError):
     """A chunk that does not fit the disk it claims to belong to."""
 
+    code = "protocol-error"
+
 
 class ChecksumMismatch(MigrationError):
     """The disk written here is not the disk the source read."""
+
+    code = "storage-failed"
 
 
 def is_chunk(record: bytes) -> bool:
@@ -113,7 +117,8 @@ class DiskSource:
         data = memoryview(record)[HEADER.size:]
         if os.preadv(self.fd, [data], offset) != length:
             raise MigrationError(f"disk {self.path} shrank while it was being copied",
-                                 "keep the VM stopped and its disk untouched during an offline migration")
+                                 "keep the VM stopped and its disk untouched during an offline migration",
+                                 code="storage-failed")
         self._hash.update(struct.pack(">QQ", offset, length))
         self._hash.update(data)
         if self._zstd is None:

@@ -1,9 +1,9 @@
 """The source side of an offline migration: a stopped VM's definition and disks, over one PQC channel.
 
-Protocol on the channel (op "offline-receive" on :9410; destination side in offline_dest.py):
+Protocol on the channel (op "offline-receive" on :9410; destination side in destination.py):
   → {"op": "offline-receive", session, version, vm, flags, cpu, disks: [...]}
   ← {"ok": true} after the destination's checks, or {"ok": false, "error", "fix"}
-  → per disk to copy: {"disk": i}, its chunk records (offline_disks.py), {"disk_end": i, "sha256", "data"}
+  → per disk to copy: {"disk": i}, its chunk records (disks.py), {"disk_end": i, "sha256", "data"}
   ← {"event": "received"}  every disk checked and in place, the VM defined there but not committed
   → {"cmd": "commit"}      ← {"event": "committed"}
   → {"cmd": "abort"} (or any break before commit): the destination removes everything it wrote.
@@ -13,7 +13,7 @@ Only "committed" makes the destination own the VM; only then does the source und
 delete its disk files (the VM moved: its disks are not kept). Shared disks (under [storage]
 shared) are neither copied nor deleted, and disks never created (a VM never started) are skipped.
 If the answer to commit is lost, the source asks the destination ("offline-state") before deciding;
-a crash in between is settled at the next start (offline_doubt.py).
+a crash in between is settled at the next start (recovery.py).
 """
 
 from __future__ import annotations
@@ -26,23 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import __version__
-from ..addresses import split_hostport
-from ..pqc import PQCError, SecureChannel, open_channel
-from ..units import format_duration
-from . import offline_doubt as doubt
-from .errors import NETWORK_FIX, MigrationError, refusal_from
-from .flags import MigrateFlags
-from .job import MigrationJob
-from .offline_disks import CHUNK, DiskSource, allocated
-from .offline_status import OfflineStatus
+from ...contract.errors import MigrationError, failure
+from ...contract.flags import MigrateFlags
+from ...contract.reasons import Reason
+from ...contract.rules import Policies
+from ...pqc import PQCError, SecureChannel
+from ...units import format_duration
+from ..job import MigrationJob
+from ..peer import channel_failure, open_peer
+from . import recovery
+from .disks import CHUNK, DiskSource, allocated
+from .status import OfflineStatus
 
 if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-    from ..agent.registry import VM
+    from ...host import Host
+    from ...host.registry import VM
 
 log = logging.getLogger(__name__)
-MIGRATION_PORT = 9410
 STALL_LIMIT = 30.0  # seconds one record may take to leave = the network is gone
 PUBLISH_EVERY = 0.25
 SETUP_TIMEOUT = 60.0
@@ -69,9 +69,10 @@ class SourceDisk:
 class OfflineMigration(MigrationJob):
     """An offline migration: a stopped VM's definition and disks; it stays here unless it completes."""
 
-    def __init__(self, agent: Agent, vm: VM, dest: str, flags: MigrateFlags) -> None:
-        super().__init__(agent, vm, dest, flags,
-                         OfflineStatus(vm.name, dest, f"{flags.pqc_kem} / AES-256-GCM ({agent.provider_name})",
+    def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags,
+                 policies: Policies | None = None) -> None:
+        super().__init__(host, vm, dest, flags, policies,
+                         OfflineStatus(vm.name, dest, f"{flags.pqc_kem} / AES-256-GCM ({host.provider_name})",
                                        flags.max_iterations, compress=flags.compress))
         self.channel: SecureChannel | None = None
         self.disks: list[SourceDisk] = []
@@ -98,11 +99,10 @@ class OfflineMigration(MigrationJob):
             await self._fail(err)
         except (PQCError, OSError, asyncio.IncompleteReadError, ConnectionError) as err:
             reason = await self._dest_reason()  # a destination that gave up says why before it hangs up
-            await self._fail(reason or MigrationError(
-                f"Connection reset during transfer: {getattr(err, 'cause', err)}", NETWORK_FIX))
+            await self._fail(reason or channel_failure(err, self.dest))
         except Exception as err:
             log.exception("offline migration of %s failed", self.vm.name)
-            await self._fail(MigrationError(f"offline migration failed: {err}"))
+            await self._fail(failure(Reason.ERROR, f"offline migration failed: {err}", "see the source agent's log"))
         finally:
             self.setup_done.set()
             await self._teardown()
@@ -110,12 +110,12 @@ class OfflineMigration(MigrationJob):
     async def _setup(self) -> None:
         """Phase 1: read the disks' extents, handshake, the destination's checks."""
         if self.vm.running:
-            raise MigrationError(f"VM {self.vm.name!r} is running",
+            raise failure(Reason.VM_STATE, f"VM {self.vm.name!r} is running",
                                  "stop it first, or drop --offline for a live migration")
-        shared = self.agent.config.storage.shared
+        shared = self.host.config.storage.shared
         for i, disk in enumerate(self.vm.spec.disks):
-            path = disk.resolve(self.agent.pools)
-            entry = SourceDisk(i, path, doubt.under(path, shared))
+            path = disk.resolve(self.host.pools)
+            entry = SourceDisk(i, path, recovery.under(path, shared))
             if not entry.shared and path.exists():
                 entry.source = await asyncio.to_thread(DiskSource, path, compress=self.flags.compress,
                                                        chunk=self._chunk_size())
@@ -123,19 +123,20 @@ class OfflineMigration(MigrationJob):
         to_copy = [d for d in self.disks if d.source]
         self.status.disks = len(to_copy)
         self.status.total = self.status.storage_total = sum(d.source.data_bytes for d in to_copy if d.source)
-        from ..vmm import cpu_facts
+        from ...vmm import cpu_facts
 
-        cpu = await asyncio.to_thread(cpu_facts, self.agent.accel)  # may ask QEMU the first time
-        host, port = split_hostport(self.dest, MIGRATION_PORT)
-        self.channel = await self._open(host, port, "offline-migrate")
+        cpu = await asyncio.to_thread(cpu_facts, self.host.accel)  # may ask QEMU the first time
+        self.channel = await open_peer(self.host, self.dest, "offline-migrate", self.flags.pqc_kem)
         await self.channel.send_json({
-            "op": "offline-receive", "session": self.session, "version": __version__,
+            "op": "offline-receive", "session": self.session, "version": self.host.version,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
+            "policies": self.policies.model_dump(),
             "cpu": cpu, "disks": [d.describe() for d in self.disks],
         })
         reply = await asyncio.wait_for(self.channel.recv_json(), SETUP_TIMEOUT)
         if not reply or not reply.get("ok"):
-            raise refusal_from(reply)
+            raise MigrationError.from_dict(reply or {"error": "destination closed the connection during setup"},
+                                           Reason.CONNECTION_RESET)
         log.info("offline migration of %s to %s: copying %d disk(s), %d bytes of data", self.vm.name,
                  self.dest, len(to_copy), self.status.total)
 
@@ -143,10 +144,6 @@ class OfflineMigration(MigrationJob):
         # Under a tight --bandwidth, smaller records keep the link (and the progress) moving.
         return CHUNK if not self.flags.bandwidth else max(64 << 10, min(CHUNK, self.flags.bandwidth // 4))
 
-    async def _open(self, host: str, port: int, purpose: str) -> SecureChannel:
-        return await open_channel(host, port, identity=self.agent.identity, trust=self.agent.trust,
-                                  kem=self.flags.pqc_kem, hello_extra={**self.agent.hello_extra(),
-                                                                      "purpose": purpose})
 
     async def _copy(self) -> None:
         """Phase 2: every local disk, chunk by chunk; the next chunk is read (and compressed) in a
@@ -190,9 +187,9 @@ class OfflineMigration(MigrationJob):
     def _check(self) -> None:
         """Stop the copy on cancel, timeout or a word from the destination."""
         if self._cancel_reason:
-            raise MigrationError(f"Migration {self._cancel_reason}")
+            raise failure(Reason.CANCELLED, f"Migration {self._cancel_reason}")
         if self.status.elapsed > self.flags.timeout:
-            raise MigrationError(f"Timeout exceeded ({format_duration(self.flags.timeout)})",
+            raise failure(Reason.TIMEOUT, f"Timeout exceeded ({format_duration(self.flags.timeout)})",
                                  "raise --timeout for large disks, or check the network path")
         if self._from_dest is not None and self._from_dest.done():
             self._dest_said(self._from_dest.result(), "received")
@@ -200,9 +197,10 @@ class OfflineMigration(MigrationJob):
     def _dest_said(self, message: Any, expected: str) -> None:
         if message and message.get("event") == expected:
             return
-        message = message or {}
-        raise MigrationError(message.get("error", f"destination closed the connection before {expected!r}"),
-                             message.get("fix", NETWORK_FIX))
+        if not message or not message.get("error"):
+            raise channel_failure(ConnectionResetError(f"destination closed the connection before {expected!r}"),
+                                  self.dest)
+        raise MigrationError.from_dict(message, Reason.DESTINATION_FAILED)
 
     async def _dest_reason(self) -> MigrationError | None:
         if self._from_dest is None:
@@ -211,7 +209,7 @@ class OfflineMigration(MigrationJob):
             await asyncio.wait({self._from_dest}, timeout=1)
             message = self._from_dest.result() if self._from_dest.done() else None
             if message and message.get("error"):
-                return MigrationError(message["error"], message.get("fix"))
+                return MigrationError.from_dict(message, Reason.DESTINATION_FAILED)
         return None
 
     async def _await_dest(self, expected: str) -> None:
@@ -229,7 +227,7 @@ class OfflineMigration(MigrationJob):
         self._committing = True
         self.status.phase = 5
         self._publish("phase", phase=5)
-        await asyncio.to_thread(doubt.mark, self.vm, self.dest, self.session, self.flags.pqc_kem)
+        await asyncio.to_thread(recovery.mark, self.vm, self.dest, self.session, self.flags.pqc_kem)
         await self.channel.send_json({"cmd": "commit"})
         try:
             reply = await asyncio.wait_for(self.channel.recv_json(), COMMIT_TIMEOUT)
@@ -238,14 +236,14 @@ class OfflineMigration(MigrationJob):
             reply = None
         if not reply or reply.get("event") != "committed":
             if reply and reply.get("event") == "failed":  # it did not commit, and removed its copy
-                doubt.unmark(self.vm)
+                recovery.unmark(self.vm)
                 self._dest_said(reply, "committed")
             if not await self._destination_owns_vm():
-                doubt.unmark(self.vm)
-                raise MigrationError("destination did not commit the VM", NETWORK_FIX)
+                recovery.unmark(self.vm)
+                raise channel_failure(ConnectionResetError("destination did not commit the VM"), self.dest)
         self._close_disks()
-        doubt.release(self.agent, self.vm)
-        self.agent.events.publish(self.vm.name, "migrated-out", destination=self.dest)
+        recovery.release(self.host, self.vm)
+        self.host.events.publish(self.vm.name, "migrated-out", destination=self.dest)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
@@ -256,15 +254,15 @@ class OfflineMigration(MigrationJob):
     async def _destination_owns_vm(self) -> bool:
         """The answer to commit was lost: ask the destination whether it committed."""
         for _ in range(STATE_RETRIES):
-            state = await doubt.ask(self.agent, self.dest, self.vm.name, self.session, self.flags.pqc_kem)
+            state = await recovery.ask(self.host, self.dest, self.vm.name, self.session, self.flags.pqc_kem)
             if state in ("committed", "absent"):
                 return state == "committed"
             await asyncio.sleep(2)
         # Still in doubt: the VM stays busy here and the marker stays, as after a crash.
         self._in_doubt = True
-        doubt.settle_later(self.agent, self.vm)
-        raise MigrationError(
-            f"VM in doubt after commit: destination {self.dest} did not answer",
+        recovery.settle_later(self.host, self.vm)
+        raise failure(
+            Reason.IN_DOUBT, f"VM in doubt after commit: destination {self.dest} did not answer",
             f"the agent keeps asking {self.dest} and releases or keeps {self.vm.name} accordingly; "
             "check the network path")
 
@@ -279,7 +277,7 @@ class OfflineMigration(MigrationJob):
         self.status.state = "CANCELLED" if cancelled else "FAILED"
         self.status.error = err.cause
         self.status.fix = err.fix
-        self.status.reason_code = getattr(err, "reason_code", None)
+        self.status.code = err.code
         self.status.finished = time.time()
         log.warning("offline migration of %s to %s: %s", self.vm.name, self.dest, err)
         self._publish("cancelled" if cancelled else "failed", error=err.cause, fix=err.fix)

@@ -23,9 +23,11 @@ from typing import Any
 
 from qemu.qmp import EventListener, QMPClient
 
-from ..vmm import VMSpec
-from .errors import NETWORK_FIX, MigrationError
-from .qmp import event_time
+from ...contract.errors import failure
+from ...contract.ports import MIGRATION_PORT
+from ...contract.reasons import Reason, fix_for
+from ...vmm import VMSpec
+from ..qmp import event_time
 
 WAIT_POLL = 0.05
 # Bytes a mirror keeps in flight (allocated in the source QEMU per disk while it is mirrored).
@@ -116,8 +118,8 @@ class DiskMirrors:
             info = jobs.get(job)
             if info is None or info["status"] in ("concluded", "null", "aborting"):
                 error = (info or {}).get("error", "the job ended early")
-                raise MigrationError(f"Connection reset during transfer: storage copy {job} failed ({error})",
-                                     NETWORK_FIX)
+                raise failure(Reason.STORAGE_FAILED, f"Connection reset during transfer: storage copy {job} "
+                              f"failed ({error})", fix_for(Reason.CONNECTION_RESET, MIGRATION_PORT))
             out.copied += int(info.get("current-progress", 0))
             out.total += int(info.get("total-progress", 0))
         out.dirty = await self._dirty_bytes(out.total - out.copied)
@@ -148,13 +150,13 @@ class DiskMirrors:
             pending = [job for job in self._jobs if job in jobs and jobs[job]["status"] != "concluded"]
             failed = [f"{job}: {jobs[job]['error']}" for job in self._jobs if jobs.get(job, {}).get("error")]
             if failed:
-                raise MigrationError(f"Connection reset during transfer: storage copy failed at switchover "
-                                     f"({'; '.join(failed)})", NETWORK_FIX)
+                raise failure(Reason.STORAGE_FAILED, f"Connection reset during transfer: storage copy failed "
+                              f"at switchover ({'; '.join(failed)})", fix_for(Reason.CONNECTION_RESET, MIGRATION_PORT))
             if not pending:
                 break
             if time.monotonic() > deadline:
-                raise MigrationError(f"storage copy did not finish within {timeout:.0f}s at switchover",
-                                     NETWORK_FIX)
+                raise failure(Reason.STORAGE_FAILED, f"storage copy did not finish within {timeout:.0f}s at "
+                              "switchover", fix_for(Reason.CONNECTION_RESET, MIGRATION_PORT))
             await asyncio.sleep(WAIT_POLL)
         await self._dismiss_and_detach()
 

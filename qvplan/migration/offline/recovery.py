@@ -18,16 +18,14 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..addresses import split_hostport
-from ..pqc import open_channel
+from ..peer import ask as ask_peer
 
 if TYPE_CHECKING:
-    from ..agent.daemon import Agent
-    from ..agent.registry import VM
+    from ...host import Host
+    from ...host.registry import VM
 
 log = logging.getLogger(__name__)
 OUTGOING = "outgoing.json"
-MIGRATION_PORT = 9410
 RETRY_CAP = 60.0
 _settling: set[asyncio.Task[None]] = set()  # strong references to running _settle tasks
 
@@ -53,31 +51,24 @@ def unmark(vm: VM) -> None:
     (vm.dir / OUTGOING).unlink(missing_ok=True)
 
 
-async def ask(agent: Agent, dest: str, name: str, session: str, kem: str) -> str | None:
+async def ask(host: Host, dest: str, name: str, session: str, kem: str) -> str | None:
     """The destination's word on the VM: committed, pending or absent; None when unreachable."""
-    host, port = split_hostport(dest, MIGRATION_PORT)
     try:
-        channel = await open_channel(host, port, identity=agent.identity, trust=agent.trust, kem=kem,
-                                     hello_extra={**agent.hello_extra(), "purpose": "offline-state"})
-        try:
-            await channel.send_json({"op": "offline-state", "vm": name, "session": session})
-            reply = await asyncio.wait_for(channel.recv_json(), 10)
-        finally:
-            await channel.close()
+        reply = await ask_peer(host, dest, {"op": "offline-state", "vm": name, "session": session}, kem)
     except Exception as err:
         log.info("asking %s about %s: %s", dest, name, err)
         return None
-    state = (reply or {}).get("state")
+    state = reply.get("state")
     return state if state in ("committed", "pending", "absent") else None
 
 
-def release(agent: Agent, vm: VM) -> None:
+def release(host: Host, vm: VM) -> None:
     """The VM lives on the destination now: forget it here and delete its (non-shared) disk files."""
-    paths = [d.resolve(agent.pools) for d in vm.spec.disks]
+    paths = [d.resolve(host.pools) for d in vm.spec.disks]
     vm.busy = None
-    agent.registry.forget(vm.name)
+    host.registry.forget(vm.name)
     for path in paths:
-        if under(path, agent.config.storage.shared) or not path.exists():
+        if under(path, host.config.storage.shared) or not path.exists():
             continue
         try:
             path.unlink()
@@ -85,35 +76,35 @@ def release(agent: Agent, vm: VM) -> None:
             log.warning("could not remove %s after migrating %s: %s", path, vm.name, err)
 
 
-def resume(agent: Agent) -> None:
+def resume(host: Host) -> None:
     """At agent start: settle every VM left in doubt by a crash (see the module's docstring)."""
-    for vm in list(agent.registry.vms.values()):
+    for vm in list(host.registry.vms.values()):
         if (vm.dir / OUTGOING).exists():
             log.warning("%s was committing an offline migration when the agent stopped", vm.name)
-            settle_later(agent, vm)
+            settle_later(host, vm)
 
 
-def settle_later(agent: Agent, vm: VM) -> None:
+def settle_later(host: Host, vm: VM) -> None:
     """Keep `vm` busy and ask its destination until the answer is known."""
     try:
         doubt: dict[str, Any] = json.loads((vm.dir / OUTGOING).read_text())
     except (OSError, ValueError):
         return
     vm.busy = "migrating"
-    task = asyncio.ensure_future(_settle(agent, vm, doubt))
+    task = asyncio.ensure_future(_settle(host, vm, doubt))
     _settling.add(task)
     task.add_done_callback(_settling.discard)
 
 
-async def _settle(agent: Agent, vm: VM, doubt: dict[str, Any]) -> None:
+async def _settle(host: Host, vm: VM, doubt: dict[str, Any]) -> None:
     delay = 1.0
     while True:
-        state = await ask(agent, str(doubt.get("dest")), vm.name, str(doubt.get("session")),
+        state = await ask(host, str(doubt.get("dest")), vm.name, str(doubt.get("session")),
                           str(doubt.get("kem", "ML-KEM-768")))
         if state == "committed":
             log.info("%s was committed on %s: released here", vm.name, doubt.get("dest"))
             with contextlib.suppress(Exception):
-                release(agent, vm)
+                release(host, vm)
             return
         if state == "absent":
             log.info("%s was not committed on %s: it stays here", vm.name, doubt.get("dest"))

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import __version__
+from ..contract.rules import free_memory
+
+if TYPE_CHECKING:
+    from .context import Host
 
 
 def meminfo() -> dict[str, int]:
@@ -39,38 +42,36 @@ def storage_check(path: str) -> dict[str, Any]:
     return {"path": path, "accessible": True, "reason": None}
 
 
-def host_facts(agent: Any) -> dict[str, Any]:
-    """Assemble the facts document; `agent` is the running `Agent`."""
+def host_facts(host: Host) -> dict[str, Any]:
+    """Assemble the facts document of a running host."""
     from ..vmm import cpu_facts, qemu_version
     from ..vmm.taps import bridges
 
     mem = meminfo()
-    committed = agent.registry.committed_memory()
-    capacity = agent.memory_capacity or mem["total"]
+    committed = host.registry.committed_memory()
+    capacity = host.memory_capacity or mem["total"]
     return {
-        "name": agent.config.host.name,
-        "version": __version__,
+        "name": host.config.host.name,
+        "version": host.version,
         "qemu_version": qemu_version(),
-        "accelerator": agent.accel,
-        "cpu": cpu_facts(agent.accel),
+        "accelerator": host.accel,
+        "cpu": cpu_facts(host.accel),
         "memory": {
             "total": capacity,
-            # What a new VM may take: the capacity offered to VMs less what they are given,
-            # never more than the kernel has available.
-            "free": max(0, min(capacity - committed, mem["available"])),
+            "free": free_memory(capacity, committed, mem["available"]),
             "committed": committed,
         },
-        "storage": {"pools": pool_facts(agent.pools), "shared": agent.config.storage.shared},
+        "storage": {"pools": pool_facts(host.pools), "shared": host.config.storage.shared},
         "bridges": bridges(),  # host bridges VM NICs may join (in the agent's network namespace)
         "pqc": {
-            "provider": agent.provider_name,
-            "fingerprint": agent.identity.fingerprint,
-            "trusted": {name: fp for name, fp in agent.trust.entries()},
+            "provider": host.provider_name,
+            "fingerprint": host.identity.fingerprint,
+            "trusted": {name: fp for name, fp in host.trust.entries()},
         },
         "migration": {
-            "listen": agent.config.migration.listen,
-            "address": agent.config.advertised_migration,
-            "pqc_required": agent.config.migration.pqc_required,
+            "listen": host.config.migration.listen,
+            "address": host.config.advertised_migration,
+            "pqc_required": host.config.migration.pqc_required,
         },
-        "vms": [agent.registry.describe(vm) for vm in agent.registry.vms.values()],
+        "vms": [host.registry.describe(vm) for vm in host.registry.vms.values()],
     }

@@ -20,10 +20,11 @@ from typing import Any
 
 from qemu.qmp import QMPClient
 
-from ..units import format_size
-from ..vmm import DiskSpec, VMSpec, create_disk
-from .errors import refused
-from .storage import node
+from ...contract.errors import refused
+from ...contract.reasons import Reason
+from ...units import format_size
+from ...vmm import DiskSpec, VMSpec, create_disk
+from .mirror import node
 
 log = logging.getLogger(__name__)
 DEFAULT_POOL = "default"
@@ -52,7 +53,7 @@ def resolve_pool(pools: Mapping[str, Path], dest_pool: str | None) -> tuple[str 
                 return name, Path(path)
         if directory.is_dir():
             return None, directory
-    raise refused(f"storage pool {wanted} not found on destination", POOL_FIX)
+    raise refused(Reason.STORAGE_NOT_FOUND, f"storage pool {wanted} not found on destination", POOL_FIX)
 
 
 def place(spec: VMSpec, disks: list[dict[str, Any]], pools: Mapping[str, Path], dest_pool: str | None,
@@ -62,21 +63,21 @@ def place(spec: VMSpec, disks: list[dict[str, Any]], pools: Mapping[str, Path], 
     Refuses (before anything is created) when the pool is missing, lacks room for the disks'
     virtual sizes, or already holds a file of the same name."""
     if len(disks) != len(spec.disks):
-        raise refused(f"the source described {len(disks)} of the VM's {len(spec.disks)} disks",
+        raise refused(Reason.BAD_REQUEST, f"the source described {len(disks)} of the VM's {len(spec.disks)} disks",
                       "run the same QuantaVirt version on both hosts")
     pool, directory = resolve_pool(pools, dest_pool)
     label = pool or str(directory)
     need = sum(int(d["size"]) for d in disks)
     free = free_bytes(directory)
     if need > free:
-        raise refused(f"destination pool {label} lacks room (needs {format_size(need)}, "
+        raise refused(Reason.OUT_OF_RESOURCES, f"destination pool {label} lacks room (needs {format_size(need)}, "
                       f"{format_size(free)} free)", ROOM_FIX)
     new_disks, images, seen = [], [], set()
     for disk, old in zip(disks, spec.disks, strict=True):
         name = str(disk["file"])
         path = directory / name
         if path.exists() or name in seen:
-            raise refused(f"disk {name} already exists in destination pool {label}",
+            raise refused(Reason.NAME_CLASH, f"disk {name} already exists in destination pool {label}",
                           "remove it there, or pick another --dest-pool")
         seen.add(name)
         size = old.size if old.size is not None else int(disk["size"])

@@ -1,0 +1,61 @@
+"""The undo list of an incoming migration, and what a restarted agent does with it.
+
+While a VM is an uncommitted incoming migration its folder holds INCOMING_MARK; INCOMING_FILES,
+beside it, lists (durably, before they are created) what that migration wrote outside the folder:
+offline disk copies, storage-migration images. An agent that starts with such a folder was
+stopped before the commit: the guest never ran there, so the VM and every listed file go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from ..host.registry import Registry
+
+log = logging.getLogger(__name__)
+INCOMING_MARK = "incoming"  # file in a VM's folder while it is an uncommitted incoming migration
+INCOMING_FILES = "incoming-files.json"
+
+
+def record_incoming_files(vm_dir: Path, *paths: Path) -> None:
+    """Add to INCOMING_FILES, durably, before creating them: what an uncommitted migration leaves."""
+    listing = vm_dir / INCOMING_FILES
+    try:
+        listed = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        listed = []
+    with open(listing, "w") as f:
+        json.dump([*listed, *map(str, paths)], f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def remove_incoming_files(vm_dir: Path) -> None:
+    """Delete what an uncommitted incoming migration listed in its INCOMING_FILES."""
+    try:
+        listed = json.loads((vm_dir / INCOMING_FILES).read_text())
+    except (OSError, ValueError):
+        return
+    for item in listed if isinstance(listed, list) else []:
+        path = Path(str(item))
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+async def discard_uncommitted(registry: Registry) -> None:
+    """At agent start: remove every incoming VM that never committed (its QEMU never ran the guest)."""
+    for vm in list(registry.vms.values()):
+        if not (vm.dir / INCOMING_MARK).exists():
+            continue
+        log.info("removing uncommitted incoming VM %s", vm.name)
+        if vm.proc is not None:
+            await vm.proc.stop(graceful=False)
+        await asyncio.to_thread(remove_incoming_files, vm.dir)
+        registry.forget(vm.name)  # and its folder
