@@ -13,7 +13,7 @@ import pytest
 from .agents import AgentProc, free_port
 
 _addresses = itertools.count(20)
-LAB_FOLDERS = ("lab", "remote", "apply")
+LAB_FOLDERS = ("lab", "remote", "apply", "guest")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -31,7 +31,7 @@ def config_text(host: LabHost) -> str:
         "host": {"name": host.name, "state_dir": str(state)},
         "api": {"listen": host.api},
         "migration": {"listen": host.migration_listen, "advertise": host.migration, "pqc_required": True},
-        "storage": {"pools": {"default": str(state / "images")}},
+        "storage": {"pools": {"default": str(state / "images"), "images": str(host.path.parent / "images")}},
     }).to_toml()
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..contract import rules
+from ..contract.network import missing_network
 from ..contract.ports import MIGRATION_PORT
 from ..contract.reasons import FIXES, PORT_FIX, Reason
 from ..units import format_size
@@ -205,7 +206,13 @@ def check_storage(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[
 
 # -- network ----------------------------------------------------------------------------------------
 
-def check_network(src: str, dst: str, facts: dict[str, dict[str, Any]], address: str | None) -> Result:
+def check_network(src: str, dst: str, facts: dict[str, dict[str, Any]], address: str | None,
+                  vm: dict[str, Any] | None = None) -> Result:
+    """The migration port, then the VM's networks: the rule book's bridge rule over the
+    destination's `bridges` fact (the same function the destination agent judges by)."""
+    problem = missing_network(_d(_d(vm).get("spec")), _l(facts[dst].get("bridges")))
+    if problem is not None:
+        return fail(f"network not found on destination: {problem.detail} ({dst})", problem.fix, problem.code)
     seen = _d(facts[src].get("reachable")).get(dst)
     if seen is False:
         return fail(f"migration port unreachable: {src} cannot reach {dst} at {address}", NETWORK_FIX,

@@ -103,7 +103,7 @@ def add_checks(b: Build) -> None:
         b.add_check(vm, "storage", C.check_storage(vmf, src, dst, facts, spec.prerequisites.shared_storage,
                                                    move.flags["storage_migrate"], move.flags["dest_pool"],
                                                    pool_used))
-        b.add_check(vm, "network", C.check_network(src, dst, facts, move.dest_address))
+        b.add_check(vm, "network", C.check_network(src, dst, facts, move.dest_address, vmf))
 
 
 def add_after_edges(b: Build) -> None:

@@ -293,6 +293,7 @@ class SourceMigration(MigrationJob):
             message = {"resumed_at": None}
         if message.get("resumed_at") and self._stop_at:
             self.status.pause = max(0.0, message["resumed_at"] - self._stop_at)
+            self.status.stopped_at, self.status.resumed_at = self._stop_at, message["resumed_at"]
         final = await self.vm.proc.qmp.execute("query-migrate")
         self.status.update_from_qemu(final if final.get("status") == "completed" else info)
         self._publish_passes(self.status.iteration)
