@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from qvplan.remote import AgentAPIError
+from qvplan.remote import AgentError
 from qvplan.vmm.taps import tap_name
 
 from .conftest import Hosts
@@ -39,7 +39,7 @@ def test_missing_bridge_is_refused_by_plan_and_agent(hosts: Hosts, tmp_path: Pat
                               capture_output=True, text=True, timeout=120)
         assert done.returncode != 0
         assert "network not found on destination: bridge vmbr9" in done.stdout + done.stderr, done.stdout
-        with pytest.raises(AgentAPIError) as refused:
+        with pytest.raises(AgentError) as refused:
             hosts.api("hv-a", "POST", "vms/br-1/migrate", {"dest": lab.host("hv-b").migration, "flags": {}})
         assert "Migration rejected: network not found on destination: bridge vmbr9" in str(refused.value)
         status = hosts.api("hv-a", "GET", "vms/br-1/migrate")
@@ -85,7 +85,7 @@ def test_tap_goes_with_a_killed_qemu_and_a_missing_bridge_fails_the_start(hosts:
     hosts.api("hv-a", "DELETE", "vms/br-3")
 
     hosts.api("hv-a", "POST", "vms", toy("br-4", "vmbr7"))
-    with pytest.raises(AgentAPIError) as failed:
+    with pytest.raises(AgentError) as failed:
         hosts.api("hv-a", "POST", "vms/br-4/start", {})
     assert "cannot attach tap" in str(failed.value) and "bridge vmbr7" in str(failed.value)
     assert hosts.api("hv-a", "GET", "vms/br-4")["state"] == "defined"
