@@ -125,7 +125,7 @@ def test_running_vm_is_refused_with_one_line(pair):
     run = a.cli("vm", "migrate", "vm-1", "--dest", b.migration, "--offline")
     assert run.returncode == 1
     assert run.stderr.strip() == ("Error: VM 'vm-1' is running — stop it first, "
-                                  "or drop --offline for a live migration")
+                                  "or drop --offline for a live migration (reason: vm-state)")
     assert a.vm("vm-1")["state"] == "running"
     assert b.vm_names() == []
 
