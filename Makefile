@@ -7,8 +7,9 @@ PY       := $(VENV)/bin/python
 DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GUEST    := guest/build/testguest.img
+QEMU_USER := quantavirt-qemu
 
-.PHONY: demo test setup system-deps venv guest lint bench clean
+.PHONY: demo test setup system-deps qemu-user venv guest lint bench clean
 
 demo: setup
 	$(PY) -m qvplan.demo
@@ -17,7 +18,12 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra --durations=15
 
-setup: system-deps venv guest
+setup: system-deps qemu-user venv guest
+
+# A root agent runs every QEMU as this unprivileged system user (qvplan/vmm/confine.py).
+qemu-user:
+	@getent passwd $(QEMU_USER) >/dev/null || \
+		$(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin $(QEMU_USER)
 
 system-deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

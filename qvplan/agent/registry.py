@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import QVError
 from ..vmm import QemuProcess, VMSpec
+from ..vmm.confine import Confinement
 from .events import EventHub
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Registry:
         self.accel = accel
         self.events = events
         self.vms: dict[str, VM] = {}
+        self.confinement = Confinement.for_agent()  # sandbox; own user under a root agent
 
     # -- loading -------------------------------------------------------------------------
 
@@ -104,7 +106,8 @@ class Registry:
 
     def _process(self, vm: VM) -> QemuProcess:
         vm.run_dir.mkdir(parents=True, exist_ok=True)
-        return QemuProcess(vm.spec, run_dir=vm.run_dir, accel=self.accel, pool_paths=self.pools)
+        return QemuProcess(vm.spec, run_dir=vm.run_dir, accel=self.accel, pool_paths=self.pools,
+                           confinement=self.confinement)
 
     @staticmethod
     def _clean_run_dir(vm: VM) -> None:

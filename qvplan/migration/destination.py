@@ -103,11 +103,12 @@ async def handle_migrate(agent: Agent, channel: SecureChannel, request: dict[str
         assert vm.proc is not None
         if placement is not None:
             nbd = vm.run_dir / "nbd.sock"
-            await pools.export(vm.proc.qmp, pools.unix_address(nbd), placement.exports)
+            await pools.export(vm.proc.qmp, pools.unix_address(nbd, vm.proc.qemu_path(nbd)), placement.exports)
             incoming.sockets[STORAGE_DATA] = str(nbd)
             reply["exports"] = placement.exports
         await configure(vm.proc.qmp, flags)
-        await vm.proc.qmp.execute("migrate-incoming", {"uri": f"unix:{incoming.sockets[MIGRATE_DATA]}"})
+        uri = f"unix:{vm.proc.qemu_path(incoming.sockets[MIGRATE_DATA])}"  # by name in QEMU's run dir
+        await vm.proc.qmp.execute("migrate-incoming", {"uri": uri})
         await channel.send_json(reply)
         await _follow(agent, channel, incoming)
     except Exception as err:

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from .. import __version__
+from ..vmm.confine import QEMU_USER, USERADD
 from .connection import HostConnection
 from .errors import AgentUnreachable, ProvisionError, RemoteError
 from .wheelhouse import wheelhouse
@@ -108,6 +109,17 @@ async def install(conn: HostConnection, opts: ProvisionOptions) -> None:
                                  f"check that {opts.python} on the host is Python 3.11+ with venv support")
 
 
+async def ensure_qemu_user(conn: HostConnection) -> None:
+    """A root agent runs QEMU as the unprivileged QEMU_USER: create it when missing (idempotent).
+    A non-root agent keeps QEMU under its own user and needs none."""
+    cmd = f'[ "$(id -u)" != 0 ] || getent passwd {QEMU_USER} >/dev/null || {USERADD}'
+    done = await conn.run(["sh", "-c", cmd], timeout=60)
+    if not done.ok:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
+        raise ProvisionError(f"{conn.name}: cannot create the QEMU user {QEMU_USER}: {last[0]}",
+                             f"create it on the host: {USERADD}")
+
+
 async def systemd_available(conn: HostConnection) -> bool:
     res = await conn.run("test -d /run/systemd/system && systemctl is-system-running", timeout=15)
     return res.stdout.strip() in ("running", "degraded", "starting")
@@ -193,6 +205,7 @@ async def ensure_agent(conn: HostConnection, opts: ProvisionOptions | None = Non
         if not (await conn.run(["test", "-e", opts.config])).ok:
             await conn.write_file(opts.config, default_config(conn, opts))
             status.configured = True
+        await ensure_qemu_user(conn)
         detached = await start_agent(conn, opts)
         status.started = True
         await wait_agent(conn, opts, detached)

@@ -24,6 +24,7 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient, QMPError
 
 from .cmdline import CommandLine, RunPaths, build_command
+from .confine import Confinement, pass_disks, qemu_path, sandbox_args, without_pidfile
 from .errors import QemuError
 from .guest import START_LINE, SWEEP_LINE, test_guest_image
 from .host import qemu_binary
@@ -37,8 +38,9 @@ QUIT_TIMEOUT = 10.0
 
 class QemuProcess:
     def __init__(self, spec: VMSpec, run_dir: Path, accel: str = "tcg",
-                 pool_paths: Mapping[str, Path] | None = None) -> None:
+                 pool_paths: Mapping[str, Path] | None = None, confinement: Confinement | None = None) -> None:
         self.spec = spec
+        self.confinement = confinement or Confinement()
         self.paths = RunPaths(Path(run_dir).absolute())
         self.accel = accel
         self.pool_paths = dict(pool_paths or {})
@@ -70,14 +72,28 @@ class QemuProcess:
     # -- lifecycle -----------------------------------------------------------------------
 
     def command_line(self, incoming: str | None = None, paused: bool = False) -> CommandLine:
-        return build_command(self.spec, self.paths, accel=self.accel, pool_paths=self.pool_paths,
-                             qemu=qemu_binary(), incoming=incoming, paused=paused)
+        """QEMU's command line as QEMU sees it: run-dir files by relative name (see confine.py)."""
+        qemu = qemu_binary()
+        cmd = build_command(self.spec, RunPaths(Path(".")), accel=self.accel, pool_paths=self.pool_paths,
+                            qemu=qemu, incoming=incoming, paused=paused)
+        if self.confinement.sandbox:
+            cmd.argv[1:1] = sandbox_args(qemu)
+        return cmd
+
+    def qemu_path(self, path: Path | str) -> str:
+        """`path` as this QEMU must be given it over QMP (e.g. a unix socket in its run dir)."""
+        return qemu_path(self.run_dir, path)
+
+    def share(self, path: Path) -> None:
+        """Let this QEMU open `path`, a socket the agent made in its run directory."""
+        self.confinement.share(path)
 
     async def start(self, incoming: str | None = None, paused: bool = False) -> None:
         """Start QEMU (with `-incoming` / `-S` when asked) and connect QMP."""
         if self.is_alive():
             raise QemuError(f"VM {self.spec.name!r} is already running (pid {self.pid})", "stop it first")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.confinement.prepare_run_dir(self.run_dir)
         for stale in (self.qmp_socket, self.paths.pidfile, self.serial_log):
             stale.unlink(missing_ok=True)
         self._serial_pos = self._serial_count = 0
@@ -89,14 +105,17 @@ class QemuProcess:
                 raise QemuError(f"disk {disk.resolve(self.pool_paths)} does not exist", "create it first")
         cmd = self.command_line(incoming, paused)
         self.warnings = cmd.warnings
-        with open(self.qemu_log, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd.argv)}\n".encode())
+        passed = pass_disks(without_pidfile(cmd.argv), self.run_dir)
+        with open(self.qemu_log, "ab") as log, contextlib.closing(passed):
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(passed.argv)}\n".encode())
             for warning in cmd.warnings:
                 log.write(f"--- warning: {warning}\n".encode())
             log.flush()
-            self._popen = subprocess.Popen(cmd.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           cwd=self.run_dir, start_new_session=True, close_fds=True)
+            self._popen = subprocess.Popen(passed.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                           cwd=self.run_dir, start_new_session=True, close_fds=True,
+                                           pass_fds=passed.fds, **self.confinement.popen_args())
         self._pid = self._popen.pid
+        _write_pidfile(self.paths.pidfile, self._pid)
         try:
             await self._connect(CONNECT_TIMEOUT)
         except BaseException:
@@ -263,12 +282,29 @@ class QemuProcess:
         return count
 
 
+def _write_pidfile(pidfile: Path, pid: int) -> None:
+    tmp = pidfile.with_name(pidfile.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, pidfile)
+
+
 def _pid_alive(pid: int, pidfile: Path) -> bool:
-    """Is `pid` a live (not zombie) QEMU that owns `pidfile`? Guards against pid reuse."""
+    """Is `pid` a live (not zombie) QEMU that owns `pidfile`? Guards against pid reuse: its
+    command line names the pidfile (QEMUs started by earlier versions), or it is a QEMU working
+    in the pidfile's directory (the agent writes the pidfile: see confine.without_pidfile)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return False
     state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and str(pidfile).encode() in cmdline
+    if state in ("Z", "X"):
+        return False
+    args = cmdline.split(b"\0")
+    if str(pidfile).encode() in args:
+        return True
+    return b"qemu-system" in args[0] and cwd == os.path.realpath(pidfile.parent)

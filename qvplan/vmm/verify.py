@@ -133,7 +133,7 @@ async def verify_ram(proc: QemuProcess, spec: VMSpec) -> RamReport:
     try:
         if running:
             await proc.execute("stop")
-        await proc.execute("pmemsave", {"val": params.start, "size": params.size, "filename": str(dump)})
+        await proc.execute("pmemsave", {"val": params.start, "size": params.size, "filename": proc.qemu_path(dump)})
         data = dump.read_bytes()
     finally:
         if running:

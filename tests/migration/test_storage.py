@@ -4,6 +4,7 @@ qcow2 disk that is written while it is being mirrored through the PQC channel.""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import urllib.request
@@ -17,7 +18,7 @@ from qvplan.migration.flags import MigrateFlags
 from qvplan.migration.status import MigrationStatus
 from qvplan.vmm import VMSpec
 
-from ..agents import ApiError, mutual_trust
+from ..agents import AgentProc, ApiError, mutual_trust
 from .helpers import runs_only_on, start_guest, wait_outcome
 from .proxy import TapProxy
 
@@ -25,6 +26,12 @@ MIB = 1 << 20
 DISK = "vm-1.qcow2"
 # A guest whose memory converges quickly even under a bandwidth cap (a small dirty set).
 LIGHT = {"memory": "64M", "working_set": "2M"}
+
+
+def qemu_open_files(agent: AgentProc, name: str) -> set[str]:
+    pid = int((agent.state / "vms" / name / "run" / "qemu.pid").read_text())
+    fds = Path(f"/proc/{pid}/fd")
+    return {os.readlink(fd) for fd in fds.iterdir()}
 
 
 def disk_guest(agent, size: str = "128M", data_mib: int = 0) -> Path:
@@ -161,7 +168,8 @@ def test_link_cut_during_block_phase_rolls_back(make_agent):
     assert source_image.exists()  # --delete-source-disks acts only after a success
     # the guest writes its own disk again, with no mirror or NBD client left behind
     blocks = a.api("POST", "vms/vm-1/monitor", {"command": "info block"})["output"]
-    assert str(source_image) in blocks and "mig-disk0" not in blocks
+    assert "disk0: /dev/fdset/" in blocks and "mig-disk0" not in blocks
+    assert str(source_image) in qemu_open_files(a, "vm-1")  # the agent hands QEMU its disks by fd
     hmp(a, "write -P 0x77 0 1M")
 
 

@@ -1,0 +1,186 @@
+"""How a QEMU is confined: a seccomp sandbox always, and its own unprivileged user under a root agent.
+
+Every QEMU gets `-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny`:
+even a caller who reaches its monitor cannot make it run a program (`migrate "exec:..."` dies in
+the sandbox), gain privileges or change its resource limits.
+
+A root agent also starts QEMU as the system user `quantavirt-qemu` (`make setup` and provisioning
+create it). QEMU 7.2's `-runas` switches user *after* the sandbox is in place, which
+`elevateprivileges=deny` forbids (QEMU is killed by SIGSYS), so the agent switches user itself
+before exec instead. That user can reach only what the agent hands it:
+
+- the VM's run directory, `root:quantavirt-qemu` mode 1770: QEMU creates its sockets, pidfile and
+  serial log there, and the sticky bit stops it from replacing the agent's own files (qemu.log,
+  spec.json). QEMU runs with the run directory as its working directory and sees the files in it
+  by relative name (`qemu_path`), so no directory above it needs to be open to that user;
+- the pidfile, written by the agent (QEMU's own `-pidfile` resolves the full path);
+- its disks, opened by the agent and passed as file descriptors (`-add-fd` + `/dev/fdset/N`):
+  QEMU needs no access to the pools at all, and never opens a path of its own choosing.
+
+An unprivileged agent cannot switch user: its QEMU keeps the agent's user, in the sandbox.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import pwd
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import QemuError
+
+QEMU_USER = "quantavirt-qemu"
+SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+RUN_DIR_MODE = 0o1770  # root:qemu-group, sticky: QEMU adds files, cannot replace the agent's
+USERADD = f"useradd --system --no-create-home --shell /usr/sbin/nologin {QEMU_USER}"
+
+
+class ConfinementError(QemuError):
+    """QEMU cannot be confined as asked."""
+
+    reason_code = "qemu-confinement"
+
+
+@functools.cache
+def sandbox_supported(qemu: str) -> bool:
+    """Is QEMU built with seccomp? Without it `-sandbox` is refused while the options are parsed,
+    before `-version` is reached; with it, `-version` answers."""
+    try:
+        done = subprocess.run([qemu, "-sandbox", "on", "-version"], capture_output=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@dataclass(frozen=True)
+class Confinement:
+    """What a QEMU runs under: `uid`/`gid` None means the agent's own user (no switch)."""
+
+    sandbox: bool = True
+    user: str | None = None
+    uid: int | None = None
+    gid: int | None = None
+
+    @classmethod
+    def for_agent(cls, user: str = QEMU_USER) -> Confinement:
+        """Sandbox always; under a root agent also the unprivileged user, which must exist."""
+        if os.geteuid() != 0:
+            return cls()
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise ConfinementError(f"the unprivileged QEMU user {user!r} does not exist",
+                                   f"run make setup, or create it: {USERADD}") from None
+        if entry.pw_uid == 0 or entry.pw_gid == 0:
+            raise ConfinementError(f"the QEMU user {user!r} has uid or gid 0", "make it an unprivileged system user")
+        return cls(user=user, uid=entry.pw_uid, gid=entry.pw_gid)
+
+    @property
+    def switches_user(self) -> bool:
+        return self.uid is not None
+
+    def popen_args(self) -> dict[str, Any]:
+        """Extra `subprocess.Popen` arguments: the user switch happens after the chdir into the
+        run directory and before exec; files QEMU creates are private (umask 077)."""
+        args: dict[str, Any] = {"umask": 0o077}
+        if self.switches_user:
+            args.update(user=self.uid, group=self.gid, extra_groups=[])
+        return args
+
+    def prepare_run_dir(self, run_dir: Path) -> None:
+        """The run directory QEMU works in: root-owned, group = QEMU's, sticky, nothing for others."""
+        if self.switches_user:
+            os.chown(run_dir, 0, self.gid)
+            os.chmod(run_dir, RUN_DIR_MODE)
+        else:
+            os.chmod(run_dir, 0o700)
+
+    def share(self, path: Path) -> None:
+        """A file or socket the agent made that QEMU must open (a unix socket QEMU connects to)."""
+        if self.switches_user:
+            os.chown(path, 0, self.gid)
+            os.chmod(path, 0o660)
+
+
+def sandbox_args(qemu: str) -> list[str]:
+    if not sandbox_supported(qemu):
+        raise ConfinementError(f"{qemu} has no seccomp sandbox (-sandbox is not compiled in)",
+                               "install a QEMU built with seccomp (Debian's qemu-system-x86 is)")
+    return ["-sandbox", SANDBOX]
+
+
+def qemu_path(run_dir: Path, path: Path | str) -> str:
+    """A path as the VM's QEMU must be given it: a file in its run directory by relative name
+    (QEMU's working directory), anything else unchanged."""
+    path = Path(path)
+    with contextlib.suppress(ValueError):
+        return str(path.relative_to(run_dir))
+    return str(path)
+
+
+@dataclass
+class PassedFiles:
+    """Disk images the agent opened for QEMU: `-add-fd` arguments and the fds to inherit."""
+
+    argv: list[str]
+    fds: list[int] = field(default_factory=list)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+def pass_disks(argv: list[str], run_dir: Path) -> PassedFiles:
+    """Rewrite every `-blockdev` file node of `argv` to `/dev/fdset/N`, its image opened here
+    (O_RDWR and O_RDONLY, QEMU picks the one whose access mode it needs; O_NOFOLLOW: a disk that
+    is a symlink is refused). Relative file names are inside `run_dir`."""
+    out = PassedFiles([])
+    try:
+        args = iter(argv)
+        for arg in args:
+            if arg != "-blockdev":
+                out.argv.append(arg)
+                continue
+            node = json.loads(next(args))
+            file = node.get("file")
+            if isinstance(file, dict) and file.get("driver") == "file":
+                fdset = len(out.fds) // 2 + 1
+                path = run_dir / file["filename"]
+                for flags in (os.O_RDWR, os.O_RDONLY):
+                    try:
+                        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+                    except OSError as err:
+                        raise ConfinementError(f"cannot open disk {path}: {err.strerror}",
+                                               "check the disk file exists and is not a symlink") from None
+                    out.fds.append(fd)
+                    out.argv += ["-add-fd", f"fd={fd},set={fdset},opaque={_opaque(path)}"]
+                file["filename"] = f"/dev/fdset/{fdset}"
+            out.argv += ["-blockdev", json.dumps(node)]
+    except BaseException:
+        out.close()
+        raise
+    return out
+
+
+def without_pidfile(argv: list[str]) -> list[str]:
+    """`argv` without `-pidfile`: QEMU resolves that path with realpath(), which needs every
+    directory above the run dir open to its user. The agent writes the pidfile itself."""
+    out, args = [], iter(argv)
+    for arg in args:
+        if arg == "-pidfile":
+            next(args)
+        else:
+            out.append(arg)
+    return out
+
+
+def _opaque(path: Path) -> str:
+    return str(path).replace(",", ",,")
+
