@@ -12,11 +12,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..pqc import PQCError, SecureChannel, accept_channel
+from ..pqc.gate import HandshakeGate, RateLimitedLog
 
 if TYPE_CHECKING:
     from .daemon import Agent
 
 log = logging.getLogger(__name__)
+refusals = RateLimitedLog(log)
 
 Operation = Callable[["Agent", SecureChannel, dict[str, Any]], Awaitable[None]]
 OPERATIONS: dict[str, Operation] = {}
@@ -34,6 +36,7 @@ class MigrationListener:
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
         self.server: asyncio.Server | None = None
+        self.gate = HandshakeGate()  # handshakes in progress: capped in all and per source address
 
     async def start(self) -> None:
         host, port = self.agent.config.migration_address
@@ -45,15 +48,22 @@ class MigrationListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        source = str(peer[0]) if peer else "?"
+        if not self.gate.enter(source):  # over a cap: closed at once, nothing read
+            writer.transport.abort()
+            refusals.warning(f"busy:{source}", "migration connection from %s closed: too many handshakes", source)
+            return
         try:
             channel = await accept_channel(
                 reader, writer, identity=self.agent.identity, trust=self.agent.trust,
                 allowed_kems=("ML-KEM-768", "ML-KEM-1024"), hello_extra=self.agent.hello_extra(),
             )
         except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError) as err:
-            log.warning("migration connection from %s refused: %s", peer, err)
+            refusals.warning(f"refused:{source}", "migration connection from %s refused: %s", peer, err)
             writer.close()
             return
+        finally:
+            self.gate.leave(source)
         try:
             request = await channel.recv_json()
             op = OPERATIONS.get((request or {}).get("op", ""))

@@ -1,0 +1,98 @@
+"""Nothing before authentication on 9410, against a real agent: a flood of idle connections from
+one address does not keep a trusted peer out nor the API from answering, and a junk hello gets a
+reason code only. Checked on the wire and in /proc, not through the agent's own view."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from qvplan.pqc.gate import MAX_HANDSHAKES_PER_SOURCE
+from qvplan.pqc.records import HEADER, HEADER_LEN, HELLO, REFUSAL
+
+from ..agents import mutual_trust
+
+FLOOD = 500
+FLOOD_FROM = "127.0.0.77"  # one source address, not the one agents' connections come from
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def read_all(sock: socket.socket, timeout: float = 5) -> bytes:
+    sock.settimeout(timeout)
+    out = b""
+    while chunk := sock.recv(65536):
+        out += chunk
+    return out
+
+
+def test_500_idle_connections_do_not_keep_a_trusted_peer_out(make_agent) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < FLOOD + 200:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, FLOOD + 1000), hard))
+    a, b = make_agent("hv-a"), make_agent("hv-b")
+    mutual_trust(a, b)
+    host, port = a.migration.split(":")
+    assert a.proc is not None
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(FLOOD):
+            s = socket.socket()
+            s.bind((FLOOD_FROM, 0))
+            s.settimeout(5)
+            s.connect((host, int(port)))
+            idle.append(s)
+        time.sleep(1.0)
+        # the agent holds a handful of them, not 500 (its descriptors are counted by the kernel)
+        assert open_fds(a.proc.pid) < 150, open_fds(a.proc.pid)
+        # a trusted peer from another address still completes a PQC handshake, and the API answers
+        ping = b.cli("system", "ping", "--host", a.migration, timeout=60)
+        assert ping.returncode == 0 and "Trust: ✅ (key: hv-b)" in ping.stdout, ping.stdout + ping.stderr
+        assert a.api("GET", "host", timeout=10)["name"] == "hv-a"
+        # every connection over the per-source cap was closed at once, with nothing sent on it
+        closed = 0
+        for s in idle:
+            s.setblocking(False)
+            try:
+                data = s.recv(16)
+            except BlockingIOError:
+                continue  # still open: one of the few handshakes in progress
+            except ConnectionResetError:
+                data = b""
+            assert data == b"", data
+            closed += 1
+        assert closed >= FLOOD - MAX_HANDSHAKES_PER_SOURCE
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_junk_hello_gets_a_reason_code_only(make_agent) -> None:
+    a = make_agent("hv-a")
+    ident = a.api("GET", "pqc/identity")
+    host, port = a.migration.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        junk = b"not a signed hello"
+        s.sendall(HEADER.pack(HELLO, len(junk)) + junk)
+        wire = read_all(s)
+    assert wire[0] == REFUSAL and len(wire) == HEADER_LEN + HEADER.unpack_from(wire)[1]
+    assert json.loads(wire[HEADER_LEN:]) == {"error": "protocol error"}
+    for secret in (b"hv-a", ident["fingerprint"].encode(), b"0.1.0", ident["public_key"][:32].encode()):
+        assert secret not in wire
+
+
+@pytest.mark.parametrize("size", [1 << 31])
+def test_oversized_frame_is_refused_without_reading_it(make_agent, size: int) -> None:
+    a = make_agent("hv-a")
+    host, port = a.migration.split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(HEADER.pack(HELLO, size))
+        wire = read_all(s)
+    assert json.loads(wire[HEADER_LEN:]) == {"error": "protocol error"}
