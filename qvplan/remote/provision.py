@@ -146,7 +146,9 @@ async def start_agent(conn: HostConnection, opts: ProvisionOptions) -> bool:
     argv = [opts.quantavirt, "--config", opts.config, "agent"]
     launcher = (
         "import os, subprocess, sys\n"
+        "os.umask(0o077)\n"
         "log = open(sys.argv[1], 'ab')\n"
+        "os.chmod(sys.argv[1], 0o600)\n"
         "p = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,"
         " start_new_session=True)\n"
         "open(sys.argv[2], 'w').write(str(p.pid))\n"
