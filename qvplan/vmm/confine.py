@@ -27,6 +27,8 @@ import functools
 import json
 import os
 import pwd
+import shutil
+import stat
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +101,20 @@ class Confinement:
             os.chmod(run_dir, RUN_DIR_MODE)
         else:
             os.chmod(run_dir, 0o700)
+
+    def sweep(self, run_dir: Path) -> None:
+        """Before a QEMU starts (none runs): remove whatever an earlier one left in its run dir.
+        A QEMU taken over by its guest could have planted symlinks named like files the agent
+        writes there later (`testguest.img.tmp`, ...); the agent must never follow them as root."""
+        if not self.switches_user:
+            return
+        for entry in run_dir.iterdir():
+            st = entry.lstat()
+            if st.st_uid != os.geteuid():
+                if stat.S_ISDIR(st.st_mode):
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     def share(self, path: Path) -> None:
         """A file or socket the agent made that QEMU must open (a unix socket QEMU connects to)."""

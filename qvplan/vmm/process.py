@@ -94,6 +94,7 @@ class QemuProcess:
             raise QemuError(f"VM {self.spec.name!r} is already running (pid {self.pid})", "stop it first")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.confinement.prepare_run_dir(self.run_dir)
+        self.confinement.sweep(self.run_dir)
         for stale in (self.qmp_socket, self.paths.pidfile, self.serial_log):
             stale.unlink(missing_ok=True)
         self._serial_pos = self._serial_count = 0

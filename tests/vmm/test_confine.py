@@ -93,3 +93,27 @@ def test_agent_qemu_runs_unprivileged_and_its_monitor_cannot_spawn(make_agent, t
         pass  # QEMU dying under the command may break the request; what matters is below
     assert gone(pid)
     assert not marker.exists()
+
+
+@needs_qemu
+@root_only
+async def test_symlinks_a_qemu_left_in_its_run_dir_are_not_followed(tmp_path: Path) -> None:
+    """A QEMU taken over by its guest may plant symlinks in its run dir before it exits; the agent
+    (root) must not write through them when it starts the next QEMU there."""
+    conf = Confinement.for_agent()
+    victim = tmp_path / "victim"
+    victim.write_text("root's file\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    conf.prepare_run_dir(run_dir)
+    for name in ("testguest.img.tmp", "spec.json.tmp", "qemu.pid.tmp"):
+        (run_dir / name).symlink_to(victim)
+        os.lchown(run_dir / name, conf.uid, conf.gid)  # as QEMU's user would have made them
+    proc = QemuProcess(guest_spec("tg"), run_dir=run_dir, accel="tcg", confinement=conf)
+    await proc.start()
+    try:
+        await proc.wait_markers(0)
+    finally:
+        await proc.stop(graceful=False)
+    assert victim.read_text() == "root's file\n"
+    assert not any(p.is_symlink() for p in run_dir.iterdir())
