@@ -96,3 +96,25 @@ def test_oversized_frame_is_refused_without_reading_it(make_agent, size: int) ->
         s.sendall(HEADER.pack(HELLO, size))
         wire = read_all(s)
     assert json.loads(wire[HEADER_LEN:]) == {"error": "protocol error"}
+
+
+def test_gate_caps_in_all_and_per_source() -> None:
+    from qvplan.pqc.gate import HandshakeGate
+
+    gate = HandshakeGate(total=3, per_source=2)
+    assert gate.enter("a") and gate.enter("a") and not gate.enter("a")
+    assert gate.enter("b") and not gate.enter("c")  # the global cap
+    gate.leave("a")
+    assert gate.enter("c") and gate.active == 3
+
+
+def test_refusal_log_lines_are_rate_limited(caplog) -> None:
+    import logging
+
+    from qvplan.pqc.gate import RateLimitedLog
+
+    limited = RateLimitedLog(logging.getLogger("qvplan.test.gate"), burst=3, interval=60)
+    with caplog.at_level(logging.WARNING, logger="qvplan.test.gate"):
+        for i in range(500):
+            limited.warning("refused:1.2.3.4", "connection %d refused", i)
+    assert len(caplog.records) == 4 and "left out" in caplog.records[-1].getMessage()

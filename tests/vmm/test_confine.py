@@ -117,3 +117,16 @@ async def test_symlinks_a_qemu_left_in_its_run_dir_are_not_followed(tmp_path: Pa
         await proc.stop(graceful=False)
     assert victim.read_text() == "root's file\n"
     assert not any(p.is_symlink() for p in run_dir.iterdir())
+
+
+def test_confinement_without_root_keeps_the_sandbox(monkeypatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    conf = Confinement.for_agent()
+    assert conf.sandbox and not conf.switches_user and "user" not in conf.popen_args()
+
+
+@root_only
+def test_a_missing_qemu_user_is_one_line() -> None:
+    with pytest.raises(ConfinementError) as err:
+        Confinement.for_agent("qv-no-such-user")
+    assert err.value.reason_code == "qemu-confinement" and "useradd --system" in str(err.value)
