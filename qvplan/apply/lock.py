@@ -42,6 +42,14 @@ from . import lock_remote
 class LockError(QVError):
     """A host is locked by another apply, or its lock cannot be taken."""
 
+    reason_code = "host-locked"
+
+
+class LockFailed(LockError):
+    """The lock could not be taken at all: an unsafe lock directory or file, no python3, no answer."""
+
+    reason_code = "lock-failed"
+
 
 def boot_id() -> str:
     try:
@@ -134,7 +142,7 @@ class HostLocks:
                 self.held[name] = Held(name, process, rest.split(" ", 1)[-1])
                 return
             if status != "BUSY":
-                raise LockError(f"cannot lock {name}: {rest or 'the lock command failed'}",
+                raise LockFailed(f"cannot lock {name}: {rest or 'the lock command failed'}",
                                 "fix the lock directory as the message says (root-owned, mode 0700), "
                                 "and check the host has python3")
             file, _, text = rest.partition(" ")

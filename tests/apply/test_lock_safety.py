@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,7 @@ def test_a_symlink_at_the_lock_path_is_not_followed(lab, lock_dir: Path, tmp_pat
     with pytest.raises(LockError) as err:
         asyncio.run(HostLocks(targets(lab), owner("p.yaml", None)).__aenter__())
     assert "a symlink is refused" in str(err.value) and "\n" not in str(err.value)
+    assert err.value.reason_code == "lock-failed"
     assert victim.read_text() == TARGET_TEXT and (lock_dir / name).is_symlink()
 
 
@@ -98,3 +100,22 @@ def test_an_unsafe_lock_directory_is_refused(lab, lock_dir: Path, tmp_path, unsa
         asyncio.run(HostLocks(targets(lab), owner("p.yaml", None)).__aenter__())
     assert "unsafe lock directory" in str(err.value)
     assert not any(p.name.endswith(".lock") for p in tmp_path.rglob("*"))
+
+
+def test_a_held_lock_refuses_a_second_apply_at_once(lab, lock_dir: Path) -> None:
+    async def scenario() -> float:
+        async with HostLocks(targets(lab), owner("first.yaml", None)):
+            start = time.monotonic()
+            with pytest.raises(LockError) as err:
+                async with HostLocks(targets(lab), owner("second.yaml", None)):
+                    pass
+            assert "hv-a is locked by another apply" in str(err.value) and "first.yaml" in str(err.value)
+            assert err.value.reason_code == "host-locked"
+            return time.monotonic() - start
+
+    assert asyncio.run(scenario()) < 3
+    async def again() -> None:  # released with the first apply's session
+        async with HostLocks(targets(lab), owner("third.yaml", None)) as held:
+            assert list(held.held) == ["hv-a"]
+
+    asyncio.run(again())
