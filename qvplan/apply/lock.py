@@ -42,13 +42,13 @@ from . import lock_remote
 class LockError(QVError):
     """A host is locked by another apply, or its lock cannot be taken."""
 
-    reason_code = "host-locked"
+    reason_code = code = "host-locked"
 
 
 class LockFailed(LockError):
     """The lock could not be taken at all: an unsafe lock directory or file, no python3, no answer."""
 
-    reason_code = "lock-failed"
+    reason_code = code = "lock-failed"
 
 
 def boot_id() -> str:

@@ -203,8 +203,7 @@ async def handle_receive(agent: Agent, channel: SecureChannel, request: dict[str
         cause, fix = ((err.cause, err.fix) if isinstance(err, MigrationError)
                       else (f"destination failed to receive the VM: {err}", "see the destination agent's log"))
         with contextlib.suppress(Exception):
-            await channel.send_json({"event": "failed", "error": cause, "fix": fix,
-                                     "reason": getattr(err, "reason_code", None)})
+            await channel.send_json({"event": "failed", "error": cause, "fix": fix})
     finally:
         if not committed:
             await discard(agent, vm, landing)

@@ -34,7 +34,7 @@ from typing import Any
 
 import zstandard
 
-from .errors import VERSION_FIX, MigrationError
+from .errors import MigrationError
 
 CHUNK = 1 << 20
 RAW, ZSTD = 0, 1
@@ -49,7 +49,14 @@ DECODE_STEP = CHUNK + 1
 class WireError(MigrationError):
     """A chunk that does not fit the disk it claims to belong to."""
 
-    reason_code = "bad-chunk"
+
+class BadChunk(WireError):
+    """A chunk larger than a chunk, or one that expands past its declared length (a zstd bomb)."""
+
+    reason_code = code = "bad-chunk"
+
+
+CHUNK_FIX = "the source sent a malformed disk chunk: run the same QuantaVirt version on both hosts and retry"
 
 
 class ChecksumMismatch(MigrationError):
@@ -179,9 +186,8 @@ class DiskSink:
         kind, offset, length = HEADER.unpack_from(record)
         payload = memoryview(record)[HEADER.size:]
         if length > CHUNK or offset < self._next or offset + length > self.size:  # before any work
-            raise WireError(f"Migration rejected: bad chunk for {self.path.name} (at {offset}, +{length}) "
-                            f"does not fit the {self.size}-byte image in chunks of at most {CHUNK} bytes",
-                            VERSION_FIX)
+            raise BadChunk(f"Migration rejected: bad chunk for {self.path.name} (at {offset}, +{length}) "
+                           f"does not fit the {self.size}-byte image in chunks of at most {CHUNK} bytes", CHUNK_FIX)
         if kind == RAW:
             data: bytes | bytearray | memoryview = payload
         elif kind == ZSTD:
@@ -210,9 +216,8 @@ class DiskSink:
             self._zstd.write(payload)
             self._zstd.flush()
         except _Overflow:
-            raise WireError(f"Migration rejected: bad chunk for {self.path.name} at {offset} expands past "
-                            f"its declared {length} bytes (a zstd bomb?)",
-                            "the source sent corrupt data: check its QuantaVirt version and retry") from None
+            raise BadChunk(f"Migration rejected: bad chunk for {self.path.name} at {offset} expands past "
+                           f"its declared {length} bytes (a zstd bomb?)", CHUNK_FIX) from None
         except zstandard.ZstdError as err:
             raise WireError(f"chunk of {self.path.name} at {offset} does not decompress: {err}") from None
         return self._out.data

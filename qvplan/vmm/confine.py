@@ -45,7 +45,7 @@ USERADD = f"useradd --system --no-create-home --shell /usr/sbin/nologin {QEMU_US
 class ConfinementError(QemuError):
     """QEMU cannot be confined as asked."""
 
-    reason_code = "qemu-confinement"
+    reason_code = code = "qemu-confinement"
 
 
 @functools.cache
