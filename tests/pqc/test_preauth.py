@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import socket
+import subprocess
 import time
 
 import pytest
@@ -23,6 +25,13 @@ FLOOD_FROM = "127.0.0.77"  # one source address, not the one agents' connections
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def agent_side_rcvbufs(address: str, port: int) -> list[int]:
+    """The receive buffer size (`ss -m`: skmem rb) of each of the agent's sockets on `port`."""
+    out = subprocess.run(["ss", "-tmnH", "state", "established", "sport", "=", f":{port}", "src", address],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(m) for m in re.findall(r"\brb(\d+)", out)]
 
 
 def read_all(sock: socket.socket, timeout: float = 5) -> bytes:
@@ -52,6 +61,9 @@ def test_500_idle_connections_do_not_keep_a_trusted_peer_out(make_agent) -> None
         time.sleep(1.0)
         # the agent holds a handful of them, not 500 (its descriptors are counted by the kernel)
         assert open_fds(a.proc.pid) < 150, open_fds(a.proc.pid)
+        # and those it holds, unauthenticated, keep the kernel's default buffers, not 4 MiB
+        held = agent_side_rcvbufs(host, int(port))
+        assert 0 < len(held) <= MAX_HANDSHAKES_PER_SOURCE and max(held) < 4 << 20, held
         # a trusted peer from another address still completes a PQC handshake, and the API answers
         ping = b.cli("system", "ping", "--host", a.migration, timeout=60)
         assert ping.returncode == 0 and "Trust: ✅ (key: hv-b)" in ping.stdout, ping.stdout + ping.stderr
