@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..pqc import PQCError, SecureChannel, accept_channel
-from ..pqc.gate import HandshakeGate, RateLimitedLog
+from ..pqc.gate import HandshakeGate, RateLimitedLog, source_key
 
 if TYPE_CHECKING:
     from .daemon import Agent
@@ -48,7 +48,7 @@ class MigrationListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        source = str(peer[0]) if peer else "?"
+        source = source_key(str(peer[0])) if peer else "?"
         if not self.gate.enter(source):  # over a cap: closed at once, nothing read
             writer.transport.abort()
             refusals.warning(f"busy:{source}", "migration connection from %s closed: too many handshakes", source)

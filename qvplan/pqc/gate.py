@@ -1,9 +1,9 @@
 """What a listener allows before a peer has authenticated: few handshakes, and few log lines.
 
 `HandshakeGate` caps the handshakes in progress, over all peers (`total`) and per source address
-(`per_source`). A connection over either cap is closed at once, unread: idle or slow connections
-from one address cannot use up the agent's file descriptors or keep trusted peers out. A
-handshake holds its place only until it completes or its deadline (`accept_channel`'s timeout)
+(`per_source`; an IPv6 source is its /64). A connection over either cap is closed at once,
+unread: idle or slow connections from one address cannot use up the agent's file descriptors or
+keep trusted peers out. A handshake holds its place only until it completes or its deadline (`accept_channel`'s timeout)
 ends it.
 
 `RateLimitedLog` keeps a flood of refused connections from flooding the log: at most `burst`
@@ -12,6 +12,7 @@ lines per key per `interval` seconds, then one line saying how many were left ou
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import Counter
@@ -19,6 +20,18 @@ from dataclasses import dataclass, field
 
 MAX_HANDSHAKES = 64
 MAX_HANDSHAKES_PER_SOURCE = 8
+
+
+def source_key(address: str) -> str:
+    """What counts as one source: an IPv4 address, or an IPv6 /64 (one host usually holds a whole
+    /64, so counting single IPv6 addresses would not cap it)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped or ip) if isinstance(ip, ipaddress.IPv6Address) else str(ip)
 
 
 @dataclass

@@ -120,6 +120,15 @@ def test_gate_caps_in_all_and_per_source() -> None:
     assert gate.enter("c") and gate.active == 3
 
 
+def test_one_source_is_an_ipv4_address_or_an_ipv6_64() -> None:
+    from qvplan.pqc.gate import source_key
+
+    assert source_key("10.0.0.7") == "10.0.0.7"
+    assert source_key("::ffff:10.0.0.7") == "10.0.0.7"
+    assert source_key("2001:db8:1:2::1") == source_key("2001:db8:1:2:ffff::9") == "2001:db8:1:2::/64"
+    assert source_key("fe80::1%eth0") == "fe80::/64"
+
+
 def test_refusal_log_lines_are_rate_limited(caplog) -> None:
     import logging
 
