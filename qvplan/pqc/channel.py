@@ -12,6 +12,7 @@ import contextlib
 import enum
 import hashlib
 import json
+import random
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -259,6 +260,11 @@ def _tune(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKED_TIMEOUT_MS)
 
 
+class _Busy(Exception):
+    """The responder closed the connection before answering anything: over its handshake caps
+    (pqc/gate.py), it closes new connections unread. The initiator tries again until its timeout."""
+
+
 async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: TrustStore,
                        kem: str | Sequence[str] = "ML-KEM-768", hello_extra: dict[str, Any] | None = None,
                        timeout: float = DEFAULT_TIMEOUT) -> SecureChannel:
@@ -270,11 +276,18 @@ async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: T
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            _tune(writer)
-            channel = await _initiate(reader, writer, identity, trust, offers, extra)
-            _widen(writer)
-            return channel
+            while True:
+                reader, writer = await asyncio.open_connection(host, port)
+                _tune(writer)
+                try:
+                    channel = await _initiate(reader, writer, identity, trust, offers, extra)
+                except _Busy:  # the responder's handshake caps are full (a burst of channels): retry
+                    writer.close()
+                    writer = None
+                    await asyncio.sleep(random.uniform(0.02, 0.2))
+                    continue
+                _widen(writer)
+                return channel
     except TimeoutError:
         if writer is not None:
             writer.close()
@@ -295,7 +308,14 @@ async def _initiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     hello, _ = make_hello(identity, "initiator", extra, kems=offers)
     f1 = frame(HELLO, hello)
     writer.write(f1)
-    rtype, payload, f2 = await _read_frame(reader, (HELLO, REFUSAL))
+    try:
+        rtype, payload, f2 = await _read_frame(reader, (HELLO, REFUSAL))
+    except asyncio.IncompleteReadError as err:
+        if err.partial:
+            raise
+        raise _Busy from None
+    except ConnectionError:
+        raise _Busy from None
     if rtype == REFUSAL:
         raise _refused(payload, "initiator", identity)
     try:

@@ -139,3 +139,35 @@ def test_refusal_log_lines_are_rate_limited(caplog) -> None:
         for i in range(500):
             limited.warning("refused:1.2.3.4", "connection %d refused", i)
     assert len(caplog.records) == 4 and "left out" in caplog.records[-1].getMessage()
+
+
+def test_a_burst_of_channels_from_one_trusted_peer_all_get_through(make_agent, tmp_path) -> None:
+    """A migration with many multifd channels opens them at once, more than the per-source cap:
+    connections over it are closed unread and the initiator tries again, so every one gets through."""
+    import asyncio
+    import base64
+
+    from qvplan.pqc import HostIdentity, TrustStore, open_channel
+
+    a = make_agent("hv-a")
+    me = HostIdentity.generate()
+    a.api("POST", "pqc/trust", {"name": "burst", "public_key": base64.b64encode(me.public_key).decode()})
+    trust = TrustStore(tmp_path / "trust")
+    ident = a.api("GET", "pqc/identity")
+    trust.add("hv-a", base64.b64decode(ident["public_key"]))
+    host, port = a.migration.split(":")
+    burst = 4 * MAX_HANDSHAKES_PER_SOURCE
+
+    async def ping() -> dict:
+        ch = await open_channel(host, int(port), identity=me, trust=trust, hello_extra={"host": "burst"})
+        try:
+            await ch.send_json({"op": "ping"})
+            return await ch.recv_json()
+        finally:
+            await ch.close()
+
+    async def all_at_once() -> list[dict]:
+        return await asyncio.gather(*(ping() for _ in range(burst)))
+
+    replies = asyncio.run(all_at_once())
+    assert len(replies) == burst and all(r["ok"] and r["trusted_as"] == "burst" for r in replies)
