@@ -1,6 +1,7 @@
 """Nothing before authentication on 9410, against a real agent: a flood of idle connections from
-one address does not keep a trusted peer out nor the API from answering, and a junk hello gets a
-reason code only. Checked on the wire and in /proc, not through the agent's own view."""
+one address does not keep a trusted peer out (ping, a live migration into it) nor the API from
+answering, and a junk hello gets a reason code only. Checked on the wire, with `ss` and in /proc,
+not through the agent's own view."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from qvplan.pqc.gate import MAX_HANDSHAKES_PER_SOURCE
 from qvplan.pqc.records import HEADER, HEADER_LEN, HELLO, REFUSAL
 
 from ..agents import mutual_trust
+from ..migration.helpers import migrate, runs_only_on, start_guest
 
 FLOOD = 500
 FLOOD_FROM = "127.0.0.77"  # one source address, not the one agents' connections come from
@@ -68,6 +70,11 @@ def test_500_idle_connections_do_not_keep_a_trusted_peer_out(make_agent) -> None
         ping = b.cli("system", "ping", "--host", a.migration, timeout=60)
         assert ping.returncode == 0 and "Trust: ✅ (key: hv-b)" in ping.stdout, ping.stdout + ping.stderr
         assert a.api("GET", "host", timeout=10)["name"] == "hv-a"
+        # and a live migration into the flooded agent, 12 multifd channels opened at once, completes
+        start_guest(b, memory="64M", working_set="4M")
+        status = migrate(b, a, "vm-1", threads=12)
+        assert status["state"] == "COMPLETED", status
+        runs_only_on(a, b, "vm-1")
         # every connection over the per-source cap was closed at once, with nothing sent on it
         closed = 0
         for s in idle:
