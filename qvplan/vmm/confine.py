@@ -86,6 +86,17 @@ class Confinement:
     def switches_user(self) -> bool:
         return self.uid is not None
 
+    def launch(self, argv: list[str], netns: str | None = None) -> tuple[list[str], dict[str, Any]]:
+        """(argv, extra Popen arguments) to start QEMU, in network namespace `netns` if given.
+        Entering a namespace needs root, so there `ip netns exec` runs as root and `setpriv`
+        drops to QEMU's user just before QEMU (fds, working directory and umask carry through)."""
+        if netns is None:
+            return argv, self.popen_args()
+        prefix = ["ip", "netns", "exec", netns]
+        if self.switches_user:
+            prefix += ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--"]
+        return [*prefix, *argv], {"umask": 0o077}
+
     def popen_args(self) -> dict[str, Any]:
         """Extra `subprocess.Popen` arguments: the user switch happens after the chdir into the
         run directory and before exec; files QEMU creates are private (umask 077)."""

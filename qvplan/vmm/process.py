@@ -112,9 +112,10 @@ class QemuProcess:
             for warning in cmd.warnings:
                 log.write(f"--- warning: {warning}\n".encode())
             log.flush()
-            self._popen = subprocess.Popen(passed.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            argv, confined = self.confinement.launch(passed.argv)
+            self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            cwd=self.run_dir, start_new_session=True, close_fds=True,
-                                           pass_fds=passed.fds, **self.confinement.popen_args())
+                                           pass_fds=passed.fds, **confined)
         self._pid = self._popen.pid
         _write_pidfile(self.paths.pidfile, self._pid)
         try:

@@ -130,3 +130,34 @@ def test_a_missing_qemu_user_is_one_line() -> None:
     with pytest.raises(ConfinementError) as err:
         Confinement.for_agent("qv-no-such-user")
     assert err.value.reason_code == "qemu-confinement" and "useradd --system" in str(err.value)
+
+
+@needs_qemu
+@root_only
+def test_qemu_in_a_network_namespace_still_drops_to_its_user(tmp_path: Path) -> None:
+    """Lab hosts start QEMU through `ip netns exec` (needs root): the user switch then happens
+    after it, by setpriv; QEMU ends up in the namespace, as its user, in the sandbox."""
+    netns = f"qv12t{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    conf = Confinement.for_agent()
+    argv, extra = conf.launch(["qemu-system-x86_64", *sandbox_args("qemu-system-x86_64"), "-machine", "none",
+                               "-display", "none", "-nodefaults", "-S", "-chardev",
+                               "socket,id=qmp,path=qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"],
+                              netns=netns)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    conf.prepare_run_dir(run_dir)
+    proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, start_new_session=True, **extra)
+    try:
+        deadline = time.monotonic() + 15
+        while not (run_dir / "qmp.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (run_dir / "qmp.sock").exists()
+        assert ps_user(proc.pid) == QEMU_USER
+        ident = subprocess.run(["ip", "netns", "identify", str(proc.pid)], capture_output=True, text=True)
+        assert ident.stdout.strip() == netns
+        assert b"qemu-system" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0]
+    finally:
+        proc.kill()
+        proc.wait()
+        subprocess.run(["ip", "netns", "del", netns])
