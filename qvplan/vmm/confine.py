@@ -13,6 +13,8 @@ before exec instead. That user can reach only what the agent hands it:
   serial log there, and the sticky bit stops it from replacing the agent's own files (qemu.log,
   spec.json). QEMU runs with the run directory as its working directory and sees the files in it
   by relative name (`qemu_path`), so no directory above it needs to be open to that user;
+- a kernel and initrd (`-kernel`, `-initrd`: QEMU reads them with fopen, no fd sets), copied
+  into the run directory;
 - the pidfile, written by the agent (QEMU's own `-pidfile` resolves the full path);
 - its disks, opened by the agent and passed as file descriptors (`-add-fd` + `/dev/fdset/N`):
   QEMU needs no access to the pools at all, and never opens a path of its own choosing.
@@ -193,6 +195,29 @@ def pass_disks(argv: list[str], run_dir: Path) -> PassedFiles:
     except BaseException:
         out.close()
         raise
+    return out
+
+
+BOOT_FILES = {"-kernel": "boot-kernel", "-initrd": "boot-initrd"}
+
+
+def boot_files_in_run_dir(argv: list[str], run_dir: Path, conf: Confinement) -> list[str]:
+    """QEMU reads `-kernel`/`-initrd` with plain fopen() (no fd sets): for a QEMU of its own user,
+    copy them into its run directory (root:qemu 0640) and give them by relative name."""
+    if not conf.switches_user:
+        return argv
+    out, args = [], iter(argv)
+    for arg in args:
+        out.append(arg)
+        if arg in BOOT_FILES:
+            source, name = Path(next(args)), BOOT_FILES[arg]
+            dest = run_dir / name
+            dest.unlink(missing_ok=True)
+            with open(source, "rb") as src, \
+                    open(os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640), "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            os.chown(dest, 0, conf.gid)
+            out.append(name)
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient, QMPError
 
 from .cmdline import CommandLine, RunPaths, build_command
-from .confine import Confinement, pass_disks, qemu_path, sandbox_args, without_pidfile
+from .confine import Confinement, boot_files_in_run_dir, pass_disks, qemu_path, sandbox_args, without_pidfile
 from .errors import QemuError
 from .guest import START_LINE, SWEEP_LINE, test_guest_image
 from .host import qemu_binary
@@ -106,7 +106,8 @@ class QemuProcess:
                 raise QemuError(f"disk {disk.resolve(self.pool_paths)} does not exist", "create it first")
         cmd = self.command_line(incoming, paused)
         self.warnings = cmd.warnings
-        passed = pass_disks(without_pidfile(cmd.argv), self.run_dir)
+        argv = boot_files_in_run_dir(without_pidfile(cmd.argv), self.run_dir, self.confinement)
+        passed = pass_disks(argv, self.run_dir)
         with open(self.qemu_log, "ab") as log, contextlib.closing(passed):
             log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(passed.argv)}\n".encode())
             for warning in cmd.warnings:

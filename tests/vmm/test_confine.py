@@ -161,3 +161,35 @@ def test_qemu_in_a_network_namespace_still_drops_to_its_user(tmp_path: Path) -> 
         proc.kill()
         proc.wait()
         subprocess.run(["ip", "netns", "del", netns])
+
+
+@needs_qemu
+@root_only
+def test_a_kernel_in_a_private_pool_reaches_qemu_of_its_own_user(tmp_path: Path) -> None:
+    """-kernel/-initrd are read with fopen (no fd sets): they are copied into the run dir."""
+    from qvplan.vmm.confine import boot_files_in_run_dir
+
+    pool = tmp_path / "pool"
+    pool.mkdir(mode=0o700)
+    kernel = pool / "vmlinuz"
+    kernel.write_bytes(bytes(8192))  # no Linux header: QEMU loads it as an old-style image
+    kernel.chmod(0o600)
+    conf = Confinement.for_agent()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    conf.prepare_run_dir(run_dir)
+    qemu = ["qemu-system-x86_64", *sandbox_args("qemu-system-x86_64"), "-machine", "pc", "-display", "none",
+            "-nodefaults", "-S", "-kernel", str(kernel), "-chardev",
+            "socket,id=qmp,path=qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"]
+    argv, extra = conf.launch(boot_files_in_run_dir(qemu, run_dir, conf))
+    assert "-kernel" in argv and argv[argv.index("-kernel") + 1] == "boot-kernel"
+    proc = subprocess.Popen(argv, cwd=run_dir, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, **extra)
+    try:
+        deadline = time.monotonic() + 15
+        while not (run_dir / "qmp.sock").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert ps_user(proc.pid) == QEMU_USER
+    finally:
+        proc.kill()
+        proc.wait()
