@@ -13,6 +13,8 @@ before exec instead. That user can reach only what the agent hands it:
   serial log there, and the sticky bit stops it from replacing the agent's own files (qemu.log,
   spec.json). QEMU runs with the run directory as its working directory and sees the files in it
   by relative name (`qemu_path`), so no directory above it needs to be open to that user;
+- its taps, created by the agent (as root, in the VM host's namespace) and passed as fds
+  (`-netdev tap,fd=N`): creating a tap needs CAP_NET_ADMIN;
 - a kernel and initrd (`-kernel`, `-initrd`: QEMU reads them with fopen, no fd sets), copied
   into the run directory;
 - the pidfile, written by the agent (QEMU's own `-pidfile` resolves the full path);
@@ -32,6 +34,8 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,13 +92,18 @@ class Confinement:
     def switches_user(self) -> bool:
         return self.uid is not None
 
-    def launch(self, argv: list[str], netns: str | None = None) -> tuple[list[str], dict[str, Any]]:
-        """(argv, extra Popen arguments) to start QEMU, in network namespace `netns` if given.
-        Entering a namespace needs root, so there `ip netns exec` runs as root and `setpriv`
-        drops to QEMU's user just before QEMU (fds, working directory and umask carry through)."""
-        if netns is None:
+    def launch(self, argv: list[str], netns: str | None = None,
+               taps: Sequence[tuple[str, int]] = ()) -> tuple[list[str], dict[str, Any]]:
+        """(argv, extra Popen arguments) to start QEMU, in network namespace `netns` if given,
+        with the tap devices `taps` (name, fd) opened for it (see `tap_fds`). Entering a namespace
+        and creating taps need root: then `ip netns exec` and the tap opener run as root and
+        `setpriv` drops to QEMU's user just before QEMU (fds, working directory and umask carry
+        through)."""
+        if netns is None and not taps:
             return argv, self.popen_args()
-        prefix = ["ip", "netns", "exec", netns]
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        if taps:
+            prefix += [sys.executable, "-c", TAP_OPENER, *(f"{name}:{fd}" for name, fd in taps), "--"]
         if self.switches_user:
             prefix += ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--"]
         return [*prefix, *argv], {"umask": 0o077}
@@ -219,6 +228,44 @@ def boot_files_in_run_dir(argv: list[str], run_dir: Path, conf: Confinement) -> 
             os.chown(dest, 0, conf.gid)
             out.append(name)
     return out
+
+
+# Run as root (in the VM host's namespace, where a tap must be created): create each tap with
+# TUNSETIFF (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, not persistent: it goes with its last holder,
+# QEMU) at the given fd, then exec the rest of the command line.
+TAP_OPENER = """
+import fcntl, os, struct, sys
+cut = sys.argv.index("--")
+for spec in sys.argv[1:cut]:
+    name, fd = spec.rsplit(":", 1)
+    tun = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(tun, 0x400454CA, struct.pack("16sH", name.encode(), 0x0002 | 0x1000 | 0x4000))
+    os.dup2(tun, int(fd))
+    os.close(tun)
+os.execvp(sys.argv[cut + 1], sys.argv[cut + 1:])
+"""
+
+
+def tap_fds(argv: list[str], conf: Confinement, above: int) -> tuple[list[str], list[tuple[str, int]]]:
+    """A QEMU of its own user cannot create a tap (CAP_NET_ADMIN): rewrite each
+    `-netdev tap,...,ifname=NAME,...` to `tap,...,fd=N`, N above `above` (the fds already
+    passed), for `launch` to open NAME there as root."""
+    if not conf.switches_user:
+        return argv, []
+    out, taps, args = [], [], iter(argv)
+    for arg in args:
+        out.append(arg)
+        if arg == "-netdev":
+            value = next(args)
+            kind, *opts = value.split(",")
+            names = [o.split("=", 1)[1] for o in opts if o.startswith("ifname=")]
+            if kind == "tap" and names:
+                fd = above + 64 + len(taps)  # clear of the fds a starting interpreter uses
+                taps.append((names[0], fd))
+                kept = [o for o in opts if o.split("=", 1)[0] not in ("ifname", "script", "downscript")]
+                value = ",".join([kind, *kept, f"fd={fd}"])
+            out.append(value)
+    return out, taps
 
 
 def without_pidfile(argv: list[str]) -> list[str]:

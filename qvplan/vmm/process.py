@@ -24,7 +24,15 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient, QMPError
 
 from .cmdline import CommandLine, RunPaths, build_command
-from .confine import Confinement, boot_files_in_run_dir, pass_disks, qemu_path, sandbox_args, without_pidfile
+from .confine import (
+    Confinement,
+    boot_files_in_run_dir,
+    pass_disks,
+    qemu_path,
+    sandbox_args,
+    tap_fds,
+    without_pidfile,
+)
 from .errors import QemuError
 from .guest import START_LINE, SWEEP_LINE, test_guest_image
 from .host import qemu_binary
@@ -113,7 +121,8 @@ class QemuProcess:
             for warning in cmd.warnings:
                 log.write(f"--- warning: {warning}\n".encode())
             log.flush()
-            argv, confined = self.confinement.launch(passed.argv)
+            argv, taps = tap_fds(passed.argv, self.confinement, max(passed.fds, default=2))
+            argv, confined = self.confinement.launch(argv, taps=taps)
             self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            cwd=self.run_dir, start_new_session=True, close_fds=True,
                                            pass_fds=passed.fds, **confined)

@@ -14,7 +14,7 @@ import pytest
 from qemu.qmp import ExecuteError, QMPError
 
 from qvplan.vmm import QemuProcess
-from qvplan.vmm.confine import QEMU_USER, Confinement, ConfinementError, sandbox_args, sandbox_supported
+from qvplan.vmm.confine import QEMU_USER, Confinement, ConfinementError, sandbox_args, sandbox_supported, tap_fds
 
 from ..agents import guest_vm
 from .conftest import guest_spec, needs_qemu
@@ -136,14 +136,18 @@ def test_a_missing_qemu_user_is_one_line() -> None:
 @root_only
 def test_qemu_in_a_network_namespace_still_drops_to_its_user(tmp_path: Path) -> None:
     """Lab hosts start QEMU through `ip netns exec` (needs root): the user switch then happens
-    after it, by setpriv; QEMU ends up in the namespace, as its user, in the sandbox."""
+    after it, by setpriv; QEMU ends up in the namespace, as its user, in the sandbox, with its
+    tap created in that namespace."""
     netns = f"qv12t{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     conf = Confinement.for_agent()
-    argv, extra = conf.launch(["qemu-system-x86_64", *sandbox_args("qemu-system-x86_64"), "-machine", "none",
-                               "-display", "none", "-nodefaults", "-S", "-chardev",
-                               "socket,id=qmp,path=qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control"],
-                              netns=netns)
+    tap = f"qv12n{os.getpid() % 100000}"
+    qemu, taps = tap_fds(["qemu-system-x86_64", *sandbox_args("qemu-system-x86_64"), "-machine", "none",
+                          "-display", "none", "-nodefaults", "-S", "-chardev",
+                          "socket,id=qmp,path=qmp.sock,server=on,wait=off", "-mon", "chardev=qmp,mode=control",
+                          "-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no"], conf, 2)
+    assert taps and f"tap,id=net0,fd={taps[0][1]}" in qemu
+    argv, extra = conf.launch(qemu, netns=netns, taps=taps)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     conf.prepare_run_dir(run_dir)
@@ -156,6 +160,8 @@ def test_qemu_in_a_network_namespace_still_drops_to_its_user(tmp_path: Path) -> 
         assert ps_user(proc.pid) == QEMU_USER
         ident = subprocess.run(["ip", "netns", "identify", str(proc.pid)], capture_output=True, text=True)
         assert ident.stdout.strip() == netns
+        in_ns = subprocess.run(["ip", "-n", netns, "link", "show", "dev", tap], capture_output=True)
+        assert in_ns.returncode == 0 and not link_exists(tap)  # the tap is in the VM host's namespace
         assert b"qemu-system" in Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0]
     finally:
         proc.kill()
@@ -193,3 +199,33 @@ def test_a_kernel_in_a_private_pool_reaches_qemu_of_its_own_user(tmp_path: Path)
     finally:
         proc.kill()
         proc.wait()
+
+
+def link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", "dev", name], capture_output=True).returncode == 0
+
+
+@needs_qemu
+@root_only
+async def test_a_tap_nic_is_created_for_qemu_of_its_own_user(tmp_path: Path) -> None:
+    """Creating a tap needs CAP_NET_ADMIN, which QEMU's user lacks: the agent creates it (as
+    root) and passes its fd; the tap lives exactly as long as that QEMU."""
+    from qvplan.vmm import VMSpec
+
+    tap = f"qv12t{os.getpid() % 100000}"
+    assert not link_exists(tap)
+    spec = VMSpec.load({"name": "tp", "memory": "64M", "nic": {"type": "tap", "ifname": tap},
+                        "guest": {"test": {"working_set": "4M"}}})
+    proc = QemuProcess(spec, run_dir=tmp_path / "run", accel="tcg", confinement=Confinement.for_agent())
+    await proc.start()
+    try:
+        assert proc.pid is not None and ps_user(proc.pid) == QEMU_USER
+        assert link_exists(tap)
+        assert "/dev/net/tun" in {os.readlink(fd) for fd in Path(f"/proc/{proc.pid}/fd").iterdir()}
+        await proc.wait_markers(0)
+    finally:
+        await proc.stop(graceful=False)
+    deadline = time.monotonic() + 5
+    while link_exists(tap) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not link_exists(tap)
