@@ -7,9 +7,8 @@ PY       := $(VENV)/bin/python
 DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GUEST    := guest/build/testguest.img
-QEMU_USER := quantavirt-qemu
 
-.PHONY: demo test setup system-deps qemu-user venv guest lint bench clean
+.PHONY: demo test setup system-deps venv guest lint bench clean
 
 demo: setup
 	$(PY) -m qvplan.demo
@@ -18,12 +17,7 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra --durations=15
 
-setup: system-deps qemu-user venv guest
-
-# A root agent runs every QEMU as this unprivileged system user (qvplan/vmm/confine.py).
-qemu-user:
-	@getent passwd $(QEMU_USER) >/dev/null || \
-		$(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin $(QEMU_USER)
+setup: system-deps venv guest
 
 system-deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -31,6 +25,14 @@ system-deps:
 		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+
+# A root agent runs every QEMU as this unprivileged system user (qvplan/vmm/confine.py).
+QEMU_USER := quantavirt-qemu
+.PHONY: qemu-user
+setup: qemu-user
+qemu-user:
+	@getent passwd $(QEMU_USER) >/dev/null || \
+		$(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin $(QEMU_USER)
 
 venv: $(VENV)/.installed
 

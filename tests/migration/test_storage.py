@@ -4,7 +4,6 @@ qcow2 disk that is written while it is being mirrored through the PQC channel.""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 import urllib.request
@@ -18,7 +17,7 @@ from qvplan.migration.flags import MigrateFlags
 from qvplan.migration.status import MigrationStatus
 from qvplan.vmm import VMSpec
 
-from ..agents import AgentProc, ApiError, mutual_trust
+from ..agents import ApiError, mutual_trust
 from .helpers import runs_only_on, start_guest, wait_outcome
 from .proxy import TapProxy
 
@@ -28,10 +27,9 @@ DISK = "vm-1.qcow2"
 LIGHT = {"memory": "64M", "working_set": "2M"}
 
 
-def qemu_open_files(agent: AgentProc, name: str) -> set[str]:
+def qemu_open_files(agent, name: str) -> set[str]:
     pid = int((agent.state / "vms" / name / "run" / "qemu.pid").read_text())
-    fds = Path(f"/proc/{pid}/fd")
-    return {os.readlink(fd) for fd in fds.iterdir()}
+    return {str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()}
 
 
 def disk_guest(agent, size: str = "128M", data_mib: int = 0) -> Path:
