@@ -28,6 +28,14 @@ system-deps:
 		$(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
 
+# A root agent runs every QEMU as this unprivileged system user (qvplan/vmm/confine.py).
+QEMU_USER := quantavirt-qemu
+.PHONY: qemu-user
+setup: qemu-user
+qemu-user:
+	@getent passwd $(QEMU_USER) >/dev/null || \
+		$(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin $(QEMU_USER)
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml

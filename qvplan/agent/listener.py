@@ -14,8 +14,10 @@ from typing import Any
 from ..host.context import Host, Operation
 from ..host.facts import storage_check
 from ..pqc import PQCError, SecureChannel, accept_channel
+from ..pqc.gate import HandshakeGate, RateLimitedLog, source_key
 
 log = logging.getLogger(__name__)
+refusals = RateLimitedLog(log)
 
 
 class MigrationListener:
@@ -24,6 +26,7 @@ class MigrationListener:
         self.operations: dict[str, Operation] = {"ping": self._ping, "storage-check": self._storage_check,
                                                  **operations}
         self.server: asyncio.Server | None = None
+        self.gate = HandshakeGate()  # handshakes in progress: capped in all and per source address
 
     async def start(self) -> None:
         host, port = self.host.config.migration_address
@@ -35,15 +38,22 @@ class MigrationListener:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        source = source_key(str(peer[0])) if peer else "?"
+        if not self.gate.enter(source):  # over a cap: closed at once, nothing read
+            writer.transport.abort()
+            refusals.warning(f"busy:{source}", "migration connection from %s closed: too many handshakes", source)
+            return
         try:
             channel = await accept_channel(
                 reader, writer, identity=self.host.identity, trust=self.host.trust,
                 allowed_kems=("ML-KEM-768", "ML-KEM-1024"), hello_extra=self.host.hello_extra(),
             )
         except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError) as err:
-            log.warning("migration connection from %s refused: %s", peer, err)
+            refusals.warning(f"refused:{source}", "migration connection from %s refused: %s", peer, err)
             writer.close()
             return
+        finally:
+            self.gate.leave(source)
         try:
             request = await channel.recv_json()
             op = self.operations.get((request or {}).get("op", ""))

@@ -1,8 +1,8 @@
 """One apply at a time per host: a lock held on each host itself, for as long as the apply lives.
 
-How: over the apply's SSH connection, a tiny shell on the host opens a lock file, takes `flock`
-on it, writes who holds it, and then `exec`s into `cat`, which holds the lock until its stdin
-ends — that is, until our SSH channel closes. So the kernel ties the lock to the apply: when the
+How: over the apply's SSH connection, a small Python program on the host (lock_remote.py) opens
+the lock file safely, takes `flock` on it, writes who holds it, and holds the lock until its
+stdin ends — that is, until our SSH channel closes. So the kernel ties the lock to the apply: when the
 apply ends or is killed (even with SIGKILL), its TCP connection closes, sshd ends the session,
 `cat` exits and the lock is free. Nothing is left to clean up in the normal case.
 
@@ -13,8 +13,10 @@ the host-side holder (after checking, through /proc, that it is the process hold
 and take the lock. A holder on another controller cannot be checked from here: the error says
 who holds it, and `--break-lock` ends it.
 
-The lock file is /run/lock/qvplan-apply-<key>.lock (or /tmp when /run/lock is not writable),
-keyed by the host's SSH host key, so lab hosts sharing one filesystem get one lock each.
+The lock file is /run/quantavirt/locks/qvplan-apply-<key>.lock (root-only directory, mode 0700;
+/tmp/qvplan-locks-<uid> for a non-root SSH user), keyed by the host's SSH host key, so lab hosts
+sharing one filesystem get one lock each. Never the world-writable /run/lock or /tmp themselves:
+see lock_remote.py for how a planted symlink or a foreign directory is refused.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shlex
 import socket
 import time
 from dataclasses import dataclass
@@ -35,10 +36,19 @@ import asyncssh
 
 from ..errors import QVError
 from ..remote import HostConnection, HostTarget, RemoteError
+from . import lock_remote
 
 
 class LockError(QVError):
     """A host is locked by another apply, or its lock cannot be taken."""
+
+    reason_code = code = "host-locked"
+
+
+class LockFailed(LockError):
+    """The lock could not be taken at all: an unsafe lock directory or file, no python3, no answer."""
+
+    reason_code = code = "lock-failed"
 
 
 def boot_id() -> str:
@@ -73,26 +83,6 @@ def holder_alive(info: dict[str, Any]) -> bool | None:
     return isinstance(pid, int) and process_start(pid) is not None and process_start(pid) == info.get("pid_start")
 
 
-TAKE = """f={path}
-d=$(dirname "$f"); [ -d "$d" ] && [ -w "$d" ] || f=/tmp/$(basename "$f")
-exec 9>>"$f" || {{ echo "ERROR cannot open $f"; exit 3; }}
-if flock {wait} 9; then
-  printf '%s %s\\n' "$$" {owner} > "$f"
-  echo "LOCKED $$ $f"
-  exec cat >/dev/null
-fi
-echo "BUSY $f $(cat "$f")"
-"""
-
-# End the process that holds `f` through fd 9 (what TAKE leaves running), and nothing else.
-BREAK = """f={path}; d=$(dirname "$f"); [ -d "$d" ] && [ -w "$d" ] || f=/tmp/$(basename "$f")
-pid=$(cut -d' ' -f1 "$f" 2>/dev/null)
-case "$pid" in ''|*[!0-9]*) exit 0;; esac
-[ "$(readlink /proc/$pid/fd/9 2>/dev/null)" = "$f" ] && kill "$pid"
-exit 0
-"""
-
-
 @dataclass
 class Held:
     host: str
@@ -100,10 +90,14 @@ class Held:
     file: str
 
 
+LOCK_DIR = "auto"  # lock_remote.py: /run/quantavirt/locks as root
+
+
 def lock_path(conn: HostConnection) -> str:
+    """The lock's file name inside the host's lock directory."""
     key = conn.ssh.get_server_host_key()
     ident = key.export_public_key() if key is not None else f"{conn.target.ssh_address}".encode()
-    return f"/run/lock/qvplan-apply-{hashlib.sha256(ident).hexdigest()[:16]}.lock"
+    return f"qvplan-apply-{hashlib.sha256(ident).hexdigest()[:16]}.lock"
 
 
 class HostLocks:
@@ -143,13 +137,14 @@ class HostLocks:
             raise LockError(f"cannot lock {name}: {err.cause}", err.fix) from None
         path = lock_path(conn)
         for attempt in range(4):
-            status, rest, process = await self._try(conn, path, wait="-w 5" if attempt else "-n")
+            status, rest, process = await self._try(conn, path, wait="5" if attempt else "0")
             if status == "LOCKED":
                 self.held[name] = Held(name, process, rest.split(" ", 1)[-1])
                 return
             if status != "BUSY":
-                raise LockError(f"cannot lock {name}: {rest or 'the lock command failed'}",
-                                "check that the host has flock (util-linux) and a writable /run/lock or /tmp")
+                raise LockFailed(f"cannot lock {name}: {rest or 'the lock command failed'}",
+                                "fix the lock directory as the message says (root-owned, mode 0700), "
+                                "and check the host has python3")
             file, _, text = rest.partition(" ")
             info = _parse_holder(text)
             if not info and attempt < 3:  # its holder has not written its name yet
@@ -166,9 +161,8 @@ class HostLocks:
 
     async def _try(self, conn: HostConnection, path: str, wait: str) \
             -> tuple[str, str, asyncssh.SSHClientProcess[Any]]:
-        script = TAKE.format(path=shlex.quote(path), wait=wait,
-                             owner=shlex.quote(json.dumps(self.who, separators=(",", ":"))))
-        process = await conn.ssh.create_process(f"sh -c {shlex.quote(script)}")
+        process = await conn.ssh.create_process(
+            lock_remote.command("take", LOCK_DIR, path, wait, json.dumps(self.who, separators=(",", ":"))))
         try:
             first = await asyncio.wait_for(process.stdout.readline(), 30)
         except (TimeoutError, asyncssh.Error, OSError) as err:
@@ -176,13 +170,15 @@ class HostLocks:
             raise LockError(f"cannot lock {conn.name}: no answer from the lock command ({err})",
                             "check the host over SSH") from None
         status, _, rest = str(first).strip().partition(" ")
+        if not status:
+            status, rest = "ERROR", "the lock command printed nothing (is python3 installed on the host?)"
         if status != "LOCKED":
             process.close()
         return status, rest, process
 
     async def _break(self, conn: HostConnection, path: str) -> None:
         with contextlib.suppress(RemoteError):
-            await conn.run(["sh", "-c", BREAK.format(path=shlex.quote(path))], timeout=15)
+            await conn.run(lock_remote.command("break", LOCK_DIR, path), timeout=15)
 
     @staticmethod
     def _busy_cause(name: str, info: dict[str, Any], alive: bool | None) -> str:
@@ -214,7 +210,7 @@ class HostLocks:
 
 
 def _parse_holder(text: str) -> dict[str, Any]:
-    """`<host pid> <owner json>` as written by TAKE."""
+    """`<host pid> <owner json>` as written by lock_remote.py."""
     _, _, blob = text.strip().partition(" ")
     try:
         info = json.loads(blob)

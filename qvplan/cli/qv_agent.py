@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import click
 
@@ -20,6 +21,7 @@ def agent(ctx: click.Context, config: str | None, log_level: str) -> None:
     """Run the QuantaVirt host agent (HTTP API and migration listener)."""
     from ..agent.daemon import Agent
 
+    os.umask(0o077)  # everything the agent creates (state, logs, sockets, images) is private
     root = ctx.find_root()
     if config is not None:  # more specific than QUANTAVIRT_CONFIG; two on the command line must agree
         given = root.get_parameter_source("config") is click.core.ParameterSource.COMMANDLINE

@@ -83,7 +83,7 @@ class AgentConfig(_Section):
         pools = {name: Path(p) for name, p in self.storage.pools.items()}
         pools.setdefault("default", self.state_dir(override_state) / "images")
         for path in pools.values():
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new pool is private; QEMU gets fds
         return pools
 
 

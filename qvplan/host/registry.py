@@ -18,6 +18,7 @@ from typing import Any
 from ..contract.reasons import Reason
 from ..errors import QVError
 from ..vmm import QemuProcess, VMSpec
+from ..vmm.confine import Confinement
 from .events import EventHub
 
 log = logging.getLogger(__name__)
@@ -65,11 +66,12 @@ class VM:
 class Registry:
     def __init__(self, state_dir: Path, pools: dict[str, Path], accel: str, events: EventHub) -> None:
         self.root = state_dir / "vms"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.pools = pools
         self.accel = accel
         self.events = events
         self.vms: dict[str, VM] = {}
+        self.confinement = Confinement.for_agent()  # sandbox; own user under a root agent
 
     # -- loading -------------------------------------------------------------------------
 
@@ -95,8 +97,9 @@ class Registry:
             self._clean_run_dir(vm)
 
     def _process(self, vm: VM) -> QemuProcess:
-        vm.run_dir.mkdir(parents=True, exist_ok=True)
-        return QemuProcess(vm.spec, run_dir=vm.run_dir, accel=self.accel, pool_paths=self.pools)
+        vm.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return QemuProcess(vm.spec, run_dir=vm.run_dir, accel=self.accel, pool_paths=self.pools,
+                           confinement=self.confinement)
 
     @staticmethod
     def _clean_run_dir(vm: VM) -> None:
@@ -152,7 +155,7 @@ class Registry:
                 raise VMError(f"VM {spec.name!r}: unknown storage pool {disk.pool!r}",
                               f"use one of: {', '.join(sorted(self.pools))}")
         vm = VM(spec, self.root / spec.name)
-        vm.dir.mkdir(parents=True, exist_ok=True)
+        vm.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (vm.dir / "vm.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
         self.vms[spec.name] = vm
         self.events.publish(spec.name, "defined")

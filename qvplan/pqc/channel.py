@@ -12,6 +12,7 @@ import contextlib
 import enum
 import hashlib
 import json
+import random
 import socket
 from collections.abc import Sequence
 from typing import Any
@@ -194,7 +195,12 @@ async def _read_finished(reader: asyncio.StreamReader, opener: RecordOpener, exp
                             "someone is tampering with the handshake")
 
 
-def _refusal(err: PQCError, extra: dict[str, Any], identity: HostIdentity) -> bytes:
+def _refusal(err: PQCError, extra: dict[str, Any] | None, identity: HostIdentity | None) -> bytes:
+    """A plaintext refusal. A responder refuses before the initiator has authenticated: it sends
+    only the reason code (no host, version, fingerprint or message), as a TLS 1.3 server reveals
+    nothing before the peer is authenticated. The initiator has shown its hello already."""
+    if extra is None or identity is None:
+        return frame(REFUSAL, json.dumps({"error": err.reason}).encode())
     body = {"error": err.reason, "message": err.cause, "fix": err.fix, "version": extra.get("version"),
             "host": extra.get("host"), "fingerprint": identity.fingerprint, "presented": err.peer_fingerprint}
     return frame(REFUSAL, json.dumps(body).encode())
@@ -215,10 +221,12 @@ def _refused(payload: bytes, role: str, identity: HostIdentity) -> PQCError:
         return cls(f"Migration rejected: untrusted host {identity.fingerprint} ({who} does not trust this host's key)",
                    IMPORT_FIX, **fields)
     cls = error_for_reason(str(body.get("error")))
-    return cls(f"Migration rejected by {who}: {body.get('message')}", body.get("fix"), **fields)
+    message = body.get("message") or f"refused the handshake ({body.get('error')})"
+    return cls(f"Migration rejected by {who}: {message}", body.get("fix") or "see the peer agent's log", **fields)
 
 
-async def _refuse(writer: asyncio.StreamWriter, err: PQCError, extra: dict[str, Any], identity: HostIdentity) -> None:
+async def _refuse(writer: asyncio.StreamWriter, err: PQCError, extra: dict[str, Any] | None,
+                  identity: HostIdentity | None) -> None:
     """Tell the peer why (best effort), close, and let `err` propagate."""
     with contextlib.suppress(OSError, ConnectionError):
         writer.write(_refusal(err, extra, identity))
@@ -227,13 +235,21 @@ async def _refuse(writer: asyncio.StreamWriter, err: PQCError, extra: dict[str, 
     raise err
 
 
+def _widen(writer: asyncio.StreamWriter) -> None:
+    """Large socket buffers, for an authenticated channel only (an unauthenticated peer must not
+    make the host pin megabytes of kernel memory per connection)."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+
+
 def _tune(writer: asyncio.StreamWriter) -> None:
     sock = writer.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             # A link that dies silently (no FIN, no RST) must still end the channel, or a relay
             # and a destination QEMU would wait on it forever: probe idle links, and give up on
             # data the peer has not acknowledged for a while.
@@ -242,6 +258,11 @@ def _tune(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKED_TIMEOUT_MS)
+
+
+class _Busy(Exception):
+    """The responder closed the connection before answering anything: over its handshake caps
+    (pqc/gate.py), it closes new connections unread. The initiator tries again until its timeout."""
 
 
 async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: TrustStore,
@@ -255,9 +276,18 @@ async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: T
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            _tune(writer)
-            return await _initiate(reader, writer, identity, trust, offers, extra)
+            while True:
+                reader, writer = await asyncio.open_connection(host, port)
+                _tune(writer)
+                try:
+                    channel = await _initiate(reader, writer, identity, trust, offers, extra)
+                except _Busy:  # the responder's handshake caps are full (a burst of channels): retry
+                    writer.close()
+                    writer = None
+                    await asyncio.sleep(random.uniform(0.02, 0.2))
+                    continue
+                _widen(writer)
+                return channel
     except TimeoutError:
         if writer is not None:
             writer.close()
@@ -278,7 +308,14 @@ async def _initiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
     hello, _ = make_hello(identity, "initiator", extra, kems=offers)
     f1 = frame(HELLO, hello)
     writer.write(f1)
-    rtype, payload, f2 = await _read_frame(reader, (HELLO, REFUSAL))
+    try:
+        rtype, payload, f2 = await _read_frame(reader, (HELLO, REFUSAL))
+    except asyncio.IncompleteReadError as err:
+        if err.partial:
+            raise
+        raise _Busy from None
+    except ConnectionError:
+        raise _Busy from None
     if rtype == REFUSAL:
         raise _refused(payload, "initiator", identity)
     try:
@@ -327,7 +364,9 @@ async def accept_channel(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     _tune(writer)
     try:
         async with asyncio.timeout(timeout):
-            return await _respond(reader, writer, identity, trust, tuple(allowed_kems), extra)
+            channel = await _respond(reader, writer, identity, trust, tuple(allowed_kems), extra)
+        _widen(writer)
+        return channel
     except TimeoutError:
         writer.close()
         raise HandshakeTimeout(f"PQC handshake timeout: {peer_addr} did not complete the handshake in {timeout:g}s",
@@ -359,7 +398,7 @@ async def _respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, i
                               peer_fingerprint=peer.fingerprint, peer_host=peer.extra.get("host"),
                               peer_version=peer.extra.get("version"))
     except PQCError as err:
-        await _refuse(writer, err, extra, identity)
+        await _refuse(writer, err, None, None)  # the initiator is not authenticated: a reason code only
         raise
     decapsulator, kem_public = provider.kem_keypair(chosen)
     hello, _ = make_hello(identity, "responder", extra, kem=chosen, kem_public=b64(kem_public),

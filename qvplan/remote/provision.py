@@ -1,9 +1,10 @@
 """Make sure a host runs a `quantavirt agent` of our version: install, configure, start, verify.
 
-Install = upload the local wheelhouse over SFTP and `pip install --no-index` it into a venv on
-the host (works offline; falls back to the host's pip index if the offline install fails, e.g. a
-different Python there). Start = a systemd unit where systemd runs, else a detached process whose
-pid is recorded next to the venv.
+Install = upload the local wheelhouse over SFTP into a fresh private directory and install it
+into a venv on the host with `pip install --no-index --require-hashes` against hashes computed
+here (works offline; never falls back to an index: a host that cannot use these wheels is told
+so). Start = a systemd unit where systemd runs, else a detached process whose pid is recorded
+next to the venv.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..agent.client import AgentError, AgentUnreachable
+from ..vmm.confine import QEMU_USER, USERADD
+from . import hashes
 from .connection import HostConnection
 from .errors import ProvisionError, RemoteError
 from .wheelhouse import wheelhouse
@@ -86,26 +89,45 @@ async def install(conn: HostConnection, opts: ProvisionOptions) -> None:
         raise ProvisionError(f"{conn.name}: cannot create a venv with {opts.python}: {last[0]}",
                              "install Python 3.11+ with venv on the host or set the python to use")
     wheels = await asyncio.to_thread(wheelhouse)
-    remote_wh = f"{opts.prefix}/wheelhouse"
-    listing = await conn.run(["sh", "-c", f"mkdir -p {shlex.quote(remote_wh)} && ls {shlex.quote(remote_wh)}"],
-                             check=True)
-    present = set(listing.stdout.split())
-    missing = [w for w in wheels if w.name not in present]
-    if missing:
-        await conn.put(missing, remote_wh)
-    pip_whl = next(w.name for w in wheels if w.name.startswith("pip-"))
+    reqs = await asyncio.to_thread(hashes.requirements, wheels)
+    pins = await asyncio.to_thread(hashes.checksums, wheels)
+    # A fresh private directory every time (mktemp -d: 0700, unpredictable): nothing left from
+    # an earlier upload, and no other user can swap a wheel between upload and install.
+    made_dir = await conn.run("umask 077 && mktemp -d /tmp/qvplan-wheels.XXXXXXXXXX", check=True)
+    remote_wh = made_dir.stdout.strip()
+    if not remote_wh.startswith("/tmp/qvplan-wheels."):
+        raise ProvisionError(f"{conn.name}: mktemp answered {remote_wh!r}", "check mktemp on the host")
     wh = shlex.quote(remote_wh)
-    pip = f"{venv}/bin/python {wh}/{pip_whl}/pip install -q --disable-pip-version-check"
-    spec = shlex.quote(f"qvplan=={__version__}")
-    offline = await conn.run(f"{pip} --no-index --find-links {wh} --force-reinstall --no-deps "
-                             f"{wh}/{shlex.quote(wheels[0].name)} && {pip} --no-index --find-links {wh} {spec}",
-                             timeout=300)
-    if not offline.ok:
-        online = await conn.run(f"{pip} --find-links {wh} {spec}", timeout=600)
-        if not online.ok:
-            last = (online.stderr.strip() or offline.stderr.strip()).splitlines()[-1:] or ["?"]
-            raise ProvisionError(f"{conn.name}: installing qvplan {__version__} into {opts.venv} failed: {last[0]}",
-                                 f"check that {opts.python} on the host is Python 3.11+ with venv support")
+    try:
+        await conn.put(wheels, remote_wh)
+        await conn.write_file(f"{remote_wh}/requirements.txt", reqs, mode=0o600)
+        await conn.write_file(f"{remote_wh}/qvplan.txt", reqs.splitlines()[0] + "\n", mode=0o600)
+        await conn.write_file(f"{remote_wh}/SHA256SUMS", pins, mode=0o600)
+        pip_whl = next(w.name for w in wheels if w.name.startswith("pip-"))
+        pip = (f"{venv}/bin/python {wh}/{shlex.quote(pip_whl)}/pip install -q --disable-pip-version-check "
+               f"--no-index --require-hashes --find-links {wh}")
+        # pip runs from its wheel before it can check anything: check every wheel's hash first.
+        done = await conn.run(f"cd {wh} && sha256sum -c --quiet --strict SHA256SUMS && "
+                              f"{pip} --force-reinstall --no-deps -r {wh}/qvplan.txt && "
+                              f"{pip} -r {wh}/requirements.txt", timeout=600)
+    finally:
+        await conn.run(f"rm -rf {wh}", timeout=60)
+    if not done.ok:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
+        raise ProvisionError(f"{conn.name}: installing qvplan {__version__} into {opts.venv} failed: {last[0]}",
+                             f"the host needs the controller's Python minor version ({opts.python}) with venv; "
+                             "wheels are installed only from the uploaded, hash-checked set")
+
+
+async def ensure_qemu_user(conn: HostConnection) -> None:
+    """A root agent runs QEMU as the unprivileged QEMU_USER: create it when missing (idempotent).
+    A non-root agent keeps QEMU under its own user and needs none."""
+    cmd = f'[ "$(id -u)" != 0 ] || getent passwd {QEMU_USER} >/dev/null || {USERADD}'
+    done = await conn.run(["sh", "-c", cmd], timeout=60)
+    if not done.ok:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
+        raise ProvisionError(f"{conn.name}: cannot create the QEMU user {QEMU_USER}: {last[0]}",
+                             f"create it on the host: {USERADD}")
 
 
 async def systemd_available(conn: HostConnection) -> bool:
@@ -134,7 +156,9 @@ async def start_agent(conn: HostConnection, opts: ProvisionOptions) -> bool:
     argv = [opts.quantavirt, "--config", opts.config, "agent"]
     launcher = (
         "import os, subprocess, sys\n"
+        "os.umask(0o077)\n"
         "log = open(sys.argv[1], 'ab')\n"
+        "os.chmod(sys.argv[1], 0o600)\n"
         "p = subprocess.Popen(sys.argv[3:], stdin=subprocess.DEVNULL, stdout=log, stderr=log,"
         " start_new_session=True)\n"
         "open(sys.argv[2], 'w').write(str(p.pid))\n"
@@ -193,6 +217,7 @@ async def ensure_agent(conn: HostConnection, opts: ProvisionOptions | None = Non
         if not (await conn.run(["test", "-e", opts.config])).ok:
             await conn.write_file(opts.config, default_config(conn, opts))
             status.configured = True
+        await ensure_qemu_user(conn)
         detached = await start_agent(conn, opts)
         status.started = True
         await wait_agent(conn, opts, detached)

@@ -64,7 +64,7 @@ async def gdbstub(proc: QemuProcess) -> AsyncIterator[GdbStub]:
     sock = proc.run_dir / "gdb.sock"
     sock.unlink(missing_ok=True)
     out = await proc.execute("human-monitor-command",
-                             {"command-line": f"gdbserver unix:{sock},server=on,wait=off"})
+                             {"command-line": f"gdbserver unix:{proc.qemu_path(sock)},server=on,wait=off"})
     if "Waiting for gdb" not in out:
         raise QemuError(f"cannot open the gdbstub: {out.strip()}")
     writer: asyncio.StreamWriter | None = None

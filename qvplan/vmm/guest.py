@@ -127,7 +127,8 @@ def test_guest_image(params: GuestParams | TestGuestSpec, dest: Path, source: Pa
     data[PARAMS_OFFSET:PARAMS_OFFSET + PARAMS.size] = params.pack()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
-    with open(tmp, "wb") as f:
+    tmp.unlink(missing_ok=True)  # in a VM's run dir: never through a symlink left there
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644), "wb") as f:
         f.write(data)
         f.truncate(IMAGE_SIZE)
     os.replace(tmp, dest)

@@ -24,6 +24,15 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient, QMPError
 
 from .cmdline import CommandLine, RunPaths, build_command
+from .confine import (
+    Confinement,
+    boot_files_in_run_dir,
+    pass_disks,
+    qemu_path,
+    sandbox_args,
+    tap_fds,
+    without_pidfile,
+)
 from .errors import QemuError
 from .guest import START_LINE, SWEEP_LINE, test_guest_image
 from .host import qemu_binary
@@ -40,9 +49,11 @@ QUIT_TIMEOUT = 10.0
 
 class QemuProcess:
     def __init__(self, spec: VMSpec, run_dir: Path, accel: str = "tcg",
-                 pool_paths: Mapping[str, Path] | None = None, netns: str | None = None) -> None:
+                 pool_paths: Mapping[str, Path] | None = None, netns: str | None = None,
+                 confinement: Confinement | None = None) -> None:
         self.spec = spec
         self.netns = netns  # run QEMU (and its taps) in this network namespace; None: our own
+        self.confinement = confinement or Confinement()
         self.paths = RunPaths(Path(run_dir).absolute())
         self.accel = accel
         self.pool_paths = dict(pool_paths or {})
@@ -74,14 +85,29 @@ class QemuProcess:
     # -- lifecycle -----------------------------------------------------------------------
 
     def command_line(self, incoming: str | None = None, paused: bool = False) -> CommandLine:
-        return build_command(self.spec, self.paths, accel=self.accel, pool_paths=self.pool_paths,
-                             qemu=qemu_binary(), incoming=incoming, paused=paused)
+        """QEMU's command line as QEMU sees it: run-dir files by relative name (see confine.py)."""
+        qemu = qemu_binary()
+        cmd = build_command(self.spec, RunPaths(Path(".")), accel=self.accel, pool_paths=self.pool_paths,
+                            qemu=qemu, incoming=incoming, paused=paused)
+        if self.confinement.sandbox:
+            cmd.argv[1:1] = sandbox_args(qemu)
+        return cmd
+
+    def qemu_path(self, path: Path | str) -> str:
+        """`path` as this QEMU must be given it over QMP (e.g. a unix socket in its run dir)."""
+        return qemu_path(self.run_dir, path)
+
+    def share(self, path: Path) -> None:
+        """Let this QEMU open `path`, a socket the agent made in its run directory."""
+        self.confinement.share(path)
 
     async def start(self, incoming: str | None = None, paused: bool = False) -> None:
         """Start QEMU (with `-incoming` / `-S` when asked) and connect QMP."""
         if self.is_alive():
             raise QemuError(f"VM {self.spec.name!r} is already running (pid {self.pid})", "stop it first")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.confinement.prepare_run_dir(self.run_dir)
+        self.confinement.sweep(self.run_dir)
         for stale in (self.qmp_socket, self.paths.pidfile, self.serial_log):
             stale.unlink(missing_ok=True)
         self._serial_pos = self._serial_count = 0
@@ -98,21 +124,35 @@ class QemuProcess:
                                     "put the kernel and initrd there (see guest.boot in the VM definition)")
         cmd = self.command_line(incoming, paused)
         self.warnings = cmd.warnings
-        with open(self.qemu_log, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd.argv)}\n".encode())
+        argv = boot_files_in_run_dir(without_pidfile(cmd.argv), self.run_dir, self.confinement)
+        passed = pass_disks(argv, self.run_dir)
+        with open(self.qemu_log, "ab") as log, contextlib.closing(passed):
+            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(passed.argv)}\n".encode())
             for warning in cmd.warnings:
                 log.write(f"--- warning: {warning}\n".encode())
             log.flush()
-            argv = ["ip", "netns", "exec", self.netns, *cmd.argv] if self.netns else cmd.argv
+            argv, taps = tap_fds(passed.argv, self.confinement, max(passed.fds, default=2))
+            argv, confined = self.confinement.launch(argv, netns=self.netns, taps=taps)
             self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                           cwd=self.run_dir, start_new_session=True, close_fds=True)
+                                           cwd=self.run_dir, start_new_session=True, close_fds=True,
+                                           pass_fds=passed.fds, **confined)
         self._pid = self._popen.pid
+        _write_pidfile(self.paths.pidfile, self._pid)
         try:
             await self._connect(CONNECT_TIMEOUT)
             self._attach_taps()
+            if self._bridge_taps() and incoming is None:
+                # The bridges may last have seen this MAC on another host (the VM ran there
+                # before an offline move): tell them where it is now, as a migration does.
+                await self.announce()
         except BaseException:
             await self.stop(graceful=False)
             raise
+
+    async def announce(self) -> None:
+        """Phase 5's network redirect: GARP/RARP from every NIC (QMP announce-self), five rounds."""
+        with contextlib.suppress(QemuError, QMPError, OSError):
+            await self.execute("announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100})
 
     def _bridge_taps(self) -> list[tuple[str, str]]:
         """(tap, bridge) of each bridged NIC."""
@@ -286,12 +326,29 @@ class QemuProcess:
         return count
 
 
+def _write_pidfile(pidfile: Path, pid: int) -> None:
+    tmp = pidfile.with_name(pidfile.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(tmp, pidfile)
+
+
 def _pid_alive(pid: int, pidfile: Path) -> bool:
-    """Is `pid` a live (not zombie) QEMU that owns `pidfile`? Guards against pid reuse."""
+    """Is `pid` a live (not zombie) QEMU that owns `pidfile`? Guards against pid reuse: its
+    command line names the pidfile (QEMUs started by earlier versions), or it is a QEMU working
+    in the pidfile's directory (the agent writes the pidfile: see confine.without_pidfile)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return False
     state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X") and str(pidfile).encode() in cmdline
+    if state in ("Z", "X"):
+        return False
+    args = cmdline.split(b"\0")
+    if str(pidfile).encode() in args:
+        return True
+    return b"qemu-system" in args[0] and cwd == os.path.realpath(pidfile.parent)

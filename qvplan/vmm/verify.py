@@ -8,6 +8,7 @@ that explains the most pages and names every page that does not fit it.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -133,8 +134,9 @@ async def verify_ram(proc: QemuProcess, spec: VMSpec) -> RamReport:
     try:
         if running:
             await proc.execute("stop")
-        await proc.execute("pmemsave", {"val": params.start, "size": params.size, "filename": str(dump)})
-        data = dump.read_bytes()
+        await proc.execute("pmemsave", {"val": params.start, "size": params.size, "filename": proc.qemu_path(dump)})
+        with open(os.open(dump, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # QEMU wrote it: no symlink
+            data = f.read()
     finally:
         if running:
             await proc.execute("cont")

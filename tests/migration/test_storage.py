@@ -26,6 +26,11 @@ DISK = "vm-1.qcow2"
 LIGHT = {"memory": "64M", "working_set": "2M"}
 
 
+def qemu_open_files(agent, name: str) -> set[str]:
+    pid = int((agent.state / "vms" / name / "run" / "qemu.pid").read_text())
+    return {str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+
+
 def disk_guest(agent, size: str = "128M", data_mib: int = 0) -> Path:
     """Start vm-1 with one local qcow2 disk holding `data_mib` MiB of 0x11 bytes."""
     start_guest(agent, **LIGHT, disks=[{"pool": "default", "file": DISK, "size": size, "format": "qcow2"}])
@@ -158,7 +163,8 @@ def test_link_cut_during_block_phase_rolls_back(make_agent):
     assert source_image.exists()  # --delete-source-disks acts only after a success
     # the guest writes its own disk again, with no mirror or NBD client left behind
     blocks = a.api("POST", "vms/vm-1/monitor", {"command": "info block"})["output"]
-    assert str(source_image) in blocks and "mig-disk0" not in blocks
+    assert "disk0: /dev/fdset/" in blocks and "mig-disk0" not in blocks
+    assert str(source_image) in qemu_open_files(a, "vm-1")  # the agent hands QEMU its disks by fd
     hmp(a, "write -P 0x77 0 1M")
 
 

@@ -58,3 +58,36 @@ async def test_bad_python_is_one_line_naming_the_host(bare_lab) -> None:
     async with bare_lab.connect("hv-a") as conn:
         with pytest.raises(ProvisionError, match=r"^hv-a: cannot create a venv with /nonexistent/python3"):
             await install(conn, opts)
+
+
+async def test_a_wheel_swapped_on_the_host_is_refused_not_installed(bare_lab, monkeypatch) -> None:
+    """Wheels go to a fresh 0700 directory; one altered after upload fails the hash check, nothing
+    is installed from it or from an index, and the directory is gone afterwards."""
+    import os
+    import stat
+
+    from qvplan.remote.connection import HostConnection
+
+    opts = ProvisionOptions(prefix=str(bare_lab.dir / "opt3"), config=str(bare_lab.dir / "opt3.toml"),
+                            python="/usr/bin/python3", use_systemd=False)
+    seen: list[tuple[str, int, int]] = []
+    real_put = HostConnection.put
+
+    async def put_then_tamper(self, local, remote_dir):
+        await real_put(self, local, remote_dir)
+        info = os.stat(remote_dir)  # the lab host shares this file system
+        seen.append((remote_dir, info.st_uid, stat.S_IMODE(info.st_mode)))
+        victim = Path(remote_dir) / Path(str(local[0])).name  # the qvplan wheel
+        with open(victim, "ab") as f:
+            f.write(b"tampered")
+
+    monkeypatch.setattr(HostConnection, "put", put_then_tamper)
+    before = set(Path("/tmp").glob("qvplan-wheels.*"))
+    async with bare_lab.connect("hv-a") as conn:
+        with pytest.raises(ProvisionError) as err:
+            await install(conn, opts)
+        assert await installed_version(conn, opts) is None
+    assert str(err.value).startswith("hv-a: installing qvplan") and "\n" not in str(err.value)
+    (where, uid, mode), = seen
+    assert where.startswith("/tmp/qvplan-wheels.") and (uid, mode) == (os.geteuid(), 0o700)
+    assert not Path(where).exists() and set(Path("/tmp").glob("qvplan-wheels.*")) == before

@@ -126,11 +126,12 @@ async def handle_migrate(host: Host, sessions: dict[str, Incoming], channel: Sec
         assert vm.proc is not None
         if placement is not None:
             nbd = vm.run_dir / "nbd.sock"
-            await exports.export(vm.proc.qmp, exports.unix_address(nbd), placement.exports)
+            await exports.export(vm.proc.qmp, exports.unix_address(nbd, vm.proc.qemu_path(nbd)), placement.exports)
             incoming.sockets[STORAGE_DATA] = str(nbd)
             reply["exports"] = placement.exports
         await configure(vm.proc.qmp, flags)
-        await vm.proc.qmp.execute("migrate-incoming", {"uri": f"unix:{incoming.sockets[MIGRATE_DATA]}"})
+        uri = f"unix:{vm.proc.qemu_path(incoming.sockets[MIGRATE_DATA])}"  # by name in QEMU's run dir
+        await vm.proc.qmp.execute("migrate-incoming", {"uri": uri})
         await channel.send_json(reply)
         await _follow(host, channel, incoming)
     except Exception as err:
@@ -182,8 +183,7 @@ async def _follow(host: Host, channel: SecureChannel, incoming: Incoming) -> Non
     vm.busy = None
     (vm.dir / INCOMING_MARK).unlink(missing_ok=True)  # the commit point; then the undo list goes
     (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
-    with contextlib.suppress(Exception):
-        await qmp.execute("announce-self", {"initial": 50, "max": 550, "rounds": 5, "step": 100})
+    await vm.proc.announce()
     host.events.publish(vm.name, "migrated-in", source=channel.peer_name)
     await channel.send_json({"event": "running", "resumed_at": event_time(resume),
                              "host": host.config.host.name})

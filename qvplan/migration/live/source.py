@@ -99,6 +99,7 @@ class SourceMigration(MigrationJob):
                                            Reason.CONNECTION_RESET)
         self._from_dest = asyncio.ensure_future(self.control.recv_json())
         await self.carrier.serve(self.vm.run_dir / "migrate.sock", MIGRATE_DATA)
+        self.vm.proc.share(self.vm.run_dir / "migrate.sock")  # QEMU (its own user) connects to it
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())
         self._watch_passes = asyncio.ensure_future(self._follow_passes())
@@ -171,7 +172,8 @@ class SourceMigration(MigrationJob):
 
     async def _start_memory(self) -> None:
         """Phase 2 begins: QEMU's pre-copy into the carrier's migration socket."""
-        await self.vm.proc.qmp.execute("migrate", {"uri": f"unix:{self.vm.run_dir / 'migrate.sock'}"})
+        uri = f"unix:{self.vm.proc.qemu_path(self.vm.run_dir / 'migrate.sock')}"  # by name in its run dir
+        await self.vm.proc.qmp.execute("migrate", {"uri": uri})
         self._publish("phase", phase=2)
 
     async def _switchover(self) -> None:

@@ -30,6 +30,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -40,12 +41,24 @@ RAW, ZSTD = 0, 1
 HEADER = struct.Struct(">BQI")
 ZSTD_LEVEL = 1  # as QEMU's multifd-zstd-level default: on these images level 3 compresses no better
 BLOCK = 4096
+# The decoder's output buffer: larger than any chunk, so a chunk that fits never fills it (zstd then
+# has nothing left inside) and one that does not overflows `_Bounded` at the first buffer.
+DECODE_STEP = CHUNK + 1
 
 
 class WireError(MigrationError):
     """A chunk that does not fit the disk it claims to belong to."""
 
     code = "protocol-error"
+
+
+class BadChunk(WireError):
+    """A chunk larger than a chunk, or one that expands past its declared length (a zstd bomb)."""
+
+    reason_code = code = "bad-chunk"
+
+
+CHUNK_FIX = "the source sent a malformed disk chunk: run the same QuantaVirt version on both hosts and retry"
 
 
 class ChecksumMismatch(MigrationError):
@@ -138,6 +151,25 @@ class DiskSource:
             self.fd = -1
 
 
+class _Bounded:
+    """Where a chunk decompresses to: refuses to grow past the chunk's declared length, so a
+    zstd bomb stops after at most one output buffer (DECODE_STEP) past it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> int:
+        if len(self.data) + len(data) > self.limit:
+            raise _Overflow
+        self.data += data
+        return len(data)
+
+
+class _Overflow(Exception):
+    pass
+
+
 class DiskSink:
     """Writes one incoming image from chunk records, hashing what it writes."""
 
@@ -149,7 +181,8 @@ class DiskSink:
         self.written = 0
         self._next = 0  # chunks come in increasing offsets, never overlapping
         self._hash = hashlib.sha256()
-        self._zstd: zstandard.ZstdDecompressionObj | None = None
+        self._zstd: Any = None  # the disk's streaming zstd decoder (a stream_writer into _Bounded)
+        self._out: _Bounded | None = None
 
     def write(self, record: bytes) -> int:
         """Apply one chunk record; return the image bytes it carried."""
@@ -157,18 +190,16 @@ class DiskSink:
             raise WireError(f"short chunk record for {self.path.name}")
         kind, offset, length = HEADER.unpack_from(record)
         payload = memoryview(record)[HEADER.size:]
+        if length > CHUNK or offset < self._next or offset + length > self.size:  # before any work
+            raise BadChunk(f"Migration rejected: bad chunk for {self.path.name} (at {offset}, +{length}) "
+                           f"does not fit the {self.size}-byte image in chunks of at most {CHUNK} bytes", CHUNK_FIX)
         if kind == RAW:
-            data: bytes | memoryview = payload
+            data: bytes | bytearray | memoryview = payload
         elif kind == ZSTD:
-            if self._zstd is None:
-                self._zstd = zstandard.ZstdDecompressor().decompressobj()
-            try:
-                data = self._zstd.decompress(payload)
-            except zstandard.ZstdError as err:
-                raise WireError(f"chunk of {self.path.name} at {offset} does not decompress: {err}") from None
+            data = self._decompress(payload, offset, length)
         else:
             raise WireError(f"unknown chunk kind {kind} for {self.path.name}")
-        if len(data) != length or offset < self._next or offset + length > self.size:
+        if len(data) != length:
             raise WireError(f"chunk of {self.path.name} at {offset} (+{length}, got {len(data)}) does not fit "
                             f"the {self.size}-byte image")
         os.pwrite(self.fd, data, offset)
@@ -177,6 +208,24 @@ class DiskSink:
         self._hash.update(data)
         self.written += length
         return length
+
+    def _decompress(self, payload: memoryview, offset: int, length: int) -> bytearray:
+        """One chunk of the disk's zstd stream, never more than its declared `length` bytes."""
+        if self._zstd is None:
+            self._out = _Bounded(length)
+            self._zstd = zstandard.ZstdDecompressor().stream_writer(self._out, write_size=DECODE_STEP,
+                                                                      write_return_read=True, closefd=False)
+        assert self._out is not None
+        self._out.limit, self._out.data = length, bytearray()
+        try:
+            self._zstd.write(payload)
+            self._zstd.flush()
+        except _Overflow:
+            raise BadChunk(f"Migration rejected: bad chunk for {self.path.name} at {offset} expands past "
+                           f"its declared {length} bytes (a zstd bomb?)", CHUNK_FIX) from None
+        except zstandard.ZstdError as err:
+            raise WireError(f"chunk of {self.path.name} at {offset} does not decompress: {err}") from None
+        return self._out.data
 
     def finish(self, digest: str, data_bytes: int) -> None:
         """Check the source's digest and byte count, then make the image durable."""

@@ -103,10 +103,10 @@ def remove_images(paths: list[Path]) -> None:
             log.info("removed partial image %s", path)
 
 
-def unix_address(socket: Path) -> dict[str, Any]:
+def unix_address(socket: Path, as_qemu_sees_it: str | None = None) -> dict[str, Any]:
     """A unix socket as `nbd-server-start` takes it (QEMU 7.2: SocketAddressLegacy)."""
     socket.unlink(missing_ok=True)
-    return {"type": "unix", "data": {"path": str(socket)}}
+    return {"type": "unix", "data": {"path": as_qemu_sees_it or str(socket)}}
 
 
 async def export(qmp: QMPClient, addr: dict[str, Any], exports: list[str]) -> None:
