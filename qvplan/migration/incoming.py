@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from ..host.registry import Registry
+from ..host.registry import VM, Registry
 
 log = logging.getLogger(__name__)
 INCOMING_MARK = "incoming"  # file in a VM's folder while it is an uncommitted incoming migration
@@ -49,10 +50,11 @@ def remove_incoming_files(vm_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-async def discard_uncommitted(registry: Registry) -> None:
-    """At agent start: remove every incoming VM that never committed (its QEMU never ran the guest)."""
+async def discard_uncommitted(registry: Registry, keep: Callable[[VM], bool] = lambda vm: False) -> None:
+    """At agent start: remove every incoming VM that never committed (its QEMU never ran the guest);
+    `keep` spares those whose journal says the commit arrived (they may have run)."""
     for vm in list(registry.vms.values()):
-        if not (vm.dir / INCOMING_MARK).exists():
+        if not (vm.dir / INCOMING_MARK).exists() or keep(vm):
             continue
         log.info("removing uncommitted incoming VM %s", vm.name)
         if vm.proc is not None:
