@@ -154,3 +154,24 @@ def test_sigterm_of_the_destination_rolls_back_in_order(make_agent):
     assert status["state"] == "FAILED", status
     restart(b)
     exactly_one(a, b)
+
+
+def test_operator_settles_a_migration_in_doubt(make_agent):
+    a, b = two_agents(make_agent, b_at="dest-after-received")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(b, "dest-after-received")
+    b.kill()
+    deadline = time.monotonic() + 30
+    while "In Doubt:" not in (shown := a.cli("vm", "migrate-status", "vm-1").stdout):
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.2)
+    assert "migrate-settle vm-1" in shown
+    refused = a.cli("vm", "migrate-settle", "vm-1")
+    assert refused.returncode != 0 and "--resume-here or --discard-here" in refused.stderr
+    settled = a.cli("vm", "migrate-settle", "vm-1", "--resume-here")
+    assert settled.returncode == 0, settled.stderr
+    assert "resumed here" in settled.stdout
+    assert journal(a)[-1]["state"] == "rolled-back" and journal(a)[-1]["settled_by"] == "operator"
+    restart(b)
+    wait_state(b, "discarded")
+    exactly_one(a, b)
