@@ -46,6 +46,7 @@ class AgentProc:
     proc: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    log_level: str = "debug"
 
     @property
     def config(self) -> Path:
@@ -72,8 +73,8 @@ class AgentProc:
     def start(self, timeout: float = 30) -> AgentProc:
         self.write_config()
         log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([*QUANTAVIRT, "--config", str(self.config), "agent", "--log-level", "debug"],
-                                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        command = [*QUANTAVIRT, "--config", str(self.config), "agent", "--log-level", self.log_level]
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +77,10 @@ class Journal:
         self._prune()
         return record
 
-    def set(self, session: str, state: str, *, sync: bool = True, **extra: Any) -> Record:
-        """Record a transition; with sync (the default) it is on disk when this returns."""
+    def set(self, session: str, state: str, *, sync: bool | str = True, **extra: Any) -> Record:
+        """Record a transition: written (the page cache outlives a killed agent) when this returns;
+        with sync=True (the default) also on the device; with sync="behind" flushed by a thread
+        meanwhile (for transitions whose loss in a host crash is harmless, see the callers)."""
         record = self.get(session)
         if record is None:
             raise KeyError(session)
@@ -121,17 +124,21 @@ class Journal:
 
     # -- files ---------------------------------------------------------------------------
 
-    def _append(self, record: Record, line: dict[str, Any], *, new: bool = False, sync: bool = True) -> None:
+    def _append(self, record: Record, line: dict[str, Any], *, new: bool = False, sync: bool | str = True) -> None:
         record.updated = time.time()
         data = (json.dumps({**line, "at": record.updated}) + "\n").encode()
         path = self.path(record.session)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, data)
-            if sync:
+            if sync == "behind":
+                threading.Thread(target=_sync_and_close, args=(fd,), daemon=True).start()
+                fd = -1
+            elif sync:
                 os.fdatasync(fd)
         finally:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         if new:
             dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
             try:
@@ -169,6 +176,13 @@ class Journal:
             if record is not None and not record.open:
                 path.unlink(missing_ok=True)
                 self._records.pop(session, None)
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
 
 
 _JOURNALS: dict[Path, Journal] = {}

@@ -59,7 +59,14 @@ class MigrationService:
             if record.kind != "live":
                 continue
             vm = registry.vms.get(record.vm)
-            if record.state in ("transferring", "awaiting-commit"):
+            if record.state in ("transferring", "awaiting-commit") and vm is not None and vm.running:
+                await live_recovery.roll_back_source(self.journal, vm, record)
+            elif record.state in ("transferring", "awaiting-commit") and vm is not None:
+                # QEMU gone too (a host crash): a lost `committed` line cannot be told from none,
+                # so the destination's word decides whether the definition stays here.
+                self.journal.set(record.session, "committed", sync=True, doubt="restarted without QEMU")
+                self.outgoing[vm.name] = api.settling_job(self.host, vm, record, self.journal)
+            elif record.state in ("transferring", "awaiting-commit"):
                 await live_recovery.roll_back_source(self.journal, vm, record)
             elif record.state == "committed":
                 if vm is None:  # released already, the journal line after it missing

@@ -181,9 +181,9 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
         raise failure(Reason.CONNECTION_RESET, f"source did not commit: {err}") from None
     if not isinstance(message, wire.Commit) or incoming.state(journal) != "loaded":
         raise failure(Reason.CONNECTION_RESET, f"source did not commit: {message}")
-    journal.set(incoming.session, "committing")  # from here on the guest may run here: never discarded
+    journal.set(incoming.session, "committing")  # durable before cont: from here on the guest may run here
     await pause_at(host.state_dir, "dest-before-cont")
-    resumed_at = await resume(host, journal, incoming.session, vm, unexport=incoming.storage)
+    resumed_at = await resume(host, journal, incoming.session, vm, unexport=incoming.storage, paused=True)
     if resumed_at is None:
         return  # `cont` is slow (QEMU frozen?): followed in the background, the session stays committing
     host.events.publish(vm.name, "migrated-in", source=channel.peer_name)
@@ -196,7 +196,8 @@ def _said(verdict: asyncio.Future[Any]) -> Any:
     return "no message"
 
 
-async def resume(host: Host, journal: Journal, session: str, vm: VM, unexport: bool = False) -> float | None:
+async def resume(host: Host, journal: Journal, session: str, vm: VM, unexport: bool = False,
+                 paused: bool = False) -> float | None:
     """The journal says committing: resume the guest here (also after a restart). Returns QEMU's
     resume time, or None when `cont` takes longer than CONT_TIMEOUT (then a background task
     keeps at it and journals `running` once QEMU runs)."""
@@ -207,7 +208,7 @@ async def resume(host: Host, journal: Journal, session: str, vm: VM, unexport: b
             async with asyncio.timeout(CONT_TIMEOUT):
                 if unexport:
                     await exports.unexport(qmp)
-                if (await qmp.execute("query-status"))["status"] != "running":
+                if paused or (await qmp.execute("query-status"))["status"] != "running":
                     await qmp.execute("cont")
                     resume_event = await listener.get()
                     resumed_at: float = event_time(resume_event)

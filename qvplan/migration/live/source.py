@@ -36,6 +36,11 @@ DISCARD_WAIT = 3.0  # seconds a rollback waits for the destination to confirm it
 ENDINGS = {"completed", "failed", "cancelled"}
 
 
+def _ignore(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class SourceMigration(MigrationJob):
     """A live migration: the VM keeps running here unless it completes."""
 
@@ -234,7 +239,12 @@ class SourceMigration(MigrationJob):
                 if self._received():
                     return info  # "received" woke us: commit at once, figures after
                 self._check_destination()
-            info = await qmp.execute("query-migrate")
+            query = asyncio.ensure_future(qmp.execute("query-migrate"))
+            await asyncio.wait({query, self._from_dest}, return_when=asyncio.FIRST_COMPLETED)
+            if self._from_dest.done() and self._received():
+                query.add_done_callback(_ignore)  # its answer no longer matters: commit comes first
+                return info
+            info = await query
             self.status.update_from_qemu(info)
             state = info.get("status")
             if state in ENDINGS and state != "completed":
@@ -305,7 +315,9 @@ class SourceMigration(MigrationJob):
         self.journal.set(self.session, "awaiting-commit", sync=False)  # like transferring for recovery
         await pause_at(self.host.state_dir, "source-before-commit")
         self.status.phase = 5
-        self.journal.set(self.session, "committed")  # the decision, durable before the commit leaves
+        # The decision, written before the commit leaves. Flushed to the device meanwhile, off the
+        # guest's pause: only a host crash loses a written line, and it kills this QEMU too.
+        self.journal.set(self.session, "committed", sync="behind")
         running: wire.Message | None = None
         try:
             await self.control.send_json(wire.Commit().dump())
