@@ -44,7 +44,7 @@ class MigrateRequest(Message):
 
 class SetupReply(Message):
     ok: bool
-    exports: list[dict[str, Any]] | None = None
+    exports: list[str] | None = None  # with --storage-migrate: the NBD export of each disk, in disk order
     error: str | None = None
     fix: str | None = None
     code: str | None = None

@@ -54,6 +54,7 @@ class Incoming:
     vm: VM
     sockets: dict[str, str] = field(default_factory=dict)  # data operation → local QEMU socket
     images: list[Path] = field(default_factory=list)  # created here by a storage migration
+    identities: dict[Path, tuple[int, int]] = field(default_factory=dict)  # image → (st_dev, st_ino) at creation
     storage: bool = False
     aborted: asyncio.Event = field(default_factory=asyncio.Event)  # a fence or the agent stopping
 
@@ -117,6 +118,7 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
     incoming = Incoming(request.session, vm, {MIGRATE_DATA: str(vm.run_dir / "incoming.sock")},
                         storage=placement is not None)
     sessions[incoming.session] = incoming
+    replied = False
     try:
         export_names: list[str] | None = None
         if placement is not None:
@@ -131,13 +133,15 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
         await configure(vm.proc.qmp, flags)
         await vm.proc.qmp.execute("migrate-incoming", {"uri": f"unix:{incoming.sockets[MIGRATE_DATA]}"})
         await channel.send_json(wire.SetupReply(ok=True, exports=export_names).dump())
+        replied = True
         await _follow(host, journal, channel, incoming)
     except Exception as err:
         log.warning("incoming migration of %s failed: %s", spec.name, err)
         with contextlib.suppress(Exception):
             why = err if isinstance(err, MigrationError) else failure(
                 Reason.DESTINATION_FAILED, f"destination failed: {err}", "see the destination agent's log")
-            await channel.send_json(wire.Failed(**why.as_dict()).dump())
+            answer = wire.Failed(**why.as_dict()) if replied else wire.SetupReply(ok=False, **why.as_dict())
+            await channel.send_json(answer.dump())
     finally:
         sessions.pop(incoming.session, None)
         if incoming.state(journal) in ("loading", "loaded", "discarded"):
@@ -147,9 +151,27 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
 
 
 def _record_image(incoming: Incoming, path: Path) -> None:
-    """Note an image we created, for discard() and for a restarted agent (registry.load)."""
+    """Note an image we created, for discard() and for a restarted agent (registry.load), and
+    which file it is (device and inode), to notice it removed or replaced before the commit."""
     incoming.images.append(path)
     record_incoming_files(incoming.vm.dir, path)
+    info = os.stat(path)
+    incoming.identities[path] = (info.st_dev, info.st_ino)
+
+
+def check_images(incoming: Incoming) -> None:
+    """Refuse to go on when an image we created is no longer the file at its path: QEMU would
+    write the guest's disk into an unlinked (or someone else's) file."""
+    for path, identity in incoming.identities.items():
+        try:
+            info = os.stat(path)
+            now: tuple[int, int] | None = (info.st_dev, info.st_ino)
+        except OSError:
+            now = None
+        if now != identity:
+            how = "removed" if now is None else "replaced"
+            raise failure(Reason.STORAGE_FAILED, f"destination image {path} was {how} during the copy",
+                          "check the destination pool (mounted, not cleaned up by hand) and retry")
 
 
 async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming: Incoming) -> None:
@@ -165,6 +187,7 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
         if verdict in done or aborted in done:  # abort, EOF or a fence before QEMU finished loading
             raise failure(Reason.CANCELLED, f"source ended the migration: {_said(verdict)}")
         loaded.result()
+        check_images(incoming)
         await channel.send_json(wire.Received().dump())
         journal.set(incoming.session, "loaded", sync=False)  # not needed durable: loading/loaded alike never ran
         await pause_at(host.state_dir, "dest-after-received")
@@ -181,6 +204,7 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
         raise failure(Reason.CONNECTION_RESET, f"source did not commit: {err}") from None
     if not isinstance(message, wire.Commit) or incoming.state(journal) != "loaded":
         raise failure(Reason.CONNECTION_RESET, f"source did not commit: {message}")
+    check_images(incoming)  # the last moment it can still be refused (the source will be told "discarded")
     journal.set(incoming.session, "committing")  # durable before cont: from here on the guest may run here
     await pause_at(host.state_dir, "dest-before-cont")
     resumed_at = await resume(host, journal, incoming.session, vm, unexport=incoming.storage, paused=True)

@@ -107,7 +107,9 @@ class SourceMigration(MigrationJob):
         log.debug("destination answered setup: %s", raw)
         if not raw:
             raise failure(Reason.CONNECTION_RESET, "destination closed the connection during setup")
-        reply = wire.parse(raw, wire.SetupReply)
+        reply = wire.parse(raw, wire.SetupReply, wire.Failed)
+        if isinstance(reply, wire.Failed):
+            raise MigrationError.from_dict(reply.dump(), Reason.DESTINATION_FAILED)
         assert isinstance(reply, wire.SetupReply)
         if not reply.ok:
             raise MigrationError.from_dict(reply.dump(), Reason.DESTINATION_FAILED)
@@ -330,6 +332,8 @@ class SourceMigration(MigrationJob):
         if not isinstance(running, wire.Running):
             outcome = await recovery.settle_source(self.host, self.journal, self.vm, self.session, self.dest,
                                                    self.flags.pqc_kem, self.status, self.decision)
+            if outcome == "rolled-back" and isinstance(running, wire.Failed):  # refused the commit
+                raise MigrationError.from_dict(running.dump(), Reason.DESTINATION_FAILED)
             if outcome == "rolled-back":
                 raise self._reset("destination discarded the VM after commit was lost; it resumed here")
             self._completed()
