@@ -205,6 +205,9 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
     if not isinstance(message, wire.Commit) or incoming.state(journal) != "loaded":
         raise failure(Reason.CONNECTION_RESET, f"source did not commit: {message}")
     check_images(incoming)  # the last moment it can still be refused (the source will be told "discarded")
+    if not vm.running:
+        raise failure(Reason.QEMU_FAILED, "destination QEMU exited before the commit",
+                      "see the VM's qemu.log on the destination")
     journal.set(incoming.session, "committing")  # durable before cont: from here on the guest may run here
     await pause_at(host.state_dir, "dest-before-cont")
     resumed_at = await resume(host, journal, incoming.session, vm, unexport=incoming.storage, paused=True)
