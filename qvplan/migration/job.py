@@ -31,6 +31,7 @@ class MigrationJob:
         self.policies = policies or Policies()  # the plan's prerequisites, or the defaults
         self.status = status
         self.session = uuid.uuid4().hex
+        status.session = self.session  # apply follows a move by it, also across reconnects and restarts
         self.journal: Journal = journal_for(host.state_dir)
         # The operator's word on a migration in doubt (`vm migrate-settle`): "resume-here" | "discard-here"
         self.decision: asyncio.Future[str] = asyncio.get_event_loop().create_future()

@@ -70,6 +70,11 @@ class HostConnection:
         return self.target.name
 
     @property
+    def alive(self) -> bool:
+        """Is the SSH connection still up? (A dropped one is replaced, never reused.)"""
+        return self._conn is not None and not self._conn.is_closed()
+
+    @property
     def ssh(self) -> asyncssh.SSHClientConnection:
         if self._conn is None:
             raise RuntimeError(f"{self.name}: not connected")
@@ -191,7 +196,8 @@ class HostConnection:
             async with session.request(method, self._url(path), json=json,
                                        timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 body = await resp.read()
-        except (TimeoutError, aiohttp.ClientConnectionError, asyncssh.Error, OSError) as err:
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncssh.Error,
+                OSError) as err:
             raise self._unreachable(err) from None
         try:
             data = jsonlib.loads(body) if body else None
@@ -229,8 +235,8 @@ class HostConnection:
                         name, lines = None, []
                 if lines:
                     yield _event(name, "\n".join(lines))
-        except (aiohttp.ClientConnectionError, asyncssh.Error, OSError) as err:
-            raise self._unreachable(err) from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncssh.Error, OSError) as err:
+            raise self._unreachable(err) from None  # a stream cut mid-way (the connection dropped) too
 
 
 def _event(name: str | None, data: str) -> dict[str, Any]:
