@@ -254,12 +254,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep the agents' logs and state there")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     table: dict[str, Counter] = defaultdict(Counter)
     violations: list[str] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="qv-chaos-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="qv-chaos-") as scratch:
+        tmp = args.keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         pair = Pair(Path(tmp))
         try:
             setup(pair, Path(tmp))
@@ -273,6 +276,9 @@ def main() -> int:
                     traceback.print_exc()
                     result = f"VIOLATION: bench error {type(err).__name__}: {err}"[:140]
                 print(f"#{i + 1:<3} {label:<44} → {result}", flush=True)
+                for agent in (pair.a, pair.b):
+                    with open(agent.root / "agent.log", "a") as log:  # where each run starts, for reading
+                        log.write(f"==== chaos run #{i + 1} {label} → {result[:60]}\n")
                 table[label][result if not result.startswith("VIOLATION") else "VIOLATION"] += 1
                 if result.startswith("VIOLATION"):
                     violations.append(f"#{i + 1} {label}: {result}")
