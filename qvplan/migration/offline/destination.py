@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from ... import __version__
-from ...contract import rules
+from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
 from ...contract.reasons import Reason
@@ -346,11 +346,17 @@ async def discard(host: Host, vm: VM, landing: Landing) -> None:
 
 async def handle_state(host: Host, channel: SecureChannel, request: dict[str, Any]) -> None:
     """After a lost answer to commit: does this host own the VM now? (Decides the source's cleanup.)"""
-    vm = host.registry.vms.get(str(request.get("vm", "")))
+    try:
+        query = wire.parse(request, wire.OfflineStateQuery)
+    except wire.WireError as err:
+        await channel.send_json({"ok": False, **failure(Reason.PROTOCOL_ERROR, str(err)).as_dict()})
+        return
+    assert isinstance(query, wire.OfflineStateQuery)
+    vm = host.registry.vms.get(query.vm)
     if vm is None:
         state = "absent"
     elif vm.busy or (vm.dir / INCOMING_MARK).exists():
         state = "pending"
     else:
         state = "committed"
-    await channel.send_json({"ok": True, "state": state})
+    await channel.send_json(wire.OfflineStateAnswer(state=state).dump())
