@@ -354,7 +354,7 @@ async def handle_session_state(host: Host, journal: Journal, sessions: dict[str,
     if record is None or record.role != "destination":
         await channel.send_json(wire.SessionAnswer(state="unknown").dump())
         return
-    if record.state in ("loading", "loaded"):
+    if record.state in ("loading", "loaded") and record.peer == channel.peer_name:  # only its source fences it
         journal.set(query.session, "discarded")
         incoming = sessions.get(query.session)
         if incoming is not None:
