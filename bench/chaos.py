@@ -194,6 +194,9 @@ def one_run(pair: Pair, mode: str, kind: str, phase: str) -> str:
     src, dst = pair.where(mode)
     hook_on = {"source": src, "dest": dst}.get(HOOKS.get(phase, ""))
     pair.restart_with({hook_on.name: phase} if hook_on else {})
+    for agent in (src, dst):  # a point an agent was killed at stays marked: never mistake it for this run's
+        for stale in (agent.state / "faults").glob("*") if (agent.state / "faults").exists() else []:
+            stale.unlink(missing_ok=True)
     host, port = dst.migration.split(":")
     tap = TapProxy(src.address, (host, int(port)))
     before = sha(src.root / "images" / f"{name}.qcow2") if mode == "offline" else None
