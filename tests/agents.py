@@ -41,6 +41,7 @@ class AgentProc:
     memory: str | None = None
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    log_level: str = "debug"
 
     @property
     def config(self) -> Path:
@@ -66,8 +67,8 @@ class AgentProc:
     def start(self, timeout: float = 30) -> AgentProc:
         self.write_config()
         log = open(self.root / "agent.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([*QUANTAVIRT, "--config", str(self.config), "agent", "--log-level", "debug"],
-                                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        command = [*QUANTAVIRT, "--config", str(self.config), "agent", "--log-level", self.log_level]
+        self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

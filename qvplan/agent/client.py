@@ -243,7 +243,7 @@ class AsyncAgentClient:
             async with self._http().request(method, self.base + api_path(path), json=body,
                                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 data = await resp.read()
-        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as err:
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as err:
             raise self._unreachable(err) from None
         if resp.status >= 400:
             raise AgentError.from_answer(resp.status, data, f"{self.name}: {method} {path}: ")
@@ -270,5 +270,5 @@ class AsyncAgentClient:
                         yield event
                 if (event := decoder.flush()) is not None:
                     yield event
-        except (aiohttp.ClientConnectionError, OSError) as err:
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as err:  # a stream cut mid-way too
             raise self._unreachable(err) from None

@@ -28,6 +28,7 @@ class Agent:
         self.listener = MigrationListener(self.host, self.migration.operations())
         self._runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
+        self._stopping = False
 
     async def start(self) -> None:
         await self.host.registry.load()
@@ -43,7 +44,12 @@ class Agent:
         log.info("agent %s up: api %s, migration %s", config.host.name, config.api.listen, config.migration.listen)
 
     async def stop(self) -> None:
-        """Stop serving. VMs keep running: a restarted agent re-attaches to them."""
+        """Stop serving. VMs keep running: a restarted agent re-attaches to them. Migrations not
+        yet committed roll back first, in order; committed ones are left to the journal."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self.migration.shutdown()
         await self.listener.close()
         if self._runner:
             await self._runner.cleanup()

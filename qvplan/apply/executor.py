@@ -19,13 +19,14 @@ from ..contract.reasons import Reason
 from ..contract.rules import Policies
 from ..plan.facts import drop_none
 from ..plan.model import Move, Plan
-from ..remote import HostConnection, HostTarget
+from ..remote import AgentError, AgentUnreachable, HostConnection, HostTarget, RemoteError
 from .journal import Journal
 from .progress import Bar, Board
 from .recheck import recheck
 from .scheduler import Scheduler
 
 FIGURES = ("transferred", "iteration", "downtime", "pause", "elapsed")
+FOLLOW_GRACE = 300.0  # seconds (monotonic) a move is followed across lost connections before giving up
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Executor:
         self.plan: Plan | None = None
         self.conns: dict[str, HostConnection] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
+        self.locks: Any = None  # the HostLocks of this apply (session.py), checked before each move
         self.stopping = False    # a move failed: start no new move
         self.cancelling = False  # ... and cancel those that run (on_failure: rollback, rollback-all)
 
@@ -85,11 +87,42 @@ class Executor:
     async def conn(self, host: str) -> HostConnection:
         lock = self._connecting.setdefault(host, asyncio.Lock())
         async with lock:  # moves starting at once share one connection per host
+            old = self.conns.get(host)
+            if old is not None and not old.alive:  # dropped: replaced, never reused
+                self.conns.pop(host)
+                with contextlib.suppress(Exception):
+                    await old.close()
             if host not in self.conns:
                 c = HostConnection(self.targets[host])
                 await c.connect()
                 self.conns[host] = c
         return self.conns[host]
+
+    async def reconnect(self, host: str, why: str, deadline: float) -> HostConnection:
+        """The connection to `host` broke: a new one, retried with backoff until `deadline` (monotonic)."""
+        delay = 0.5
+        old = self.conns.pop(host, None)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.close()
+        while True:
+            try:
+                return await self.conn(host)
+            except RemoteError as err:
+                if time.monotonic() + delay > deadline:
+                    raise RemoteError(f"{host}: connection lost ({why}) and not back: {err.cause}", err.fix) from None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def lock_held(self, *hosts: str) -> str | None:
+        """None when this apply still holds every host's lock (taken again if its connection died),
+        else why not: no new move starts on a host whose lock is gone."""
+        if self.locks is None:
+            return None
+        for host in hosts:
+            if host in self.targets and not await self.locks.ensure(host):
+                return f"skipped: the lock on {host} was lost with its connection and could not be taken again"
+        return None
 
     async def close(self) -> None:
         for c in self.conns.values():
@@ -118,10 +151,13 @@ class Executor:
             if not label:  # a rollback-all move back was not planned: nothing to re-check it against
                 await self._recheck(move, source, dest)
             body = {"dest": dest_address, "flags": move.flags, "policies": self._policies()}
-            await api.api("POST", f"vms/{move.vm}/migrate", body, timeout=120)
+            started = await api.api("POST", f"vms/{move.vm}/migrate", body, timeout=120)
+            session = started.get("session") if isinstance(started, dict) else None
+            if session:
+                self.journal.write("session", vm=move.vm, source=source, session=session)
             if self.cancelling and not label:  # a failure elsewhere while this one was being started
                 await self.cancel(move.vm, source)
-            await self._watch(api, bar, result)
+            await self._watch(source, bar, result, session)
         except Exception as err:  # one host's trouble must not hide the others' results
             result.error, result.code = str(err), getattr(err, "code", Reason.ERROR.value)
         return self._end(bar, result)
@@ -140,32 +176,69 @@ class Executor:
         if stale is not None:
             raise stale
 
-    async def follow(self, vm: str, source: str, dest: str) -> MoveResult:
+    async def follow(self, vm: str, source: str, dest: str, session: str | None = None) -> MoveResult:
         """A migration an interrupted apply started: follow it to its outcome, start nothing."""
         result = MoveResult(vm, source, dest, started=time.time(), followed=True)
-        self.journal.write("follow", vm=vm, source=source, dest=dest)
+        self.journal.write("follow", vm=vm, source=source, dest=dest, session=session)
         bar = self.board.start(vm, source, dest, "followed")
         try:
-            await self._watch(await self.conn(source), bar, result)
+            await self._watch(source, bar, result, session)
         except Exception as err:
             result.error, result.code = str(err), getattr(err, "code", Reason.ERROR.value)
         return self._end(bar, result)
 
-    async def _watch(self, api: HostConnection, bar: Bar, result: MoveResult) -> None:
+    async def _watch(self, source: str, bar: Bar, result: MoveResult, session: str | None = None) -> None:
+        """Follow the move on its source agent to its outcome. A dropped connection is replaced and
+        the move followed again by its session; an agent that restarted answers from its journal."""
         vm = result.vm
         last: dict[str, Any] = {}
-        async for ev in api.events(f"vms/{vm}/migrate/events"):
-            last = ev
-            self.board.event(bar, ev)
-            if ev.get("event") in ("phase", "pass"):
-                self.journal.write("phase", vm=vm, phase=ev.get("phase"), percent=ev.get("percent"))
-            if ev.get("event") in OUTCOMES:
+        deadline = time.monotonic() + FOLLOW_GRACE
+        delay = 0.5
+        while True:
+            try:
+                api = await self.conn(source)
+                async for ev in api.events(f"vms/{vm}/migrate/events"):
+                    last = ev
+                    self.board.event(bar, ev)
+                    if ev.get("event") in ("phase", "pass"):
+                        self.journal.write("phase", vm=vm, phase=ev.get("phase"), percent=ev.get("percent"))
+                    if ev.get("event") in OUTCOMES or (ev.get("event") == "status" and ev.get("state") != "MIGRATING"):
+                        break
+                else:
+                    if last.get("event") not in OUTCOMES and last.get("state", "MIGRATING") == "MIGRATING":
+                        raise AgentUnreachable(f"{source}: the event stream of {vm} ended early")
+                status = await self._status(api, vm, session)
+                if status.get("state") == "MIGRATING":
+                    continue  # the stream ended early (an agent restart): follow again
                 break
-        status = await api.api("GET", f"vms/{vm}/migrate")
+            except (AgentUnreachable, RemoteError) as err:  # the connection, not the agent's answer
+                if time.monotonic() > deadline:
+                    raise
+                self.journal.write("reconnect", vm=vm, source=source, why=err.cause)
+                self.board.say(f"{vm}: connection to {source} lost ({err.cause}); following the move again")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                await self.reconnect(source, err.cause, deadline)
+            except AgentError as err:
+                if err.code != Reason.NO_MIGRATION:
+                    raise
+                status = await self._status(await self.conn(source), vm, session)  # restarted: its journal
+                if status.get("state") == "MIGRATING":
+                    await asyncio.sleep(delay)
+                    continue
+                break
         result.figures = {k: status.get(k) for k in FIGURES}
         result.ok = status.get("state") == "COMPLETED"
         result.error = None if result.ok else (status.get("error") or last.get("error") or "failed")
         result.code = None if result.ok else (status.get("code") or last.get("code") or Reason.ERROR.value)
+
+    async def _status(self, api: HostConnection, vm: str, session: str | None) -> dict[str, Any]:
+        """The move's status: the agent's live one, or (after a restart) its journal's record."""
+        status = await api.api("GET", f"vms/{vm}/migrate")
+        if session and status.get("session") not in (None, session):
+            raise AgentError(f"{api.name}: the latest migration of {vm} is not this apply's move "
+                             f"(session {status.get('session')}, expected {session})", code=Reason.STALE)
+        return status
 
     def _end(self, bar: Bar, result: MoveResult) -> MoveResult:
         result.finished = time.time()
@@ -200,6 +273,11 @@ class Executor:
         while True:
             if not self.stopping:
                 for move in sched.ready():
+                    lost = await self.lock_held(move.source or "?", move.dest)
+                    if lost:
+                        sched.finished(move.vm, False)  # returned by ready(): it counted as running
+                        sched.skipped[move.vm] = lost
+                        continue
                     task = asyncio.ensure_future(self.migrate(move, move.source or "?", move.dest,
                                                               move.dest_address or self.address(move.dest)))
                     running[task] = move

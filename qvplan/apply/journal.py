@@ -107,7 +107,9 @@ class JournalState:
         for e in lines[1:]:
             kind, vm = e.get("kind"), e.get("vm")
             if kind in ("start", "follow"):
-                state.unfinished[vm] = e
+                state.unfinished[vm] = {**e, "session": e.get("session") or state.unfinished.get(vm, {}).get("session")}
+            elif kind == "session" and vm in state.unfinished:  # the agent's id of the move
+                state.unfinished[vm] = {**state.unfinished[vm], "session": e.get("session")}
             elif kind == "end":
                 state.unfinished.pop(vm, None)
                 if e.get("ok"):

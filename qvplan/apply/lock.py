@@ -197,6 +197,25 @@ class HostLocks:
         return (f"if that apply is gone, run again with --break-lock (ends the holder of {file} on the host)"
                 f"{journal}")
 
+    async def ensure(self, name: str) -> bool:
+        """Still ours? A lock whose connection died (the host freed it) is taken again; False if
+        that fails (another apply may hold it now)."""
+        held = self.held.get(name)
+        conn = self.conns.get(name)
+        if held is not None and conn is not None and conn.alive and held.process.exit_status is None \
+                and not held.process.stdout.at_eof():
+            return True
+        self.held.pop(name, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        try:
+            await self._take(name)
+        except (QVError, OSError, asyncssh.Error):
+            return False
+        self.say(f"{name}: lock taken again after its connection was lost")
+        return True
+
     async def release(self) -> None:
         for held in self.held.values():
             with contextlib.suppress(Exception):

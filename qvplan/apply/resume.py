@@ -25,7 +25,18 @@ CLOCK_SLACK = 30.0  # seconds: controller and host clocks may differ a little
 
 
 async def _ours(ex: Executor, vm: str, line: dict[str, Any]) -> bool:
-    """Does the source agent's latest migration of `vm` belong to the unfinished journal line?"""
+    """Does the source agent's latest migration of `vm` belong to the unfinished journal line?
+
+    With the agent's session id in the journal, the agent's own journal answers (it keeps its
+    records across restarts); else the start time and destination of its latest migration do."""
+    if line.get("session"):
+        try:
+            await (await ex.conn(line["source"])).api("GET", f"migrations/{line['session']}")
+            return True
+        except AgentError as err:
+            if err.code == Reason.NO_MIGRATION:
+                return False
+            raise
     try:
         status = await (await ex.conn(line["source"])).api("GET", f"vms/{vm}/migrate")
     except AgentError as err:
@@ -46,7 +57,7 @@ async def follow_unfinished(ex: Executor, state: JournalState) -> list[MoveResul
                              error="not started: the interrupted apply died before the agent took it",
                              not_started=True)
             return None
-        return await ex.follow(vm, line["source"], line["dest"])
+        return await ex.follow(vm, line["source"], line["dest"], line.get("session"))
 
     found = await asyncio.gather(*(one(vm, line) for vm, line in state.unfinished.items()))
     return [r for r in found if r is not None]

@@ -84,8 +84,9 @@ async def run_apply(req: ApplyRequest, ui: Frontend) -> Outcome:
                           f"{str(state.header.get('plan_hash'))[:15]}… in the journal, {source.plan_hash[:15]}… now)",
                           "restore that plan (and its --var values) to resume, or apply the new plan without --resume")
     who = owner(str(Path(plan_file).resolve()), str(state.path) if state else None)
-    async with HostLocks(source.targets, who, break_lock=req.break_lock, say=ui.board.say):
+    async with HostLocks(source.targets, who, break_lock=req.break_lock, say=ui.board.say) as locks:
         ex = Executor(source.targets, None, ui.board)
+        ex.locks = locks  # no new move on a host whose lock died with its connection
         try:
             return await _locked(ex, source, state, ui, plan_file, variables, var_files)
         finally:

@@ -1,4 +1,4 @@
-"""`quantavirt vm migrate`, `vm migrate-status`, `vm migrate-cancel`."""
+"""`quantavirt vm migrate`, `vm migrate-status`, `vm migrate-cancel`, `vm migrate-settle`."""
 
 from __future__ import annotations
 
@@ -94,6 +94,10 @@ def _outcome(events: Iterator[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _render(status: dict) -> str:
+    if "journal" in status:  # a migration from before the agent's restart: its journal record
+        record = status["journal"]
+        return (f"VM:              {status['vm']}\nState:           {status['state']} (journal: {record['role']} "
+                f"{record['state']})\nPeer:            {record['peer']}\nSession:         {record['session']}")
     from ..migration.offline.status import OfflineStatus
     from ..migration.status import MigrationStatus
 
@@ -153,3 +157,20 @@ def migrate_cancel(ctx: click.Context, name: str) -> None:
         return
     stays = "stays defined" if status.get("mode") == "offline" else "keeps running"
     click.echo(f"Migration of {name} {status['state'].lower()}; {name} {stays} here.")
+
+
+@click.command("migrate-settle")
+@click.argument("name")
+@click.option("--resume-here", "decision", flag_value="resume-here",
+              help="Resume the paused guest on this host (only if it does not run on the destination).")
+@click.option("--discard-here", "decision", flag_value="discard-here",
+              help="Let it go: the guest runs on the destination; stop and forget it here.")
+@click.pass_context
+def migrate_settle(ctx: click.Context, name: str, decision: str | None) -> None:
+    """Settle a migration left in doubt (the VM paused here after commit, the destination silent)."""
+    if decision is None:
+        raise UsageError("say where the guest lives: --resume-here or --discard-here",
+                         f"check the destination first: `quantavirt vm migrate-status {name}` there")
+    status = local.agent_client(ctx, timeout=120).post(f"vms/{name}/migrate/settle", {"decision": decision})
+    where = "resumed here" if decision == "resume-here" else f"released here; it runs on {status['destination']}"
+    click.echo(f"Migration of {name} settled: {name} {where}.")

@@ -17,6 +17,7 @@ from .common import LazyGroup
     "migrate": "qvplan.cli.qv_migrate:migrate",
     "migrate-status": "qvplan.cli.qv_migrate:migrate_status",
     "migrate-cancel": "qvplan.cli.qv_migrate:migrate_cancel",
+    "migrate-settle": "qvplan.cli.qv_migrate:migrate_settle",
 })
 def vm() -> None:
     """Manage the VMs of this host."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -13,17 +14,23 @@ from ..contract.flags import MigrateFlags
 from ..contract.ports import MIGRATION_PORT
 from ..contract.reasons import Reason
 from ..contract.rules import Policies
-from ..errors import QVError
+from ..errors import QVError, UsageError
 from ..host.events import drain
 from ..host.http import sse
 from ..host.registry import VMError
 from .job import MigrationJob
+from .journal import Journal, Record
+from .live import recovery as live_recovery
 from .live.source import SourceMigration
 from .offline.source import OfflineMigration
+from .status import MigrationStatus
 
 if TYPE_CHECKING:
     from ..host.context import Host
+    from ..host.registry import VM
 
+_JOURNAL_STATES = {"released": "COMPLETED", "running": "COMPLETED", "rolled-back": "FAILED", "discarded": "FAILED",
+                   "lost": "FAILED"}
 
 
 def no_migration(name: str) -> QVError:
@@ -32,7 +39,47 @@ def no_migration(name: str) -> QVError:
                    code=Reason.NO_MIGRATION)
 
 
-def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) -> None:
+def _is_session(text: str) -> bool:
+    return text.isalnum() and 8 <= len(text) <= 64
+
+
+def refused_settle(name: str) -> VMError:
+    return VMError(f"VM {name!r} has no migration in doubt on this host",
+                   f"see `quantavirt vm migrate-status {name}`; settle only a VM paused in doubt")
+
+
+class Settling(MigrationJob):
+    """A source session a restarted agent found `committed`: paused here until the destination
+    (or the operator) decides. Behaves as a job for status, events and settle."""
+
+    def __init__(self, host: Host, vm: VM, record: Record, journal: Journal) -> None:
+        kem = str(record.extra.get("kem", "ML-KEM-768"))
+        status = MigrationStatus(vm.name, record.peer, f"{kem} / AES-256-GCM ({host.provider_name})", 0)
+        status.phase = 5
+        status.session = record.session
+        flags = MigrateFlags(pqc_kem=kem)
+        super().__init__(host, vm, record.peer, flags, None, status)
+        self.session = record.session
+
+    async def _run(self) -> None:
+        outcome = await live_recovery.settle_source(self.host, self.journal, self.vm, self.session, self.dest,
+                                                    self.flags.pqc_kem, self.status, self.decision)
+        self.status.state = "COMPLETED" if outcome == "released" else "FAILED"
+        if outcome != "released":
+            self.status.error = "the destination did not take the VM after the commit; it resumed here"
+            self.status.code = Reason.IN_DOUBT.value
+        self.status.finished = time.time()
+        self._publish("completed" if outcome == "released" else "failed")
+
+
+def settling_job(host: Host, vm: VM, record: Record, journal: Journal) -> MigrationJob:
+    job = Settling(host, vm, record, journal)
+    job.start()
+    vm.busy = "migrating"
+    return job
+
+
+def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob], journal: Journal) -> None:
     """The migration routes; `jobs` holds each VM's latest outgoing migration."""
     routes = web.RouteTableDef()
 
@@ -76,7 +123,38 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) 
         name = request.match_info["name"]
         job = jobs.get(name)
         if job is None:
+            record = journal.latest_for(name, "source") or journal.latest_for(name, "destination")
+            if record is not None:  # a migration before this agent's restart: the journal's word
+                return web.json_response({"vm": name, "state": _JOURNAL_STATES.get(record.state, "MIGRATING"),
+                                          "journal": record.as_dict(), "session": record.session})
             raise no_migration(name)
+        return web.json_response(job.status.as_dict())
+
+    @routes.get("/api/v1/migrations/{session}")
+    async def session_record(request: web.Request) -> web.Response:
+        """A session's journal record (apply follows a move by it, also across agent restarts)."""
+        record = journal.get(request.match_info["session"]) if _is_session(request.match_info["session"]) else None
+        if record is None:
+            raise QVError("no such migration session on this host", "see `quantavirt vm migrate-status NAME`",
+                          code=Reason.NO_MIGRATION)
+        return web.json_response(record.as_dict())
+
+    @routes.post("/api/v1/vms/{name}/migrate/settle")
+    async def settle(request: web.Request) -> web.Response:
+        """The operator's word on a migration in doubt: resume the guest here, or let it go."""
+        name = request.match_info["name"]
+        body = await request.json()
+        choice = str(body.get("decision", ""))
+        if choice not in ("resume-here", "discard-here"):
+            raise UsageError("decision must be resume-here or discard-here",
+                             f"quantavirt vm migrate-settle {name} --resume-here|--discard-here")
+        job = jobs.get(name)
+        if job is None or job.status.done or not job.status.doubt:
+            raise refused_settle(name)
+        if not job.decision.done():
+            job.decision.set_result(choice)
+        if job.task:
+            await job.task
         return web.json_response(job.status.as_dict())
 
     @routes.post("/api/v1/vms/{name}/migrate/cancel")

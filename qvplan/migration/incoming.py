@@ -13,9 +13,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
-from ..host.registry import Registry
+from ..host.registry import VM, Registry
 
 log = logging.getLogger(__name__)
 INCOMING_MARK = "incoming"  # file in a VM's folder while it is an uncommitted incoming migration
@@ -35,13 +36,48 @@ def record_incoming_files(vm_dir: Path, *paths: Path) -> None:
         os.fsync(f.fileno())
 
 
+def identity(path: Path) -> list[int]:
+    """Which file is at `path` (device, inode): names are reused, inodes of a live file are not."""
+    info = os.stat(path, follow_symlinks=False)
+    return [info.st_dev, info.st_ino]
+
+
+def record_owned(vm_dir: Path, path: Path, ident: list[int]) -> None:
+    """List `path` as ours while it is the file `ident` (or any identity added later): removal
+    checks it, so a cleanup never deletes a file another session put under the same name."""
+    listing = vm_dir / INCOMING_FILES
+    try:
+        listed = json.loads(listing.read_text())
+    except (OSError, ValueError):
+        listed = []
+    for item in listed:
+        if isinstance(item, dict) and item.get("path") == str(path):
+            item["ids"].append(ident)
+            break
+    else:
+        listed.append({"path": str(path), "ids": [ident]})
+    with open(listing, "w") as f:
+        json.dump(listed, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def remove_incoming_files(vm_dir: Path) -> None:
-    """Delete what an uncommitted incoming migration listed in its INCOMING_FILES."""
+    """Delete what an uncommitted incoming migration listed in its INCOMING_FILES (an owned entry
+    only while the file there is still one of ours)."""
     try:
         listed = json.loads((vm_dir / INCOMING_FILES).read_text())
     except (OSError, ValueError):
         return
     for item in listed if isinstance(listed, list) else []:
+        if isinstance(item, dict):
+            path = Path(str(item.get("path")))
+            try:
+                if identity(path) in item.get("ids", []):
+                    path.unlink()
+            except OSError:
+                pass
+            continue
         path = Path(str(item))
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
@@ -49,10 +85,11 @@ def remove_incoming_files(vm_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-async def discard_uncommitted(registry: Registry) -> None:
-    """At agent start: remove every incoming VM that never committed (its QEMU never ran the guest)."""
+async def discard_uncommitted(registry: Registry, keep: Callable[[VM], bool] = lambda vm: False) -> None:
+    """At agent start: remove every incoming VM that never committed (its QEMU never ran the guest);
+    `keep` spares those whose journal says the commit arrived (they may have run)."""
     for vm in list(registry.vms.values()):
-        if not (vm.dir / INCOMING_MARK).exists():
+        if not (vm.dir / INCOMING_MARK).exists() or keep(vm):
             continue
         log.info("removing uncommitted incoming VM %s", vm.name)
         if vm.proc is not None:

@@ -13,6 +13,7 @@ from ..contract.rules import Policies
 if TYPE_CHECKING:
     from ..host.context import Host
     from ..host.registry import VM
+    from .journal import Journal
     from .status import MigrationStatus
 
 
@@ -21,6 +22,8 @@ class MigrationJob:
 
     def __init__(self, host: Host, vm: VM, dest: str, flags: MigrateFlags, policies: Policies | None,
                  status: MigrationStatus) -> None:
+        from .journal import journal_for
+
         self.host = host
         self.vm = vm
         self.dest = dest
@@ -28,6 +31,10 @@ class MigrationJob:
         self.policies = policies or Policies()  # the plan's prerequisites, or the defaults
         self.status = status
         self.session = uuid.uuid4().hex
+        status.session = self.session  # apply follows a move by it, also across reconnects and restarts
+        self.journal: Journal = journal_for(host.state_dir)
+        # The operator's word on a migration in doubt (`vm migrate-settle`): "resume-here" | "discard-here"
+        self.decision: asyncio.Future[str] = asyncio.get_event_loop().create_future()
         self.topic = f"{vm.name}/migrate"
         self.setup_done = asyncio.Event()  # set once phase 1 passed (or the migration ended)
         self.task: asyncio.Task[None] | None = None

@@ -41,10 +41,21 @@ class MigrationStatus:
     forced_stop_and_copy: bool = False
     cpu_throttle: int = 0  # auto-converge's vCPU throttle, % (QEMU only raises it; kept after the end)
     percent: float = 0.0  # never runs backwards
+    doubt: str | None = None  # after commit, while the destination's word is missing: where the VM is, what settles it
+    session: str | None = None
+    _mono_started: float = field(default_factory=time.monotonic, repr=False)
+    _mono_finished: float | None = field(default=None, repr=False)
 
     @property
     def elapsed(self) -> float:
-        return (self.finished or time.time()) - self.started
+        # monotonic: a clock jump neither fires nor stretches --timeout (started/finished are for people)
+        end = self._mono_finished if self._mono_finished is not None else time.monotonic()
+        return end - self._mono_started
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "finished" and value is not None and getattr(self, "_mono_finished", None) is None:
+            object.__setattr__(self, "_mono_finished", time.monotonic())
+        object.__setattr__(self, name, value)
 
     @property
     def done(self) -> bool:
@@ -85,7 +96,7 @@ class MigrationStatus:
                 f"{format_size(self.storage_dirty)} dirty, {format_rate(self.storage_rate)}")
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         out["elapsed"] = self.elapsed
         out["phase_name"] = PHASES[self.phase]
         out["storage"] = self.storage_line() if self.storage_total else None  # the Storage line
@@ -99,6 +110,8 @@ class MigrationStatus:
         else:
             block = ", copying disks" if self.storage_phase else ""
             lines.append(f"State:           MIGRATING (phase {self.phase}: {PHASES[self.phase]}{block})")
+            if self.doubt:
+                lines.append(f"In Doubt:        {self.doubt}")
         lines += [
             f"Destination:     {self.destination}",
             f"Encryption:      {self.encryption}",

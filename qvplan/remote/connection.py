@@ -71,6 +71,11 @@ class HostConnection:
         return self.target.name
 
     @property
+    def alive(self) -> bool:
+        """Is the SSH connection still up? (A dropped one is replaced, never reused.)"""
+        return self._conn is not None and not self._conn.is_closed()
+
+    @property
     def ssh(self) -> asyncssh.SSHClientConnection:
         if self._conn is None:
             raise RuntimeError(f"{self.name}: not connected")

@@ -317,3 +317,32 @@ def test_room_is_checked_per_filesystem():
     assert check_room([(Path("/p1"), 10 * MIB), (Path("/p2"), 50 * MIB)], free.__getitem__) is None
     problem = check_room([(Path("/p1"), 11 * MIB)], free.__getitem__)
     assert problem is not None and "Destination out of resources" in problem.cause
+
+
+def test_two_moves_into_one_pool_with_the_same_disk_file_name(make_agent, tmp_path):
+    """The second move is refused while the first holds the name; nothing of either is lost."""
+    a, b, c = make_agent("hv-a"), make_agent("hv-b"), make_agent("hv-c")
+    mutual_trust(a, b)
+    mutual_trust(c, b)
+    same = {"pool": "default", "file": "data.qcow2", "format": "qcow2"}
+    first, second = a.root / "images" / "data.qcow2", c.root / "images" / "data.qcow2"
+    make_qcow2(first, tmp_path, random_mib=16)
+    make_qcow2(second, tmp_path, random_mib=1)
+    kept = tmp_path / "first.qcow2"
+    shutil.copy(first, kept)
+    second_sum = sha256(second)
+    a.api("POST", "vms", guest_vm("vm-1", memory="64M", disks=[same]))
+    c.api("POST", "vms", guest_vm("vm-2", memory="64M", disks=[same]))
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"offline": True, "bandwidth": "6M"}})
+    wait_copied(a, "vm-1", 2 * MIB)
+    try:
+        c.api("POST", "vms/vm-2/migrate", {"dest": b.migration, "flags": {"offline": True}})
+        status = wait_outcome(c, "vm-2")
+    except ApiError as err:
+        status = err.body
+    assert status.get("code") == "name-clash" and "data.qcow2" in status["error"], status
+    assert c.vm("vm-2")["state"] == "defined" and sha256(second) == second_sum
+    assert wait_outcome(a, "vm-1")["state"] == "COMPLETED"
+    landed = b.root / "images" / "data.qcow2"
+    assert same_image(landed, kept)  # the winner's disk, whole
+    assert b.vm_names() == ["vm-1"] and not list((b.root / "images").glob(".qv-incoming-*"))

@@ -246,3 +246,20 @@ def test_status_shows_the_storage_line_during_the_block_phase():
     assert "State:           MIGRATING (phase 2: initial transfer, copying disks)" in shown
     assert "Storage:         75% (96.0 MiB / 128.0 MiB copied), 2.0 MiB dirty, 50 MB/s" in shown
     assert "Storage:" not in MigrationStatus("vm-1", "hv-b:9410", "x", 30).render()  # shared storage
+
+
+def test_destination_pool_removed_during_the_copy_refuses_to_commit(pair):
+    import shutil
+
+    from .invariant import exactly_one
+
+    a, b = pair
+    source_image = disk_guest(a, data_mib=16)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"storage_migrate": True, "bandwidth": "8M"}})
+    wait_status(a, lambda s: s["storage_phase"] and s["storage_copied"] >= 2 * MIB, "the block phase")
+    shutil.rmtree(b.root / "images")  # QEMU there keeps writing into the unlinked image
+    status = wait_outcome(a, "vm-1")
+    assert status["state"] == "FAILED", status
+    assert status["code"] == "storage-failed" and "was removed during the copy" in status["error"], status
+    assert source_image.exists()
+    exactly_one(a, b)

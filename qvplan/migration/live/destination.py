@@ -1,14 +1,16 @@
 """The destination side: check, start QEMU -incoming, carry the streams in, commit or roll back.
 
-Protocol on the control channel (source → destination, one JSON message each):
-  {"op": "migrate", ...}          → {"ok": true} once QEMU listens, or {"ok": false, "error", "fix"}
-                                    (with --storage-migrate also "exports": NBD export per disk)
-  (data connections: {"op": "migrate-data" | "storage-data", "session"} each, then raw records)
-  ← {"event": "received"}          QEMU has loaded all state and waits paused (-S)
-  {"cmd": "commit"}               → resume, announce-self, ← {"event": "running", "resumed_at"}
-  {"cmd": "abort"} or EOF before commit → QEMU killed, nothing left behind, ← {"event": "discarded"}
-The destination never resumes the guest without the source's commit, and the source releases its
-VM only after "running": a VM runs on exactly one host.
+The control messages are contract/wire.py's. Every session is journaled (journal.py) in the
+destination's states, each written before it takes effect:
+  loading    the request passed phase 1; QEMU -incoming is being fed       (guest never ran here)
+  loaded     QEMU loaded everything, waits paused; "received" sent          (guest never ran here)
+  committing the source's commit arrived: `cont` is under way               (guest may run here)
+  running    the guest resumed here; "running" sent                         (ended: ours)
+  discarded  abort, EOF or a fence before commit: QEMU and files removed    (ended: never ran)
+  lost       QEMU died after commit                                         (ended: operator settles)
+The destination never resumes the guest without the commit, never accepts a commit once it
+answered "discarded" to a fence, and never discards a guest after "committing". The state table
+and the recovery rule are in docs/exactly-once.md.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ...contract import rules
+from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
 from ...contract.network import missing_network
@@ -31,7 +33,9 @@ from ...contract.reasons import Reason
 from ...errors import QVError
 from ...pqc import SecureChannel
 from ...vmm import VMSpec
+from ..faults import pause_at
 from ..incoming import INCOMING_FILES, INCOMING_MARK, record_incoming_files
+from ..journal import Journal
 from ..qmp import configure, event_time
 from ..storage import exports
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, accept_stream
@@ -43,14 +47,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+CONT_TIMEOUT = 10.0  # seconds `cont` may take before the resume is followed in the background
+_resuming: set[asyncio.Task[None]] = set()  # strong references to background resume followers
+
+
 @dataclass
 class Incoming:
     session: str
     vm: VM
     sockets: dict[str, str] = field(default_factory=dict)  # data operation → local QEMU socket
     images: list[Path] = field(default_factory=list)  # created here by a storage migration
+    identities: dict[Path, tuple[int, int]] = field(default_factory=dict)  # image → (st_dev, st_ino) at creation
     storage: bool = False
-    state: str = "waiting"  # waiting, received, running, aborted
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)  # a fence or the agent stopping
+
+    def state(self, journal: Journal) -> str:
+        record = journal.get(self.session)
+        return record.state if record else "unknown"
 
 
 def verdict(spec: VMSpec, flags: MigrateFlags, request: dict[str, Any], facts: dict[str, Any],
@@ -78,15 +91,15 @@ def boot_files(host: Host, spec: VMSpec) -> list[str]:
 
 
 def preflight(host: Host, channel: SecureChannel,
-              request: dict[str, Any]) -> tuple[VMSpec, MigrateFlags, exports.Placement | None]:
+              request: wire.MigrateRequest) -> tuple[VMSpec, MigrateFlags, exports.Placement | None]:
     """Every check of phase 1, before any VM state moves. Raises the spec's refusal.
 
     With --storage-migrate the pool replaces the shared-storage check, and the placement's
     definition points at the new images."""
     from ...host.facts import host_facts
 
-    spec = VMSpec.model_validate(request["vm"])
-    flags = MigrateFlags.model_validate(request["flags"])
+    spec = VMSpec.model_validate(request.vm)
+    flags = MigrateFlags.model_validate(request.flags)
     if channel.peer_fingerprint == host.identity.fingerprint:
         raise refused(Reason.SAME_HOST, "destination is the source host", "pick another --dest")
     if flags.insecure and host.config.migration.pqc_required:
@@ -95,31 +108,41 @@ def preflight(host: Host, channel: SecureChannel,
     if spec.name in host.registry.vms:
         raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
-    problem = verdict(spec, flags, request, host_facts(host), os.path.exists, boot_files(host, spec))
+    problem = verdict(spec, flags, request.model_dump(), host_facts(host), os.path.exists, boot_files(host, spec))
     if problem:
         raise refusal_error(problem)
     if flags.storage_migrate:
-        placement = exports.place(spec, request.get("storage", []), host.pools, flags.dest_pool)
+        placement = exports.place(spec, request.storage or [], host.pools, flags.dest_pool)
         return placement.spec, flags, placement
     return spec, flags, None
 
 
-async def handle_migrate(host: Host, sessions: dict[str, Incoming], channel: SecureChannel,
-                         request: dict[str, Any]) -> None:
-    log.info("incoming migration of %s from %s", request.get("vm", {}).get("name"), channel.peer_name)
+async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incoming], channel: SecureChannel,
+                         raw: dict[str, Any]) -> None:
+    try:
+        request = wire.parse(raw, wire.MigrateRequest)
+        assert isinstance(request, wire.MigrateRequest)
+    except wire.WireError as err:
+        await channel.send_json(wire.SetupReply(ok=False, **failure(Reason.PROTOCOL_ERROR, str(err)).as_dict()).dump())
+        return
+    log.info("incoming migration of %s from %s", request.vm.get("name"), channel.peer_name)
     try:
         spec, flags, placement = preflight(host, channel, request)
-    except MigrationError as err:
-        await channel.send_json({"ok": False, **err.as_dict()})
+        journal.open_session(request.session, "destination", spec.name, channel.peer_name, "loading",
+                             storage=placement is not None)
+    except (MigrationError, ValueError) as err:
+        why = err if isinstance(err, MigrationError) else failure(Reason.PROTOCOL_ERROR, str(err))
+        await channel.send_json(wire.SetupReply(ok=False, **why.as_dict()).dump())
         return
     vm = host.registry.define(spec)
     vm.busy = "incoming"
-    (vm.dir / INCOMING_MARK).write_text(request["session"])
-    incoming = Incoming(request["session"], vm, {MIGRATE_DATA: str(vm.run_dir / "incoming.sock")},
+    (vm.dir / INCOMING_MARK).write_text(request.session)
+    incoming = Incoming(request.session, vm, {MIGRATE_DATA: str(vm.run_dir / "incoming.sock")},
                         storage=placement is not None)
     sessions[incoming.session] = incoming
+    replied = False
     try:
-        reply: dict[str, Any] = {"ok": True}
+        export_names: list[str] | None = None
         if placement is not None:
             exports.create_images(placement, lambda path: _record_image(incoming, path))
         await host.registry.start(spec.name, incoming="defer", paused=True)
@@ -128,79 +151,188 @@ async def handle_migrate(host: Host, sessions: dict[str, Incoming], channel: Sec
             nbd = vm.run_dir / "nbd.sock"
             await exports.export(vm.proc.qmp, exports.unix_address(nbd, vm.proc.qemu_path(nbd)), placement.exports)
             incoming.sockets[STORAGE_DATA] = str(nbd)
-            reply["exports"] = placement.exports
+            export_names = placement.exports
         await configure(vm.proc.qmp, flags)
         uri = f"unix:{vm.proc.qemu_path(incoming.sockets[MIGRATE_DATA])}"  # by name in QEMU's run dir
         await vm.proc.qmp.execute("migrate-incoming", {"uri": uri})
-        await channel.send_json(reply)
-        await _follow(host, channel, incoming)
+        await channel.send_json(wire.SetupReply(ok=True, exports=export_names).dump())
+        replied = True
+        await _follow(host, journal, channel, incoming)
     except Exception as err:
         log.warning("incoming migration of %s failed: %s", spec.name, err)
         with contextlib.suppress(Exception):
             why = err if isinstance(err, MigrationError) else failure(
                 Reason.DESTINATION_FAILED, f"destination failed: {err}", "see the destination agent's log")
-            await channel.send_json({"event": "failed", **why.as_dict()})
+            answer = wire.Failed(**why.as_dict()) if replied else wire.SetupReply(ok=False, **why.as_dict())
+            await channel.send_json(answer.dump())
     finally:
         sessions.pop(incoming.session, None)
-        if incoming.state != "running":
-            await discard(host, vm, incoming.images)
+        if incoming.state(journal) in ("loading", "loaded", "discarded"):
+            await discard_session(host, journal, incoming.session, vm, incoming.images)
             with contextlib.suppress(Exception):  # the source reports its outcome once this is done
-                await channel.send_json({"event": "discarded"})
+                await channel.send_json(wire.Discarded().dump())
 
 
 def _record_image(incoming: Incoming, path: Path) -> None:
-    """Note an image we created, for discard() and for a restarted agent (registry.load)."""
+    """Note an image we created, for discard() and for a restarted agent (registry.load), and
+    which file it is (device and inode), to notice it removed or replaced before the commit."""
     incoming.images.append(path)
     record_incoming_files(incoming.vm.dir, path)
+    info = os.stat(path)
+    incoming.identities[path] = (info.st_dev, info.st_ino)
 
 
-async def _follow(host: Host, channel: SecureChannel, incoming: Incoming) -> None:
-    """Wait for QEMU to load everything, then for the source's verdict."""
+def check_images(incoming: Incoming) -> None:
+    """Refuse to go on when an image we created is no longer the file at its path: QEMU would
+    write the guest's disk into an unlinked (or someone else's) file."""
+    for path, identity in incoming.identities.items():
+        try:
+            info = os.stat(path)
+            now: tuple[int, int] | None = (info.st_dev, info.st_ino)
+        except OSError:
+            now = None
+        if now != identity:
+            how = "removed" if now is None else "replaced"
+            raise failure(Reason.STORAGE_FAILED, f"destination image {path} was {how} during the copy",
+                          "check the destination pool (mounted, not cleaned up by hand) and retry")
+
+
+async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming: Incoming) -> None:
+    """Wait for QEMU to load everything, then for the source's verdict; resume on commit."""
     vm = incoming.vm
     assert vm.proc is not None
     qmp = vm.proc.qmp
     loaded = asyncio.ensure_future(_wait_loaded(qmp))
     verdict = asyncio.ensure_future(channel.recv_json())
+    aborted = asyncio.ensure_future(incoming.aborted.wait())
     try:
-        done, _ = await asyncio.wait({loaded, verdict}, return_when=asyncio.FIRST_COMPLETED)
-        if verdict in done:  # abort or EOF before QEMU finished loading
-            raise failure(Reason.CANCELLED, f"source ended the migration: {verdict.result()}")
+        done, _ = await asyncio.wait({loaded, verdict, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        if verdict in done or aborted in done:  # abort, EOF or a fence before QEMU finished loading
+            raise failure(Reason.CANCELLED, f"source ended the migration: {_said(verdict)}")
         loaded.result()
-        incoming.state = "received"
-        await channel.send_json({"event": "received"})
-        message = await verdict
+        check_images(incoming)
+        await channel.send_json(wire.Received().dump())
+        journal.set(incoming.session, "loaded", sync=False)  # not needed durable: loading/loaded alike never ran
+        await pause_at(host.state_dir, "dest-after-received")
+        done, _ = await asyncio.wait({verdict, aborted}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         loaded.cancel()
+        aborted.cancel()
+    if verdict not in done:
         verdict.cancel()
-    if not message or message.get("cmd") != "commit":
+        raise failure(Reason.CANCELLED, "migration fenced or the agent is stopping")
+    try:
+        message = wire.parse(verdict.result())
+    except (wire.WireError, Exception) as err:
+        raise failure(Reason.CONNECTION_RESET, f"source did not commit: {err}") from None
+    if not isinstance(message, wire.Commit) or incoming.state(journal) != "loaded":
         raise failure(Reason.CONNECTION_RESET, f"source did not commit: {message}")
-    if incoming.storage:
-        await exports.unexport(qmp)
-    with qmp.listener(("RESUME",)) as listener:
-        await qmp.execute("cont")
-        resume = await asyncio.wait_for(listener.get(), 10)
-    incoming.state = "running"
-    vm.busy = None
-    (vm.dir / INCOMING_MARK).unlink(missing_ok=True)  # the commit point; then the undo list goes
-    (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
-    await vm.proc.announce()
+    check_images(incoming)  # the last moment it can still be refused (the source will be told "discarded")
+    if not vm.running:
+        raise failure(Reason.QEMU_FAILED, "destination QEMU exited before the commit",
+                      "see the VM's qemu.log on the destination")
+    journal.set(incoming.session, "committing")  # durable before cont: from here on the guest may run here
+    await pause_at(host.state_dir, "dest-before-cont")
+    resumed_at = await resume(host, journal, incoming.session, vm, unexport=incoming.storage, paused=True)
+    if resumed_at is None:
+        return  # `cont` is slow (QEMU frozen?): followed in the background, the session stays committing
     host.events.publish(vm.name, "migrated-in", source=channel.peer_name)
-    await channel.send_json({"event": "running", "resumed_at": event_time(resume),
-                             "host": host.config.host.name})
+    await channel.send_json(wire.Running(resumed_at=resumed_at, host=host.config.host.name).dump())
+
+
+def _said(verdict: asyncio.Future[Any]) -> Any:
+    if verdict.done() and not verdict.cancelled() and verdict.exception() is None:
+        return verdict.result()
+    return "no message"
+
+
+async def resume(host: Host, journal: Journal, session: str, vm: VM, unexport: bool = False,
+                 paused: bool = False) -> float | None:
+    """The journal says committing: resume the guest here (also after a restart). Returns QEMU's
+    resume time, or None when `cont` takes longer than CONT_TIMEOUT (then a background task
+    keeps at it and journals `running` once QEMU runs)."""
+    assert vm.proc is not None
+    qmp = vm.proc.qmp
+    try:
+        with qmp.listener(("RESUME",)) as listener:
+            async with asyncio.timeout(CONT_TIMEOUT):
+                if unexport:
+                    await exports.unexport(qmp)
+                if paused or (await qmp.execute("query-status"))["status"] != "running":
+                    await qmp.execute("cont")
+                    resume_event = await listener.get()
+                    resumed_at: float = event_time(resume_event)
+                else:
+                    resumed_at = time.time()
+    except TimeoutError:
+        log.warning("%s: cont took over %.0fs; following the resume in the background", vm.name, CONT_TIMEOUT)
+        task = asyncio.ensure_future(_resume_later(host, journal, session, vm))
+        _resuming.add(task)
+        task.add_done_callback(_resuming.discard)
+        return None
+    except Exception as err:
+        if not vm.running:
+            log.error("%s: QEMU died after commit (%s): the session is lost", vm.name, err)
+            _mark_lost(journal, session, vm)
+            return None
+        raise
+    await pause_at(host.state_dir, "dest-after-cont")
+    _mark_running(journal, session, vm)
+    await vm.proc.announce()
+    return resumed_at
+
+
+async def _resume_later(host: Host, journal: Journal, session: str, vm: VM) -> None:
+    delay = 0.5
+    while True:
+        if not vm.running:
+            _mark_lost(journal, session, vm)
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                if (await vm.proc.qmp.execute("query-status"))["status"] == "running":  # type: ignore[union-attr]
+                    _mark_running(journal, session, vm)
+                    await vm.proc.announce()  # type: ignore[union-attr]
+                    return
+                await vm.proc.qmp.execute("cont")  # type: ignore[union-attr]
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def _mark_running(journal: Journal, session: str, vm: VM) -> None:
+    journal.set(session, "running")
+    vm.busy = None
+    (vm.dir / INCOMING_MARK).unlink(missing_ok=True)  # the undo list goes: the VM is ours
+    (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
+
+
+def _mark_lost(journal: Journal, session: str, vm: VM) -> None:
+    """QEMU is gone after commit: keep the definition and images (they may hold the newest data)."""
+    journal.set(session, "lost")
+    vm.busy = None
+    (vm.dir / INCOMING_MARK).unlink(missing_ok=True)
+    (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
 
 
 async def _wait_loaded(qmp: Any) -> None:
-    while True:
-        info = await qmp.execute("query-migrate")
-        status = info.get("status")
-        if status == "completed":
-            return
-        if status in ("failed", "cancelled"):
-            raise failure(Reason.QEMU_FAILED, f"destination QEMU could not load the VM state ({status})",
-                          "see the VM's qemu.log on the destination")
-        # Fast while the stream flows (the end is latency-critical); slow before it starts,
-        # which with --storage-migrate is the whole block phase.
-        await asyncio.sleep(0.005 if status == "active" else 0.1)
+    """Until QEMU reports the incoming migration completed: MIGRATION events, no polling."""
+    with qmp.listener(("MIGRATION",)) as listener:
+        status = (await qmp.execute("query-migrate")).get("status")
+        while status != "completed":
+            if status in ("failed", "cancelled"):
+                raise failure(Reason.QEMU_FAILED, f"destination QEMU could not load the VM state ({status})",
+                              "see the VM's qemu.log on the destination")
+            event = await listener.get()
+            status = event.get("data", {}).get("status")
+
+
+async def discard_session(host: Host, journal: Journal, session: str, vm: VM,
+                          images: list[Path] | None = None) -> None:
+    """Never resumed here: journal `discarded` first (a commit arriving later is refused), then remove."""
+    record = journal.get(session)
+    if record is not None and record.state in ("loading", "loaded"):
+        journal.set(session, "discarded")
+    await discard(host, vm, images)
 
 
 async def discard(host: Host, vm: VM, images: list[Path] | None = None) -> None:
@@ -214,10 +346,11 @@ async def discard(host: Host, vm: VM, images: list[Path] | None = None) -> None:
         host.registry.forget(vm.name)
 
 
-async def handle_data(sessions: dict[str, Incoming], channel: SecureChannel, request: dict[str, Any]) -> None:
+async def handle_data(journal: Journal, sessions: dict[str, Incoming], channel: SecureChannel,
+                      request: dict[str, Any]) -> None:
     """A data stream of a session (`migrate-data` or `storage-data`), relayed into QEMU."""
-    incoming = sessions.get(request.get("session", ""))
-    if incoming is None or incoming.state != "waiting":
+    incoming = sessions.get(str(request.get("session", "")))
+    if incoming is None or incoming.state(journal) != "loading":
         await channel.send_json({"ok": False, "error": "no such migration session"})
         return
     started = time.monotonic()
@@ -225,8 +358,31 @@ async def handle_data(sessions: dict[str, Incoming], channel: SecureChannel, req
     log.debug("%s stream for %s done after %.1fs", request["op"], incoming.vm.name, time.monotonic() - started)
 
 
-async def handle_session_state(host: Host, channel: SecureChannel, request: dict[str, Any]) -> None:
-    """After a lost control channel: does this host run the VM now? (Decides source resume.)"""
-    name = request.get("vm", "")
-    vm = host.registry.vms.get(name)
-    await channel.send_json({"ok": True, "running": bool(vm and vm.running and not vm.busy)})
+async def handle_session_state(host: Host, journal: Journal, sessions: dict[str, Incoming],
+                               channel: SecureChannel, raw: dict[str, Any]) -> None:
+    """The journal's word on a session, asked by its source (after a lost confirmation or a restart).
+
+    The question is a fence: a session not yet committed is discarded on the spot (journaled before
+    the answer), so a commit still in flight can never resume it after the source was told
+    "discarded"."""
+    try:
+        query = wire.parse(raw, wire.SessionQuery)
+        assert isinstance(query, wire.SessionQuery)
+    except wire.WireError as err:
+        await channel.send_json({"ok": False, **failure(Reason.PROTOCOL_ERROR, str(err)).as_dict()})
+        return
+    record = journal.get(query.session)
+    if record is None or record.role != "destination":
+        await channel.send_json(wire.SessionAnswer(state="unknown").dump())
+        return
+    if record.state in ("loading", "loaded") and record.peer == channel.peer_name:  # only its source fences it
+        journal.set(query.session, "discarded")
+        incoming = sessions.get(query.session)
+        if incoming is not None:
+            incoming.aborted.set()  # its handler removes QEMU and files
+        else:
+            vm = host.registry.vms.get(record.vm)
+            if vm is not None and (vm.dir / INCOMING_MARK).exists():
+                await discard(host, vm)
+    state = journal.get(query.session).state  # type: ignore[union-attr]
+    await channel.send_json(wire.SessionAnswer(state=state, running=state == "running").dump())  # type: ignore[arg-type]

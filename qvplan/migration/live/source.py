@@ -8,17 +8,20 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ...contract import wire
 from ...contract.errors import MigrationError, failure
 from ...contract.flags import MigrateFlags
 from ...contract.reasons import Reason
 from ...contract.rules import Policies
 from ...pqc import PQCError, SecureChannel
+from ..faults import pause_at
 from ..job import MigrationJob
-from ..peer import ask, channel_failure, open_peer
+from ..peer import channel_failure, open_peer
 from ..qmp import configure, ensure_running, event_time, run_state
 from ..status import MigrationStatus
 from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
+from . import recovery
 
 if TYPE_CHECKING:
     from ...host.context import Host
@@ -27,8 +30,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 POLL = 0.25
 STALL_LIMIT = 15.0  # seconds without a byte moving = the network is gone
+COMMIT_WAIT = 10.0  # seconds for "running" after commit, before asking the destination on a fresh channel
 DISCARD_WAIT = 3.0  # seconds a rollback waits for the destination to confirm it removed its side
 ENDINGS = {"completed", "failed", "cancelled"}
+
+
+def _ignore(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class SourceMigration(MigrationJob):
@@ -83,29 +92,34 @@ class SourceMigration(MigrationJob):
 
         qmp = self.vm.proc.qmp
         facts = host_facts(self.host)
-        request = {
-            "op": "migrate", "session": self.session, "version": self.host.version,
-            "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
-            "policies": self.policies.model_dump(),
-            "cpu": facts["cpu"], "disks": self.host.registry.disk_facts(self.vm.spec),
-        }
-        if self.flags.storage_migrate:
-            request["storage"] = await describe_disks(qmp, self.vm.spec, self.host.pools)
-        await self.control.send_json(request)
-        reply = await asyncio.wait_for(self.control.recv_json(), 60)
-        log.debug("destination answered setup: %s", reply)
-        if not reply or not reply.get("ok"):
-            raise MigrationError.from_dict(reply or {"error": "destination closed the connection during setup"},
-                                           Reason.CONNECTION_RESET)
+        storage = await describe_disks(qmp, self.vm.spec, self.host.pools) if self.flags.storage_migrate else None
+        request = wire.MigrateRequest(
+            session=self.session, version=self.host.version, vm=self.vm.spec.model_dump(mode="json"),
+            flags=self.flags.model_dump(mode="json"), policies=self.policies.model_dump(),
+            cpu=facts["cpu"], disks=self.host.registry.disk_facts(self.vm.spec), storage=storage,
+        )
+        self.journal.open_session(self.session, "source", self.vm.name, self.dest, "transferring",
+                                  kem=self.flags.pqc_kem, delete_source_disks=self.flags.delete_source_disks
+                                  and self.flags.storage_migrate)
+        await self.control.send_json(request.dump())
+        raw = await asyncio.wait_for(self.control.recv_json(), 60)
+        log.debug("destination answered setup: %s", raw)
+        if not raw:
+            raise failure(Reason.CONNECTION_RESET, "destination closed the connection during setup")
+        reply = wire.parse(raw, wire.SetupReply, wire.Failed)
+        if isinstance(reply, wire.Failed):
+            raise MigrationError.from_dict(reply.dump(), Reason.DESTINATION_FAILED)
+        assert isinstance(reply, wire.SetupReply)
+        if not reply.ok:
+            raise MigrationError.from_dict(reply.dump(), Reason.DESTINATION_FAILED)
         self._from_dest = asyncio.ensure_future(self.control.recv_json())
         await self.carrier.serve(self.vm.run_dir / "migrate.sock", MIGRATE_DATA)
         self.vm.proc.share(self.vm.run_dir / "migrate.sock")  # QEMU (its own user) connects to it
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())
         self._watch_passes = asyncio.ensure_future(self._follow_passes())
-        if request.get("storage"):
-            self.mirrors = DiskMirrors(qmp, [d["index"] for d in request["storage"]], reply["exports"],
-                                       self._nbd_address)
+        if storage:
+            self.mirrors = DiskMirrors(qmp, [d["index"] for d in storage], reply.exports or [], self._nbd_address)
 
     async def _nbd_address(self, index: int) -> dict[str, Any]:
         """The NBD client of disk `index` gets its own carried socket, passed to QEMU by fd (a
@@ -222,15 +236,20 @@ class SourceMigration(MigrationJob):
         assert self.control is not None and self._from_dest is not None
         qmp = self.vm.proc.qmp
         last_moved, last_move_time = 0, time.monotonic()
+        info: dict[str, Any] = {}
         while True:
-            info = await qmp.execute("query-migrate")
+            if self._from_dest.done():
+                if self._received():
+                    return info  # "received" woke us: commit at once, figures after
+                self._check_destination()
+            query = asyncio.ensure_future(qmp.execute("query-migrate"))
+            await asyncio.wait({query, self._from_dest}, return_when=asyncio.FIRST_COMPLETED)
+            if self._from_dest.done() and self._received():
+                query.add_done_callback(_ignore)  # its answer no longer matters: commit comes first
+                return info
+            info = await query
             self.status.update_from_qemu(info)
             state = info.get("status")
-            if self._from_dest.done():
-                message = self._from_dest.result()
-                if message and message.get("event") == "received":
-                    return info
-                self._check_destination()
             if state in ENDINGS and state != "completed":
                 qemu_says = f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}"
                 if self.carrier.broken:  # QEMU failed because our relay lost the destination
@@ -259,13 +278,28 @@ class SourceMigration(MigrationJob):
                 raise self._reset(f"no progress for {STALL_LIMIT:.0f}s")
             await asyncio.wait({self._from_dest}, timeout=POLL)
 
+    def _received(self) -> bool:
+        assert self._from_dest is not None
+        if self._from_dest.cancelled() or self._from_dest.exception() is not None:
+            return False
+        with contextlib.suppress(wire.WireError):
+            return isinstance(wire.parse(self._from_dest.result()), wire.Received)
+        return False
+
     def _check_destination(self) -> None:
         """Before "received", any message (or EOF) from the destination means it gave up."""
         if self._from_dest is not None and self._from_dest.done():
             message = None if self._from_dest.exception() else self._from_dest.result()
             if not message:
                 raise self._reset("control channel to the destination closed")
-            raise MigrationError.from_dict(message, Reason.DESTINATION_FAILED)
+            try:
+                said = wire.parse(message, wire.Failed, wire.Discarded)
+            except wire.WireError as err:
+                raise failure(Reason.PROTOCOL_ERROR, f"destination sent {err}") from None
+            if isinstance(said, wire.Failed):
+                raise MigrationError.from_dict(said.dump(), Reason.DESTINATION_FAILED)
+            raise failure(Reason.DESTINATION_FAILED, "destination discarded the migration",
+                          "see the destination agent's log")
 
     def _reset(self, detail: str) -> MigrationError:
         return channel_failure(ConnectionResetError(detail), self.dest)
@@ -278,35 +312,50 @@ class SourceMigration(MigrationJob):
                           "enable auto-converge, increase bandwidth, or reduce VM write load")
 
     async def _activate(self, info: dict[str, Any]) -> None:
-        """Phase 5: the destination resumes the guest; only then is the source VM released."""
+        """Phase 5: journal `committed`, send commit; the source VM is released only once the
+        destination confirms it runs the guest (or says it discarded it: then the guest resumes here)."""
         assert self.control is not None
-        # QEMU's own stop-and-copy passes may still be on their way as events: publish them now.
-        self._publish_passes(self.status.iteration)
+        self.journal.set(self.session, "awaiting-commit", sync=False)  # like transferring for recovery
+        await pause_at(self.host.state_dir, "source-before-commit")
         self.status.phase = 5
-        await self.control.send_json({"cmd": "commit"})
-        self._publish("phase", phase=5)
+        # The decision, written before the commit leaves. Flushed to the device meanwhile, off the
+        # guest's pause: only a host crash loses a written line, and it kills this QEMU too.
+        self.journal.set(self.session, "committed", sync="behind")
+        running: wire.Message | None = None
         try:
-            message = await asyncio.wait_for(self.control.recv_json(), 30)
-        except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError):
-            message = None
-        if not message or message.get("event") != "running":
-            if not await self._destination_runs_vm():
-                raise self._reset("destination did not resume the VM after commit")
-            message = {"resumed_at": None}
-        if message.get("resumed_at") and self._stop_at:
-            self.status.pause = max(0.0, message["resumed_at"] - self._stop_at)
-            self.status.stopped_at, self.status.resumed_at = self._stop_at, message["resumed_at"]
-        final = await self.vm.proc.qmp.execute("query-migrate")
-        self.status.update_from_qemu(final if final.get("status") == "completed" else info)
+            await self.control.send_json(wire.Commit().dump())
+            await pause_at(self.host.state_dir, "source-after-commit")
+            self._publish("phase", phase=5)
+            raw = await asyncio.wait_for(self.control.recv_json(), COMMIT_WAIT)
+            running = wire.parse(raw)
+        except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError, wire.WireError) as err:
+            log.warning("%s: no confirmation after commit (%s): asking %s", self.vm.name, err or "timeout", self.dest)
+        if not isinstance(running, wire.Running):
+            outcome = await recovery.settle_source(self.host, self.journal, self.vm, self.session, self.dest,
+                                                   self.flags.pqc_kem, self.status, self.decision)
+            if outcome == "rolled-back" and isinstance(running, wire.Failed):  # refused the commit
+                raise MigrationError.from_dict(running.dump(), Reason.DESTINATION_FAILED)
+            if outcome == "rolled-back":
+                raise self._reset("destination discarded the VM after commit was lost; it resumed here")
+            self._completed()
+            return
+        assert isinstance(running, wire.Running)
+        if running.resumed_at and self._stop_at:
+            self.status.pause = max(0.0, running.resumed_at - self._stop_at)
+            self.status.stopped_at, self.status.resumed_at = self._stop_at, running.resumed_at
+        with contextlib.suppress(Exception):
+            final = await self.vm.proc.qmp.execute("query-migrate")
+            self.status.update_from_qemu(final if final.get("status") == "completed" else info)
         self._publish_passes(self.status.iteration)
         # Release the source VM before the outcome is visible: whoever sees COMPLETED must find
         # the VM on the destination only.
-        with contextlib.suppress(Exception):
-            await self.vm.proc.stop(graceful=False)
-        if self.flags.storage_migrate and self.flags.delete_source_disks:
-            self._delete_source_disks()
-        self.vm.busy = None
-        self.host.registry.forget(self.vm.name)
+        recovery.release_source(self.host, self.journal, self.vm, self.session,
+                                self.flags.storage_migrate and self.flags.delete_source_disks)
+        await recovery.stop_source_qemu(self.vm)
+        self.journal.set(self.session, "released")
+        self._completed()
+
+    def _completed(self) -> None:
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
@@ -322,20 +371,18 @@ class SourceMigration(MigrationJob):
             except OSError as err:
                 log.warning("could not delete source disk %s: %s", path, err)
 
-    async def _destination_runs_vm(self) -> bool:
-        """The control channel broke after commit: ask the destination directly."""
-        try:
-            reply = await ask(self.host, self.dest, {"op": "session-state", "vm": self.vm.name}, self.flags.pqc_kem)
-            return bool(reply.get("running"))
-        except Exception as err:
-            # Unknown: keep the source paused rather than risk the guest running twice.
-            raise failure(
-                Reason.IN_DOUBT, f"VM left paused on source: destination unreachable after commit ({err})",
-                f"check {self.dest}; resume the source QEMU only if the VM does not run there",
-            ) from None
-
     async def _rollback(self, err: MigrationError) -> None:
-        """Any failure before phase 5 completes: the guest keeps running here, nothing stays there."""
+        """Any failure before the commit: the guest keeps running here, nothing stays there.
+
+        After `committed` the guest may run there: never resumed here without the destination's word."""
+        record = self.journal.get(self.session)
+        if record is not None and record.state == "committed":
+            log.warning("%s: %s after commit: settling with %s", self.vm.name, err.cause, self.dest)
+            outcome = await recovery.settle_source(self.host, self.journal, self.vm, self.session, self.dest,
+                                                   self.flags.pqc_kem, self.status, self.decision)
+            if outcome == "released":
+                self._completed()
+                return
         qmp = self.vm.proc.qmp if self.vm.proc else None
         if qmp is not None:
             with contextlib.suppress(Exception):
@@ -352,8 +399,11 @@ class SourceMigration(MigrationJob):
                 await ensure_running(qmp)
         if self.control is not None:
             with contextlib.suppress(Exception):
-                await self.control.send_json({"cmd": "abort"})
+                await self.control.send_json(wire.Abort().dump())
             await self._await_discarded()
+        record = self.journal.get(self.session)
+        if record is not None and record.open:
+            self.journal.set(self.session, "rolled-back", error=err.cause, code=err.code)
         self.vm.busy = None
         self.status.state = "CANCELLED" if self._cancel_reason else "FAILED"
         self.status.error = err.cause
@@ -370,10 +420,10 @@ class SourceMigration(MigrationJob):
             async with asyncio.timeout(DISCARD_WAIT):
                 if self._from_dest is not None and not self._from_dest.done():
                     message = await self._from_dest
-                    if not message or message.get("event") == "discarded":
+                    if not message or message.get("event") == wire.Discarded().event:
                         return
                 while (message := await self.control.recv_json()) is not None:
-                    if message.get("event") == "discarded":
+                    if message.get("event") == wire.Discarded().event:
                         return
 
     async def _teardown(self) -> None:

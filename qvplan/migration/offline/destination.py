@@ -2,9 +2,12 @@
 
 Where things are written: each disk first goes into a staging folder `.qv-incoming-<session>` in
 its target directory (the pool, so landing never crosses a filesystem), is checked against the
-source's SHA-256 and made durable, then hard-linked to its final name (never over an existing
-file). The VM is defined from the start with the incoming mark, like a live incoming VM: listed as
-"incoming", not startable. INCOMING_FILES lists the staging folders and final files, so until the
+source's SHA-256 and made durable, then renamed to its final name. Each final name is reserved
+for the session before any byte moves (an empty placeholder created with O_EXCL, so a second
+session landing the same file name in the same pool is refused), and the rename replaces only that
+placeholder, checked by inode. The VM is defined from the start with the incoming mark, like a live
+incoming VM: listed as "incoming", not startable. INCOMING_FILES lists the staging folders, and
+the final names as owned entries (path + the inodes that are ours), so until the
 source's commit removes the mark, any failure — or an agent restart after a crash (registry.load) —
 removes every trace. Removing the mark (then syncing the folder) is the commit point.
 """
@@ -13,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from ...contract import rules
+from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
 from ...contract.network import missing_network
@@ -35,7 +37,7 @@ from ...pqc import SecureChannel
 from ...units import format_size
 from ...vmm import VMSpec
 from ...vmm.spec import DiskSpec
-from ..incoming import INCOMING_FILES, INCOMING_MARK, remove_incoming_files
+from ..incoming import INCOMING_FILES, INCOMING_MARK, identity, record_owned, remove_incoming_files
 from .disks import DiskSink, WireError, is_chunk
 
 if TYPE_CHECKING:
@@ -73,7 +75,9 @@ class Landing:
         return sorted({t.staged.parent for t in self.targets})
 
     def files(self) -> list[str]:
-        return [str(p) for p in self.staging_dirs] + [str(t.final) for t in self.targets]
+        """What to remove without asking whose it is: this session's own staging folders (the
+        final names are listed as owned entries once reserved, see _reserve)."""
+        return [str(p) for p in self.staging_dirs]
 
 
 # -- checks (phase 1) ------------------------------------------------------------------------------
@@ -186,12 +190,14 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
         return
     vm = host.registry.define(landing.spec)
     vm.busy = "incoming"
-    committed = False
+    committed = replied = False
     try:
         await asyncio.to_thread(_mark_incoming, vm, landing)
+        await asyncio.to_thread(_reserve, vm, landing)
         for staging in landing.staging_dirs:
             staging.mkdir()
         await channel.send_json({"ok": True})
+        replied = True
         await _receive(channel, landing)
         await asyncio.to_thread(_land, landing, vm)
         await channel.send_json({"event": "received"})
@@ -211,7 +217,8 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
             Reason.DESTINATION_FAILED, f"destination failed to receive the VM: {err}",
             "see the destination agent's log")
         with contextlib.suppress(Exception):
-            await channel.send_json({"event": "failed", **why.as_dict()})
+            await channel.send_json({"event": "failed", **why.as_dict()} if replied else
+                                    {"ok": False, **why.as_dict()})
     finally:
         if not committed:
             await discard(host, vm, landing)
@@ -274,26 +281,53 @@ def _mark_incoming(vm: VM, landing: Landing) -> None:
     _fsync_dir(vm.dir)
 
 
+def _reserve(vm: VM, landing: Landing) -> None:
+    """Take every final name for this session before any byte moves: an empty placeholder created
+    exclusively (O_EXCL), listed as ours by its inode. A second session wanting the same name is
+    refused here, and no cleanup ever removes a file it did not create."""
+    for target in landing.targets:
+        try:
+            fd = os.open(target.final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise refused(Reason.NAME_CLASH, f"disk {target.final} already exists on the destination "
+                          "(or another migration is receiving it)", "remove or rename it there, or pass "
+                          "--dest-pool") from None
+        os.close(fd)
+        record_owned(vm.dir, target.final, identity(target.final))
+    for where in {t.final.parent for t in landing.targets}:
+        _fsync_dir(where)
+
+
 def _land(landing: Landing, vm: VM) -> None:
-    """Every disk checked: give each its final name (never replacing a file), durably."""
+    """Every disk checked: give each its final name, replacing only this session's own placeholder
+    (checked by inode), durably."""
     for target in landing.targets:
         if target.sink is not None:
             target.sink.close()
+        placeholder = _listed_ids(vm, target.final)
         try:
-            os.link(target.staged, target.final)
-        except FileExistsError:
-            raise failure(Reason.NAME_CLASH, f"disk {target.final} appeared on the destination during the copy",
-                                 "remove or rename it there and retry") from None
-        except OSError as err:  # a filesystem without hard links: rename, checking first
-            if err.errno not in (errno.EPERM, errno.EOPNOTSUPP) or target.final.exists():
-                raise
-            os.rename(target.staged, target.final)
+            current = identity(target.final)
+        except OSError:
+            current = None
+        if current is None or current not in placeholder:
+            raise failure(Reason.NAME_CLASH, f"disk {target.final} was removed or replaced on the destination "
+                          "during the copy", "remove or rename it there and retry")
+        record_owned(vm.dir, target.final, identity(target.staged))  # listed before it takes the name
+        os.rename(target.staged, target.final)
     for where in {t.final.parent for t in landing.targets}:
         _fsync_dir(where)
     for staging in landing.staging_dirs:
         shutil.rmtree(staging, ignore_errors=True)
     with open(vm.dir / "vm.json", "rb") as f:
         os.fsync(f.fileno())
+
+
+def _listed_ids(vm: VM, path: Path) -> list[list[int]]:
+    try:
+        listed = json.loads((vm.dir / INCOMING_FILES).read_text())
+    except (OSError, ValueError):
+        return []
+    return next((item["ids"] for item in listed if isinstance(item, dict) and item.get("path") == str(path)), [])
 
 
 def _commit(vm: VM) -> None:
@@ -317,11 +351,17 @@ async def discard(host: Host, vm: VM, landing: Landing) -> None:
 
 async def handle_state(host: Host, channel: SecureChannel, request: dict[str, Any]) -> None:
     """After a lost answer to commit: does this host own the VM now? (Decides the source's cleanup.)"""
-    vm = host.registry.vms.get(str(request.get("vm", "")))
+    try:
+        query = wire.parse(request, wire.OfflineStateQuery)
+    except wire.WireError as err:
+        await channel.send_json({"ok": False, **failure(Reason.PROTOCOL_ERROR, str(err)).as_dict()})
+        return
+    assert isinstance(query, wire.OfflineStateQuery)
+    vm = host.registry.vms.get(query.vm)
     if vm is None:
         state = "absent"
     elif vm.busy or (vm.dir / INCOMING_MARK).exists():
         state = "pending"
     else:
         state = "committed"
-    await channel.send_json({"ok": True, "state": state})
+    await channel.send_json(wire.OfflineStateAnswer(state=state).dump())

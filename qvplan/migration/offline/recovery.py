@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ...contract import wire
 from ..peer import ask as ask_peer
 
 if TYPE_CHECKING:
@@ -54,12 +55,13 @@ def unmark(vm: VM) -> None:
 async def ask(host: Host, dest: str, name: str, session: str, kem: str) -> str | None:
     """The destination's word on the VM: committed, pending or absent; None when unreachable."""
     try:
-        reply = await ask_peer(host, dest, {"op": "offline-state", "vm": name, "session": session}, kem)
+        reply = await ask_peer(host, dest, wire.OfflineStateQuery(vm=name, session=session).dump(), kem)
+        answer = wire.parse(reply, wire.OfflineStateAnswer)
     except Exception as err:
         log.info("asking %s about %s: %s", dest, name, err)
         return None
-    state = reply.get("state")
-    return state if state in ("committed", "pending", "absent") else None
+    assert isinstance(answer, wire.OfflineStateAnswer)
+    return answer.state
 
 
 def release(host: Host, vm: VM) -> None:

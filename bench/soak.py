@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Soak: back-and-forth live migrations of one test guest between two agents on loopback.
+
+Run: .venv/bin/python bench/soak.py [--count 100]
+
+Each migration is followed by verify-ram on the host it landed on. Prints the failures (goal 0),
+each agent's RSS and open fds at the start (after one warm-up round trip) and the end (goal:
+within 5 %), and p50/p95/max of the guest pause (source STOP → destination RESUME, QEMU's own
+timestamps) and of pause minus QEMU's downtime, the commit's own cost (goal p95 ≤ 5 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
+
+FLAGS = {"threads": 1}
+
+
+def agent(root: Path, name: str, address: str) -> AgentProc:
+    return AgentProc(name, address, root / name, free_port(address), free_port(address), log_level="info").start()
+
+
+def usage(a: AgentProc) -> tuple[int, int]:
+    """(RSS in KiB, open fds) of the agent process, from /proc."""
+    pid = a.proc.pid
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS:"))
+    return rss, len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+def wait_outcome(a: AgentProc, name: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = a.api("GET", f"vms/{name}/migrate")
+        if status["state"] != "MIGRATING":
+            return status
+        time.sleep(0.05)
+    raise RuntimeError("migration did not end")
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--count", type=int, default=100)
+    parser.add_argument("--working-set", default="8M")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="qv-soak-") as tmp:
+        root = Path(tmp)
+        a, b = agent(root, "hv-a", "127.0.77.2"), agent(root, "hv-b", "127.0.77.3")
+        try:
+            mutual_trust(a, b)
+            a.api("POST", "vms", guest_vm("soak-1", memory="64M", working_set=args.working_set))
+            a.api("POST", "vms/soak-1/start", {})
+            a.wait_markers("soak-1", 0)
+            for here, there in ((a, b), (b, a)):  # warm-up: both agents load what a migration imports
+                here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
+                wait_outcome(here, "soak-1")
+            start_use = {x.name: usage(x) for x in (a, b)}
+            failures: list[str] = []
+            pauses: list[float] = []
+            costs: list[float] = []
+            here, there = a, b
+            for i in range(args.count):
+                here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
+                status = wait_outcome(here, "soak-1")
+                if status["state"] != "COMPLETED":
+                    failures.append(f"#{i + 1} {here.name}→{there.name}: {status['state']} {status.get('error')}")
+                    continue
+                report = there.api("POST", "vms/soak-1/verify-ram")
+                if not report.get("ok"):
+                    failures.append(f"#{i + 1}: RAM not verified on {there.name}: {report}")
+                if status.get("pause") is not None and status.get("downtime") is not None:
+                    pauses.append(status["pause"] * 1000)
+                    costs.append((status["pause"] - status["downtime"]) * 1000)
+                here, there = there, here
+            end_use = {x.name: usage(x) for x in (a, b)}
+        finally:
+            for x in (a, b):
+                for vm in x.api("GET", "vms", timeout=10) if x.proc and x.proc.poll() is None else []:
+                    if vm["state"] == "running":
+                        x.api("POST", f"vms/{vm['name']}/stop", {}, timeout=20)
+                x.stop()
+    print(f"migrations: {args.count}, failures: {len(failures)}")
+    for line in failures:
+        print(f"  {line}")
+    print(f"{'agent':<8}{'RSS start':>12}{'RSS end':>12}{'Δ':>8}{'fds start':>11}{'fds end':>9}")
+    for name in start_use:
+        (r0, f0), (r1, f1) = start_use[name], end_use[name]
+        print(f"{name:<8}{r0:>9} KiB{r1:>9} KiB{100 * (r1 - r0) / r0:>7.1f}%{f0:>11}{f1:>9}")
+    if pauses:
+        print(f"{'ms':<24}{'p50':>8}{'p95':>8}{'max':>8}")
+        for label, values in (("guest pause", pauses), ("pause − QEMU downtime", costs)):
+            print(f"{label:<24}{statistics.median(values):>8.2f}{pct(values, 95):>8.2f}{max(values):>8.2f}")
+        print(f"goal: p95 of pause − downtime ≤ 5 ms: {'met' if pct(costs, 95) <= 5 else 'NOT met'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

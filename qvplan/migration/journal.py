@@ -1,0 +1,196 @@
+"""The migration journal: every session's state, durable before it takes effect.
+
+One file per session, `<state>/migrations/<session>.jsonl`, appended one JSON line per transition
+and fdatasync'd before the transition takes effect (the first line also fsyncs the folder, so the
+file itself survives a crash). The last complete line is the session's state; a torn last line
+(a crash while writing) counts as not written, which is safe because its effect had not happened.
+The states and what a restarted agent does in each are in docs/exactly-once.md.
+
+Records of ended sessions stay (they answer a restarted source and `qvplan apply --resume`); the
+oldest beyond KEEP are pruned when a session opens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+KEEP = 500  # ended session records kept per host
+
+# destination: loading → loaded → committing → running | discarded (| lost: QEMU died after commit)
+# source:      transferring → awaiting-commit → committed → released | rolled-back
+DEST_OPEN = ("loading", "loaded", "committing")
+SOURCE_OPEN = ("transferring", "awaiting-commit", "committed")
+ENDED = ("running", "discarded", "lost", "released", "rolled-back")
+MAY_HAVE_RUN = ("committing", "running", "lost")  # a destination state in which the guest may have run
+_SESSION = re.compile(r"^[0-9a-f]{8,64}$")
+
+
+@dataclass
+class Record:
+    """One session as the journal holds it: its role, VM, peer, state and the facts recovery needs."""
+
+    session: str
+    role: str  # "source" or "destination"
+    vm: str
+    peer: str  # the other agent's migration address (source) or host name (destination)
+    state: str
+    kind: str = "live"  # live or offline
+    updated: float = 0.0  # wall clock of the last transition (for people; never for durations)
+    extra: dict[str, Any] = field(default_factory=dict)  # kem, flags the recovery needs, error
+
+    @property
+    def open(self) -> bool:
+        return self.state not in ENDED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"session": self.session, "role": self.role, "vm": self.vm, "peer": self.peer,
+                "state": self.state, "kind": self.kind, "updated": self.updated, **self.extra}
+
+
+class Journal:
+    def __init__(self, state_dir: Path) -> None:
+        self.root = state_dir / "migrations"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._records: dict[str, Record] = {}
+
+    def path(self, session: str) -> Path:
+        if not _SESSION.match(session):
+            raise ValueError(f"bad session id {session!r}")
+        return self.root / f"{session}.jsonl"
+
+    def open_session(self, session: str, role: str, vm: str, peer: str, state: str, kind: str = "live",
+                     **extra: Any) -> Record:
+        """The session's first line (durable, folder included) before anything of it happens."""
+        record = Record(session, role, vm, peer, state, kind, extra=dict(extra))
+        self._records[session] = record
+        self._append(record, {"session": session, "role": role, "vm": vm, "peer": peer, "kind": kind,
+                              "state": state, **extra}, new=True)
+        self._prune()
+        return record
+
+    def set(self, session: str, state: str, *, sync: bool | str = True, **extra: Any) -> Record:
+        """Record a transition: written (the page cache outlives a killed agent) when this returns;
+        with sync=True (the default) also on the device; with sync="behind" flushed by a thread
+        meanwhile (for transitions whose loss in a host crash is harmless, see the callers)."""
+        record = self.get(session)
+        if record is None:
+            raise KeyError(session)
+        record.state = state
+        record.extra.update(extra)
+        self._append(record, {"state": state, **extra}, sync=sync)
+        return record
+
+    def get(self, session: str) -> Record | None:
+        if session in self._records:
+            return self._records[session]
+        try:
+            record = self._read(self.path(session))
+        except (OSError, ValueError):
+            return None
+        if record is not None:
+            self._records[session] = record
+        return record
+
+    def load(self) -> list[Record]:
+        """Every record on disk (at agent start)."""
+        out = []
+        for path in sorted(self.root.glob("*.jsonl")):
+            try:
+                record = self._read(path)
+            except (OSError, ValueError) as err:
+                log.warning("skipping journal %s: %s", path, err)
+                continue
+            if record is not None:
+                self._records[record.session] = record
+                out.append(record)
+        return out
+
+    def open_records(self, role: str | None = None) -> list[Record]:
+        return [r for r in self.load() if r.open and (role is None or r.role == role)]
+
+    def latest_for(self, vm: str, role: str) -> Record | None:
+        """The most recent session of `vm` in `role` (for status and apply --resume)."""
+        records = [r for r in self._records.values() if r.vm == vm and r.role == role]
+        return max(records, key=lambda r: r.updated, default=None)
+
+    # -- files ---------------------------------------------------------------------------
+
+    def _append(self, record: Record, line: dict[str, Any], *, new: bool = False, sync: bool | str = True) -> None:
+        record.updated = time.time()
+        data = (json.dumps({**line, "at": record.updated}) + "\n").encode()
+        path = self.path(record.session)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+            if sync == "behind":
+                threading.Thread(target=_sync_and_close, args=(fd,), daemon=True).start()
+                fd = -1
+            elif sync:
+                os.fdatasync(fd)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+        if new:
+            dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    @staticmethod
+    def _read(path: Path) -> Record | None:
+        record: Record | None = None
+        for raw in path.read_bytes().split(b"\n"):
+            try:
+                line = json.loads(raw)
+            except ValueError:
+                continue  # a torn last line: that transition never took effect
+            if not isinstance(line, dict):
+                continue
+            if record is None:
+                try:
+                    record = Record(str(line["session"]), str(line["role"]), str(line["vm"]), str(line["peer"]),
+                                    str(line["state"]), str(line.get("kind", "live")))
+                except KeyError:
+                    return None
+            record.state = str(line.get("state", record.state))
+            record.updated = float(line.get("at", record.updated))
+            record.extra.update({k: v for k, v in line.items()
+                                 if k not in ("session", "role", "vm", "peer", "state", "kind", "at")})
+        return record
+
+    def _prune(self) -> None:
+        files = sorted(self.root.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+        for path in files[:-KEEP] if len(files) > KEEP else []:
+            session = path.stem
+            record = self.get(session)
+            if record is not None and not record.open:
+                path.unlink(missing_ok=True)
+                self._records.pop(session, None)
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+_JOURNALS: dict[Path, Journal] = {}
+
+
+def journal_for(state_dir: Path) -> Journal:
+    """The one journal of a state directory (every part of an agent shares its records)."""
+    key = Path(state_dir).resolve()
+    if key not in _JOURNALS:
+        _JOURNALS[key] = Journal(key)
+    return _JOURNALS[key]

@@ -1,0 +1,26 @@
+"""Smoke runs of the long benches (bench/chaos.py, bench/soak.py), so they keep working; their
+full runs (chaos 50/200, soak 100) are not part of the suite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_chaos_smoke_one_offline_fault():
+    run = bench("bench/chaos.py", "-n", "1", "--seed", "6")  # offline, source agent killed mid-copy
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "offline  kill-source@copy" in run.stdout and "violations: 0" in run.stdout
+
+
+def test_soak_smoke_two_round_trips():
+    run = bench("bench/soak.py", "--count", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "failures: 0" in run.stdout and "pause − QEMU downtime" in run.stdout

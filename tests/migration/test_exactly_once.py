@@ -1,0 +1,177 @@
+"""Exactly one running copy, whatever fails: agents killed (-9) and stopped (SIGTERM) at each
+point of the switchover, restarted; the destination QEMU frozen across a cut commit.
+
+Exact points come from the test-only fault hook (QUANTAVIRT_TEST_PAUSE_AT, qvplan/migration/faults.py);
+the invariant is checked from /proc, the serial logs and the state directories (invariant.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ..agents import mutual_trust
+from .helpers import start_guest, wait_outcome
+from .invariant import exactly_one, journal, qemu_pids, release_point, wait_point
+from .proxy import TapProxy
+
+SMALL = {"memory": "64M", "working_set": "8M"}
+SLOW = {"bandwidth": "2M", "auto_converge": False, "max_downtime": "10ms", "threads": 1}
+FAST = {"threads": 1}
+POINT = "QUANTAVIRT_TEST_PAUSE_AT"
+
+
+def two_agents(make_agent, a_at: str = "", b_at: str = ""):
+    a, b = make_agent("hv-a", start=False), make_agent("hv-b", start=False)
+    a.env, b.env = {POINT: a_at}, {POINT: b_at}
+    a.start(), b.start()
+    mutual_trust(a, b)
+    start_guest(a, **SMALL)
+    return a, b
+
+
+def restart(agent) -> None:
+    agent.env = {}
+    agent.start()
+
+
+def wait_state(agent, session_state: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = journal(agent)
+        if records and records[-1].get("state") == session_state:
+            return records[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"{agent.name}: journal never reached {session_state}: {journal(agent)}")
+
+
+def test_source_agent_killed_in_phase_2_rolls_back_on_restart(make_agent):
+    a, b = two_agents(make_agent)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": SLOW})
+    wait_state(a, "transferring")
+    time.sleep(1)
+    a.kill()
+    restart(a)
+    wait_state(a, "rolled-back")
+    wait_state(b, "discarded")
+    exactly_one(a, b)
+
+
+def test_source_agent_killed_in_phase_4_rolls_back_on_restart(make_agent):
+    a, b = two_agents(make_agent, a_at="source-before-commit")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(a, "source-before-commit")  # guest paused here, loaded there, no commit sent
+    a.kill()
+    restart(a)
+    wait_state(a, "rolled-back")
+    wait_state(b, "discarded")
+    exactly_one(a, b)
+
+
+def test_source_agent_killed_right_after_commit_releases_on_restart(make_agent):
+    a, b = two_agents(make_agent, a_at="source-after-commit")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(a, "source-after-commit")
+    a.kill()
+    wait_state(b, "running")
+    restart(a)
+    wait_state(a, "released")
+    exactly_one(b, a)
+    assert a.api("GET", "vms/vm-1/migrate")["state"] == "COMPLETED"  # the journal's word after the restart
+
+
+def test_destination_killed_between_received_and_commit(make_agent):
+    a, b = two_agents(make_agent, b_at="dest-after-received")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(b, "dest-after-received")
+    b.kill()
+    deadline = time.monotonic() + 30
+    while not (status := a.api("GET", "vms/vm-1/migrate")).get("doubt"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    assert "paused on this host" in status["doubt"] and "migrate-settle" in status["doubt"]
+    assert len(qemu_pids(a, "vm-1")) == 1 and a.vm("vm-1")["state"] == "migrating"
+    restart(b)  # discards what never committed; the source, asking again, resumes its copy
+    status = wait_outcome(a, "vm-1")
+    assert status["state"] == "FAILED", status
+    exactly_one(a, b)
+
+
+def test_destination_killed_between_cont_and_confirmation(make_agent):
+    a, b = two_agents(make_agent, b_at="dest-after-cont")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(b, "dest-after-cont")  # the guest runs there, journal says committing
+    b.kill()
+    time.sleep(1)
+    assert len(qemu_pids(a, "vm-1")) == 1 and a.vm("vm-1")["state"] == "migrating"  # paused, not resumed
+    restart(b)  # keeps the guest that may have run; the source releases on "running"
+    status = wait_outcome(a, "vm-1")
+    assert status["state"] == "COMPLETED", status
+    exactly_one(b, a)
+
+
+def test_destination_qemu_frozen_across_a_cut_commit(make_agent):
+    a, b = two_agents(make_agent, b_at="dest-before-cont")
+    host, port = b.migration.split(":")
+    tap = TapProxy(a.address, (host, int(port)))
+    a.api("POST", "vms/vm-1/migrate", {"dest": tap.address, "flags": FAST})
+    wait_point(b, "dest-before-cont")  # committing journaled, cont not yet sent
+    pid = b.vm("vm-1")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    tap.cut()
+    release_point(b, "dest-before-cont")
+    time.sleep(3)
+    assert a.api("GET", "vms/vm-1/migrate")["state"] == "MIGRATING"  # told "committing": waits, paused
+    assert journal(b)[-1]["state"] == "committing"
+    os.kill(pid, signal.SIGCONT)
+    status = wait_outcome(a, "vm-1")
+    assert status["state"] == "COMPLETED", status
+    exactly_one(b, a)
+
+
+def test_sigterm_of_the_source_rolls_back_in_order(make_agent):
+    a, b = two_agents(make_agent)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": SLOW})
+    wait_state(a, "transferring")
+    time.sleep(1)
+    a.stop()  # SIGTERM
+    assert journal(a)[-1]["state"] == "rolled-back" and "settled_by" not in journal(a)[-1]
+    wait_state(b, "discarded")
+    restart(a)
+    exactly_one(a, b)
+
+
+def test_sigterm_of_the_destination_rolls_back_in_order(make_agent):
+    a, b = two_agents(make_agent)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": SLOW})
+    wait_state(b, "loading")
+    time.sleep(1)
+    b.stop()  # SIGTERM
+    assert journal(b)[-1]["state"] == "discarded" and "settled_by" not in journal(b)[-1]
+    assert qemu_pids(b, "vm-1") == []
+    status = wait_outcome(a, "vm-1")
+    assert status["state"] == "FAILED", status
+    restart(b)
+    exactly_one(a, b)
+
+
+def test_operator_settles_a_migration_in_doubt(make_agent):
+    a, b = two_agents(make_agent, b_at="dest-after-received")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(b, "dest-after-received")
+    b.kill()
+    deadline = time.monotonic() + 30
+    while "In Doubt:" not in (shown := a.cli("vm", "migrate-status", "vm-1").stdout):
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.2)
+    assert "migrate-settle vm-1" in shown
+    refused = a.cli("vm", "migrate-settle", "vm-1")
+    assert refused.returncode != 0 and "--resume-here or --discard-here" in refused.stderr
+    settled = a.cli("vm", "migrate-settle", "vm-1", "--resume-here")
+    assert settled.returncode == 0, settled.stderr
+    assert "resumed here" in settled.stdout
+    assert journal(a)[-1]["state"] == "rolled-back" and journal(a)[-1]["settled_by"] == "operator"
+    restart(b)
+    wait_state(b, "discarded")
+    exactly_one(a, b)
