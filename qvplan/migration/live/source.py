@@ -198,6 +198,7 @@ class SourceMigration(MigrationJob):
         with qmp.listener(("MIGRATION_PASS",)) as listener:
             async for event in listener:
                 number = int(event.get("data", {}).get("pass", 0))
+                self.status.history.synced(number, event_time(event))  # the pass's true start (passes.py)
                 with contextlib.suppress(Exception):
                     self.status.update_from_qemu(await qmp.execute("query-migrate"))
                 if self.status.forced_stop_and_copy:
