@@ -4,7 +4,7 @@
 
 VENV     := .venv
 PY       := $(VENV)/bin/python
-DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl
+DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl prometheus chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GUEST    := guest/build/testguest.img
 

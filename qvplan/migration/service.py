@@ -13,6 +13,7 @@ from .job import MigrationJob
 from .live import destination as live_dest
 from .offline import destination as offline_dest
 from .offline import recovery as offline_recovery
+from .recent import RecentMigrations
 
 
 class MigrationService:
@@ -20,6 +21,8 @@ class MigrationService:
         self.host = host
         self.outgoing: dict[str, MigrationJob] = {}  # by VM name: its latest migration from here
         self.incoming: dict[str, live_dest.Incoming] = {}  # by session: live migrations coming in
+        self.recent = RecentMigrations(self.outgoing)  # the last migrations' passes (charts, reports)
+        host.events.observe(self.recent.on_event)
 
     def operations(self) -> dict[str, Operation]:
         """What a peer may ask on :9410 (after the PQC handshake)."""
@@ -34,6 +37,12 @@ class MigrationService:
 
     def add_routes(self, app: web.Application) -> None:
         api.add_routes(app, self.host, self.outgoing)
+
+    def add_observe_routes(self, app: web.Application) -> None:
+        """`/metrics` and the pass history (observe_api.py); the read-only listener's, once it exists."""
+        from . import observe_api
+
+        observe_api.add_routes(app, self.host, self.outgoing, self.recent)
 
     async def recover(self) -> None:
         """At agent start, after the registry loaded: settle what a stop left half done."""
