@@ -25,6 +25,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MAX_PASSES = 1000  # passes kept per migration (a pathological one may run many thousands)
+# A pass in which the guest ran less than this says little about its rate: a few pages either
+# way, and a sync may hold the vCPU for a millisecond or two. Its figures are kept, not shown live.
+MIN_WINDOW = 0.010
 
 
 @dataclass
@@ -39,9 +42,12 @@ class Pass:
     ended: float | None = None  # the next sync
     sent: int = 0  # bytes QEMU sent during the pass
     dirtied: int = 0  # bytes the guest re-dirtied during the pass (found dirty at the next sync)
-    dirty_rate: float = 0.0  # dirtied / duration, bytes/s
+    dirty_rate: float = 0.0  # dirtied / the time the guest ran in the pass, bytes/s
     transfer_rate: float = 0.0  # sent / duration, bytes/s
     paused: bool = False  # the guest was paused (stop-and-copy): nothing it could dirty
+    stopped_at: float | None = None  # the guest stopped during this pass (its dirty window ends there)
+    syncs: int = 1  # syncs it spans: 2+ when passes were too short to be seen apart
+    measured: bool = False  # the guest ran at least MIN_WINDOW in it: its dirty rate means something
 
     @property
     def duration(self) -> float | None:
@@ -67,6 +73,7 @@ class PassHistory:
         self._first: _Sample | None = None  # the open pass's first sample
         self._sync_times: dict[int, float] = {}
         self.paused = False  # set by the caller once the guest is stopped for stop-and-copy
+        self.stop_time: float | None = None  # the guest's STOP (QEMU's timestamp), see stopped()
         self.page_size = 4096
 
     @property
@@ -83,12 +90,23 @@ class PassHistory:
     def synced(self, number: int, at: float) -> None:
         """QEMU's timestamp of dirty-sync `number` (a MIGRATION_PASS event)."""
         self._sync_times[number] = at
-        for p in self.passes:
-            if p.number == number and p.started > at:
+        for before, p in zip([None, *self.passes], self.passes, strict=False):
+            if p.number == number and p.started > at:  # seen by polling first: the event is exact
                 p.started = at
+                if before is not None and before.ended is not None:
+                    before.ended = max(at, before.started)
+                    _rates(before)
         if len(self._sync_times) > 4 * self.passes.maxlen:  # type: ignore[operator]
             for key in sorted(self._sync_times)[: len(self._sync_times) // 2]:
                 del self._sync_times[key]
+
+    def stopped(self, at: float) -> None:
+        """The guest stopped at `at` (QEMU's STOP event): passes from then on dirty nothing."""
+        self.stop_time = at
+        if (current := self.current) is not None and current.started < at:
+            current.stopped_at = at
+        elif current is not None:
+            current.paused = True
 
     def observe(self, info: dict[str, Any], now: float) -> Pass | None:
         """Fold one `query-migrate` answer in; return the pass it closed, if any."""
@@ -106,7 +124,10 @@ class PassHistory:
             started = self._sync_times.get(number, now)
             closed = self._close(started, pages, transferred)
             self._first = _Sample(number, pages, transferred)
-            self.passes.append(Pass(number, started, remaining, transferred, throttle, paused=self.paused))
+            if closed is not None:
+                closed.syncs = number - closed.number
+            paused = self.paused or (self.stop_time is not None and started >= self.stop_time)
+            self.passes.append(Pass(number, started, remaining, transferred, throttle, paused=paused))
         elif self.current is not None:
             current = self.current
             current.cpu_throttle = max(current.cpu_throttle, throttle)
@@ -120,27 +141,33 @@ class PassHistory:
         current.ended = max(at, current.started)
         current.sent = max(0, transferred - first.transferred)
         current.dirtied = max(0, pages - first.pages) * self.page_size
-        duration = current.duration or 0.0
-        if duration > 0:
-            current.dirty_rate = current.dirtied / duration
-            current.transfer_rate = current.sent / duration
+        if self.stop_time is not None and current.started < self.stop_time < current.ended:
+            current.stopped_at = self.stop_time
+        _rates(current)
         return current
 
-    def finish(self, at: float, transferred: int | None = None) -> None:
-        """The migration ended at `at`: close the open pass (its bytes from the final total)."""
+    def finish(self, at: float, transferred: int | None = None, completed: bool = False) -> None:
+        """The migration ended at `at`: close the open pass (its bytes from the final total). The
+        last pass of a completed migration is QEMU's stop-and-copy: the guest was paused."""
         current, first = self.current, self._first
         if current is not None:
             current.ended = max(at, current.started)
+            current.paused = current.paused or completed
             if transferred is not None and first is not None:
                 current.sent = max(0, transferred - first.transferred)
-                if current.duration:
-                    current.transfer_rate = current.sent / current.duration
+            _rates(current)
         self._first = None
 
     def dirty_rate(self) -> float | None:
-        """The latest finished pass's dirty rate, bytes/s (None before a pass has finished)."""
+        """The latest measured pass's dirty rate, bytes/s (None before one has finished, or once
+        the latest finished pass is paused: the guest dirties nothing)."""
         last = self.last_closed
-        return None if last is None or last.paused else last.dirty_rate
+        if last is None or last.paused:
+            return None
+        for p in reversed(self.passes):
+            if p.ended is not None and p.measured:
+                return p.dirty_rate
+        return last.dirty_rate
 
     def expected_downtime(self) -> float | None:
         """Seconds a stop at the next sync would need: the last pass's dirtied bytes at its rate."""
@@ -151,3 +178,13 @@ class PassHistory:
 
     def as_list(self) -> list[dict[str, Any]]:
         return [p.as_dict() for p in self.passes]
+
+
+def _rates(p: Pass) -> None:
+    """A closed pass's rates: bytes sent over its duration, bytes re-dirtied over the time the
+    guest ran in it (up to a STOP inside it; none at all in a paused pass)."""
+    duration = p.duration or 0.0
+    p.transfer_rate = p.sent / duration if duration > 0 else 0.0
+    running = 0.0 if p.paused else ((p.stopped_at or p.ended or p.started) - p.started)
+    p.dirty_rate = p.dirtied / running if running > 0 else 0.0
+    p.measured = running >= MIN_WINDOW

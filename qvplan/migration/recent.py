@@ -52,7 +52,7 @@ class RecentMigrations:
                                   "forced": bool(event.get("forced"))})
         elif kind in OUTCOMES:
             status = record.status
-            status.history.finish(status.finished or event["time"], status.transferred)
+            status.history.finish(status.finished or event["time"], status.transferred, kind == Kind.COMPLETED)
 
     def latest(self, vm: str) -> _Record | None:
         for record in reversed(self.records):

@@ -85,3 +85,32 @@ def test_status_shows_the_true_rate_and_estimate_instead_of_qemus_zero():
     assert s.expected_downtime == pytest.approx(s.history.expected_downtime())
     assert s.as_dict()["last_pass"]["number"] == 1
     assert "Dirty Rate:      4.1 MB/s" in s.render()
+
+
+def test_a_stop_inside_a_pass_ends_its_dirty_window_and_the_passes_after_it_are_paused():
+    h = PassHistory()
+    h.synced(1, 0.0)
+    h.observe(info(1, 100, 0), 0.01)
+    h.synced(2, 1.0)
+    h.observe(info(2, 100, 100), 1.01)  # 100 pages re-dirtied in pass 1
+    h.stopped(1.2)  # QEMU stops the guest for its stop-and-copy during pass 2
+    h.synced(3, 1.5)
+    h.observe(info(3, 50, 200), 1.51)  # 50 pages re-dirtied before the stop
+    h.finish(1.7, transferred=300 * (PAGE + 8), completed=True)
+    one, two, three = h.passes
+    assert one.dirty_rate == pytest.approx(100 * PAGE / 1.0)
+    assert two.stopped_at == 1.2 and two.dirty_rate == pytest.approx(50 * PAGE / 0.2)
+    assert three.paused and three.dirty_rate == 0
+    assert h.dirty_rate() is None  # the latest finished pass is paused: no live rate to show
+
+
+def test_syncs_seen_together_make_one_record_and_the_late_event_fixes_its_end():
+    h = PassHistory()
+    h.synced(1, 0.0)
+    h.observe(info(1, 100, 0), 0.01)
+    h.synced(2, 0.5)
+    h.observe(info(3, 100, 200), 1.2)  # passes 2 and 3 both between two samples
+    assert [p.number for p in h.passes] == [1, 3] and h.passes[0].syncs == 2
+    assert h.passes[0].ended == 1.2
+    h.synced(3, 1.0)  # the event of sync 3 arrives after the poll
+    assert h.passes[0].ended == 1.0 and h.passes[0].dirty_rate == pytest.approx(200 * PAGE / 1.0)

@@ -191,6 +191,7 @@ class SourceMigration(MigrationJob):
         with qmp.listener(("STOP",)) as listener:
             async for event in listener:
                 self._stop_at = event_time(event)
+                self.status.history.stopped(self._stop_at)  # passes from here dirty nothing (passes.py)
 
     async def _follow_passes(self) -> None:
         """A `pass` event per QEMU dirty-sync pass, with fresh figures (short passes fall between polls)."""
