@@ -128,13 +128,32 @@ async def follow_offline(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any
 @vm.command("migrate-status")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Draw the passes (bytes, dirty vs transfer rate, remaining, throttle) to FILE.png or FILE.svg, "
+                   "with the data beside it as FILE.svg.json.")
 @click.pass_context
 @run_async
-async def migrate_status(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Show a migration's live figures, or its outcome."""
+async def migrate_status(ctx: click.Context, name: str, as_json: bool, plot: str | None) -> None:
+    """Show a migration's live figures, or its outcome.
+
+    Example: quantavirt vm migrate-status web-01 --plot web-01.svg
+    """
+    if plot:
+        from pathlib import Path
+
+        from ..charts import chart_format
+
+        chart_format(Path(plot))  # a bad suffix is refused before anything is asked
     async with local.agent_client(ctx) as api:
         status = await api.get(f"vms/{name}/migrate")
+        passes = await api.get(f"vms/{name}/migrate/passes") if plot else None
     click.echo(json.dumps(status, indent=2) if as_json else _render(status))
+    if plot and passes is not None:
+        from ..charts import write_chart
+
+        data = write_chart(passes, Path(plot))
+        if not as_json:
+            click.echo(f"Chart:           {plot} (data: {data})")
 
 
 @vm.command("migrate-cancel")

@@ -22,6 +22,7 @@ import json
 import os
 import threading
 import time
+from xml.etree import ElementTree
 
 from .helpers import runs_only_on, start_guest, wait_outcome
 from .test_converge import follow_events, read_events
@@ -78,7 +79,7 @@ class Markers:
         return (t1 - t0) / (c1 - c0)
 
 
-def test_dirty_rate_per_pass_is_the_guests_own_rate(pair):
+def test_dirty_rate_per_pass_is_the_guests_own_rate(pair, tmp_path):
     a, b = pair
     start_guest(a, **GUEST)
     # The reference is only as steady as the guest's vCPU: on a machine busy with other QEMUs,
@@ -95,6 +96,7 @@ def test_dirty_rate_per_pass_is_the_guests_own_rate(pair):
     events = read_events(curl)
     assert status["state"] == "COMPLETED", status
     history = a.api("GET", "vms/vm-1/migrate/passes")["passes"]
+    served = json.loads(json.dumps(history))  # as served, before the test adds its reference
     sweep = markers.sweep_time()
     running = [p for p in history if p["duration"] and not p["paused"]]
     for p in running:
@@ -110,6 +112,21 @@ def test_dirty_rate_per_pass_is_the_guests_own_rate(pair):
     for number, p in seen.items():
         kept = next(h for h in history if h["number"] == number)
         assert (kept["dirtied"], kept["started"]) == (p["dirtied"], p["started"]), (kept, p)
+    # The chart: a real PNG and a real SVG, and the data beside them is the events' passes.
+    for name in ("chart.png", "chart.svg"):
+        path = tmp_path / name
+        done = a.cli("vm", "migrate-status", "vm-1", "--plot", str(path))
+        assert done.returncode == 0, done.stderr
+        assert f"Chart:           {path}" in done.stdout
+        data = json.loads(path.with_name(name + ".json").read_text())
+        assert data["passes"] == served and data["state"] == "COMPLETED"
+        for number, p in seen.items():
+            assert next(d for d in data["passes"] if d["number"] == number)["dirty_rate"] == p["dirty_rate"]
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = ElementTree.parse(tmp_path / "chart.svg").getroot()
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+    bad = a.cli("vm", "migrate-status", "vm-1", "--plot", str(tmp_path / "chart.gif"))
+    assert bad.returncode != 0 and ".png or .svg" in bad.stderr and "Traceback" not in bad.stderr
     assert len(running) >= 3, history
     # never 0 while the guest writes (in the passes where it ran long enough to write a page)
     assert all(p["dirty_rate"] > 0 for p in running if p["measured"]), running
