@@ -76,9 +76,19 @@ def validate(plan_file: str, var: tuple[str, ...], var_files: tuple[str, ...], f
 @click.option("-out", "--out", "out_file", type=click.Path(dir_okay=False),
               help="Save the plan and its facts for apply.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: no changes, 1: error, 2: changes.")
+@click.option("--target", "targets", multiple=True, metavar="VM",
+              help="Only this VM's move and the moves it comes after: (repeatable).")
+@click.option("--limit", "limit", multiple=True, metavar="HOST",
+              help="Only the moves from or to this host (repeatable).")
 def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...],
-             as_json: bool, out_file: str | None, detailed_exitcode: bool) -> None:
-    """Show what applying PLAN would move, every check, and the schedule (a dry run)."""
+             as_json: bool, out_file: str | None, detailed_exitcode: bool, targets: tuple[str, ...],
+             limit: tuple[str, ...]) -> None:
+    """Show what applying PLAN would move, every check, and the schedule (a dry run).
+
+    Example: qvplan plan plans/evacuate-hv-a.yaml --limit hv-b -out evacuate.json
+    """
+    from ..plan.targets import Selection, select
+
     variables = _variables(var)
     try:
         if facts_file:
@@ -88,6 +98,7 @@ def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_f
             doc = live_facts({n: h.model_dump() for n, h in first.hosts.items()},
                              first.spec.prerequisites.shared_storage)
         plan = make_plan(load_plan(plan_file, variables, list(var_files), doc.hosts), doc.hosts)
+        plan = select(plan, Selection(list(targets), list(limit)))
     except PlanError as err:
         _fail(err, as_json)
         return
