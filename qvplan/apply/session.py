@@ -121,6 +121,7 @@ async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, 
                                     hosts=sorted(source.targets), selection=source.selection.to_dict())
         ui.journal = ex.journal.path
         ui.board.say(f"journal: {ex.journal.path}")
+    ex.journal.write("plan", plan=plan.to_dict())  # what the apply report shows of the plan and its checks
     ui.board.plan_more(len(moves))
     result = await ex.apply(plan, moves, followed, skip)
     return Outcome("applied", plan, result, ex.journal.path, followed)

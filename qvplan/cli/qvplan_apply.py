@@ -134,9 +134,11 @@ def _report(outcome: Outcome, as_json: bool) -> None:
               help="Apply only this VM's move and the moves it comes after: (repeatable).")
 @click.option("--limit", "limit", multiple=True, metavar="HOST",
               help="Apply only the moves from or to this host (repeatable).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write DIR/report.html: plan, checks, timeline, charts, outcomes, journal (self-contained).")
 def apply(plan_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...], auto_approve: bool,
           resume: str | None, break_lock: bool, junit_file: str | None, as_json: bool,
-          targets: tuple[str, ...], limit: tuple[str, ...]) -> None:
+          targets: tuple[str, ...], limit: tuple[str, ...], report_dir: str | None) -> None:
     """Carry out a plan: every move through the source host's agent, with automatic rollback.
 
     One apply at a time per host: each host is locked for the whole apply (a killed apply's
@@ -169,6 +171,11 @@ def apply(plan_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...
         sys.exit(130)
     if junit_file and outcome.result is not None:
         write_junit(junit_file, outcome.result)
+    if report_dir and outcome.journal:
+        from ..apply.report import write_report
+
+        page = write_report(outcome.journal, report_dir)
+        click.echo(f"Report: {page}", err=as_json)
     with contextlib.suppress(BrokenPipeError):
         _report(outcome, as_json)
     sys.exit(0 if outcome.ok else 1)

@@ -117,8 +117,18 @@ def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_f
 @click.command()
 @click.argument("saved_file", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the saved plan as JSON.")
-def show(saved_file: str, as_json: bool) -> None:
-    """Print a plan saved with `qvplan plan -out FILE`."""
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="FILE is an apply journal (.jsonl): write DIR/report.html from it.")
+def show(saved_file: str, as_json: bool, report_dir: str | None) -> None:
+    """Print a plan saved with `qvplan plan -out FILE`, or render an apply's journal as a report.
+
+    Example: qvplan show .qvplan/apply-20260101-120000-evacuate.jsonl --report maintenance-report
+    """
+    if report_dir:
+        from ..apply.report import write_report
+
+        click.echo(f"Report: {write_report(saved_file, report_dir)}")
+        return
     saved = load_saved(saved_file)
     if as_json:
         click.echo(json.dumps({**saved_summary(saved), "plan": saved.plan.to_dict()}, indent=2, default=str))
