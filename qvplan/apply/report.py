@@ -25,7 +25,7 @@ from .journal import read_journal
 
 TEMPLATES = Path(__file__).with_name("templates")
 REPORT = "report.html"
-ROW, LABEL_W, WIDTH = 22, 150, 900  # timeline geometry (px)
+ROW, LABEL_W, WIDTH = 22, 190, 900  # timeline geometry (px)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import click
 
 from .. import __version__
 from .common import OneLineErrors
+from .examples import attach
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +35,7 @@ def _register() -> None:
 
 
 _register()
+attach(main, "quantavirt")  # every --help ends with an example (examples.py)
 
 
 if __name__ == "__main__":

@@ -135,8 +135,6 @@ async def follow_offline(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any
 @run_async
 async def migrate_status(ctx: click.Context, name: str, as_json: bool, plot: str | None) -> None:
     """Show a migration's live figures, or its outcome.
-
-    Example: quantavirt vm migrate-status web-01 --plot web-01.svg
     """
     if plot:
         from pathlib import Path

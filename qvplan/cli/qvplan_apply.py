@@ -146,8 +146,6 @@ def apply(plan_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...
     running are followed to their end, the plan is made again from the facts as they are now,
     and no VM is moved twice. `--target VM` / `--limit HOST` apply part of the plan; the moves
     left out are listed, not moved.
-
-    Example: qvplan apply plans/evacuate-hv-a.yaml --target web-01 --auto-approve
     """
     if not plan_file and not resume:
         raise click.UsageError("give a PLAN, or --resume JOURNAL")

@@ -84,8 +84,6 @@ def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_f
              as_json: bool, out_file: str | None, detailed_exitcode: bool, targets: tuple[str, ...],
              limit: tuple[str, ...]) -> None:
     """Show what applying PLAN would move, every check, and the schedule (a dry run).
-
-    Example: qvplan plan plans/evacuate-hv-a.yaml --limit hv-b -out evacuate.json
     """
     from ..plan.targets import Selection, select
 
@@ -121,8 +119,6 @@ def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_f
               help="FILE is an apply journal (.jsonl): write DIR/report.html from it.")
 def show(saved_file: str, as_json: bool, report_dir: str | None) -> None:
     """Print a plan saved with `qvplan plan -out FILE`, or render an apply's journal as a report.
-
-    Example: qvplan show .qvplan/apply-20260101-120000-evacuate.jsonl --report maintenance-report
     """
     if report_dir:
         from ..apply.report import write_report
