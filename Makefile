@@ -4,11 +4,13 @@
 
 VENV     := .venv
 PY       := $(VENV)/bin/python
-DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl prometheus chromium
+DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl cpio e2fsprogs prometheus chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GUEST    := guest/build/testguest.img
+LINUX    := guest/build/linux
+DEBS     := guest/build/debs
 
-.PHONY: demo test setup system-deps venv guest lint bench clean
+.PHONY: demo test setup system-deps venv guest linux-guest lint bench clean
 
 demo: setup
 	$(PY) -m qvplan.demo
@@ -17,7 +19,7 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -ra --durations=15
 
-setup: system-deps venv guest
+setup: system-deps venv guest linux-guest
 
 system-deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,6 +43,21 @@ $(GUEST): guest/testguest.S guest/testguest.ld
 	as --32 -o guest/build/testguest.o guest/testguest.S
 	ld -m elf_i386 -T guest/testguest.ld -o guest/build/testguest.elf guest/build/testguest.o
 	objcopy -O binary guest/build/testguest.elf $@
+
+# The Linux test guest: the cloud kernel and busybox-static as Debian packages (apt-get download,
+# unpacked by guest/linux/build.sh with dpkg-deb -x; nothing is installed on this host).
+linux-guest: $(LINUX)/initrd.img
+
+$(DEBS)/.downloaded:
+	mkdir -p $(DEBS)
+	kernel=$$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-[0-9]/ {print $$2; exit}'); \
+	[ -n "$$kernel" ] || { echo "no linux-image-cloud-amd64 in apt: run apt-get update"; exit 1; }; \
+	cd $(DEBS) && rm -f *.deb && apt-get download -q "$$kernel" busybox-static
+	touch $@
+
+$(LINUX)/initrd.img: $(DEBS)/.downloaded guest/linux/build.sh guest/linux/init guest/linux/qvwriter \
+		guest/linux/qvctl guest/linux/udpecho.S
+	guest/linux/build.sh $(LINUX) $$(ls $(DEBS)/linux-image-*.deb) $$(ls $(DEBS)/busybox-static_*.deb)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -6,18 +6,18 @@ Each agent gets its own config, state directory, API port and migration port, on
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from qvplan.agent.client import AgentClient, AgentError, AgentUnreachable
+from qvplan.host.config import AgentConfig
 
 QUANTAVIRT = [sys.executable, "-m", "qvplan.cli.quantavirt"]
 
@@ -28,11 +28,7 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: dict[str, Any]) -> None:
-        super().__init__(f"HTTP {status}: {body}")
-        self.status = status
-        self.body = body
+ApiError = AgentError  # what a test catches when the agent refuses: .status, .code, .cause, .fix
 
 
 @dataclass
@@ -44,7 +40,6 @@ class AgentProc:
     mig_port: int
     memory: str | None = None
     proc: subprocess.Popen[bytes] | None = None
-    extra_config: str = ""
     env: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -61,13 +56,12 @@ class AgentProc:
 
     def write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        memory = f'memory = "{self.memory}"\n' if self.memory else ""
-        self.config.write_text(
-            f'[host]\nname = "{self.name}"\nstate_dir = "{self.state}"\n{memory}'
-            f'[api]\nlisten = "{self.address}:{self.api_port}"\n'
-            f'[migration]\nlisten = "{self.address}:{self.mig_port}"\npqc_required = true\n'
-            f'[storage]\npools = {{ default = "{self.root / "images"}" }}\n{self.extra_config}'
-        )
+        self.config.write_text(AgentConfig.model_validate({
+            "host": {"name": self.name, "state_dir": str(self.state), "memory": self.memory},
+            "api": {"listen": f"{self.address}:{self.api_port}"},
+            "migration": {"listen": self.migration, "pqc_required": True},
+            "storage": {"pools": {"default": str(self.root / "images")}},
+        }).to_toml())
 
     def start(self, timeout: float = 30) -> AgentProc:
         self.write_config()
@@ -79,9 +73,9 @@ class AgentProc:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"agent {self.name} exited: {self.log_tail()}")
             try:
-                self.api("GET", "host")
+                self.api("GET", "host", timeout=5)
                 return self
-            except (urllib.error.URLError, ConnectionError):
+            except AgentUnreachable:
                 time.sleep(0.1)
         raise RuntimeError(f"agent {self.name} did not come up: {self.log_tail()}")
 
@@ -101,15 +95,12 @@ class AgentProc:
         path = self.root / "agent.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
 
+    @property
+    def client(self) -> AgentClient:
+        return AgentClient(f"{self.address}:{self.api_port}", timeout=120, name=self.name)
+
     def api(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(f"http://{self.address}:{self.api_port}/api/v1/{path}", data=data,
-                                     method=method, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                return json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            raise ApiError(err.code, json.loads(err.read() or b"{}")) from None
+        return self.client.request(method, path, body, timeout=timeout)
 
     def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*QUANTAVIRT, "--config", str(self.config), *args], capture_output=True,

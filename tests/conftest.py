@@ -13,7 +13,7 @@ import pytest
 from .agents import AgentProc, free_port
 
 _addresses = itertools.count(20)
-LAB_FOLDERS = ("lab", "remote", "apply")
+LAB_FOLDERS = ("lab", "remote", "apply", "guest")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -36,10 +36,10 @@ def make_agent(tmp_path: Path) -> Iterator:
     """Start agents named hv-a, hv-b… on their own 127.0.0.x addresses; all stopped at the end."""
     started: list[AgentProc] = []
 
-    def make(name: str, memory: str | None = None, start: bool = True, extra_config: str = "") -> AgentProc:
+    def make(name: str, memory: str | None = None, start: bool = True) -> AgentProc:
         address = f"127.0.{next(_addresses) % 250}.{len(started) + 2}"
         agent = AgentProc(name, address, tmp_path / name, free_port(address), free_port(address),
-                          memory=memory, extra_config=extra_config)
+                          memory=memory)
         started.append(agent)
         return agent.start() if start else agent
 

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import QVError
-from ..host import Host
+from ..host.context import Host
 from ..host.facts import host_facts, storage_check
 from ..host.http import errors_as_json, sse
 from ..vmm import VMSpec

@@ -8,9 +8,9 @@ import signal
 
 from aiohttp import web
 
-from ..host import Host
 from ..host.config import AgentConfig
-from ..migration import MigrationService
+from ..host.context import Host
+from ..migration.service import MigrationService
 from .api import build_app
 from .listener import MigrationListener
 

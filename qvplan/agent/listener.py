@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from ..host import Host, Operation
+from ..host.context import Host, Operation
 from ..host.facts import storage_check
 from ..pqc import PQCError, SecureChannel, accept_channel
 

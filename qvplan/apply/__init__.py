@@ -1,6 +1,5 @@
-"""Carrying out a plan: host locks, trust exchange, moves through the agents, journal, resume, report."""
+"""Carrying out a plan: host locks, trust exchange, moves through the agents, journal, resume, report.
 
-from .executor import ApplyResult, MoveResult
-from .session import ApplyRequest, Outcome, run_apply
-
-__all__ = ["ApplyRequest", "ApplyResult", "MoveResult", "Outcome", "run_apply"]
+`session.run_apply` is one `qvplan apply`; `progress.Board` is the pure model its views draw.
+Nothing is imported here, so reading the board does not load the executor or asyncssh.
+"""

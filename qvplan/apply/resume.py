@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from ..contract.reasons import Reason
 from ..plan.model import Move
-from ..remote import AgentAPIError
+from ..remote import AgentError
 from .executor import Executor, MoveResult
 from .journal import JournalState
 
@@ -27,8 +28,8 @@ async def _ours(ex: Executor, vm: str, line: dict[str, Any]) -> bool:
     """Does the source agent's latest migration of `vm` belong to the unfinished journal line?"""
     try:
         status = await (await ex.conn(line["source"])).api("GET", f"vms/{vm}/migrate")
-    except AgentAPIError as err:
-        if err.status == 404:
+    except AgentError as err:
+        if err.code in (Reason.NO_MIGRATION, Reason.UNKNOWN_VM):
             return False
         raise
     return float(status.get("started") or 0) >= float(line.get("time") or 0) - CLOCK_SLACK \

@@ -19,7 +19,7 @@ from ..plan.facts import Facts, FactsError, facts_hash
 from ..plan.graph import locate
 from ..plan.loader import LoadedPlan
 from ..plan.model import Action, Check, Plan, Status, Wave
-from ..plan.saved import SavedPlan, check_fresh
+from ..plan.saved import SavedPlan, check_fresh, is_saved_plan
 from ..plan.targets import Selection, select
 from ..remote import HostTarget, gather_facts
 from .executor import targets_of
@@ -36,7 +36,7 @@ class PlanSource:
 
     @classmethod
     def load(cls, file: str, variables: dict[str, Any], var_files: list[str]) -> PlanSource:
-        if file.endswith(".json"):
+        if is_saved_plan(file):
             return cls(file, variables, var_files, saved=load_saved(file))
         return cls(file, variables, var_files, loaded=load_plan(file, variables, var_files, None))
 

@@ -1,7 +1,8 @@
 """One example per command, shown at the end of its `--help` (click's epilog).
 
 Kept in one table so every command has one and a test holds them to it (a command with its own
-epilog keeps it). `attach` walks the commands a group has registered (it imports nothing).
+epilog keeps it). `attach` walks the commands a group has registered (it imports nothing); a
+lazy group (cli/common.py) calls it for each command it loads.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def attach(command: click.Command, path: str) -> None:
     """Give `command` and every subcommand it has registered its example (as the epilog)."""
     if not command.epilog and path in EXAMPLES:
         command.epilog = f"\b\nExample: {EXAMPLES[path]}"  # \b: click keeps the line whole
+    if hasattr(command, "example_path"):  # a LazyGroup: it attaches each command as it loads it
+        command.example_path = path
     if isinstance(command, click.Group):
         for name, sub in command.commands.items():
             attach(sub, f"{path} {name}")

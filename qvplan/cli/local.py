@@ -1,16 +1,26 @@
-"""What host-side commands need from the local host: its config, state, identity, agent."""
+"""What host-side commands need from the local host: its config, state, identity, agent.
+
+Cheap on purpose: the agent client and the config file's `[api] listen` need only the stdlib, so
+`quantavirt vm list` starts without pydantic or aiohttp; the validated config is built only by
+commands that need more of it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from ..agent.client import AgentClient
-from ..host.config import AgentConfig, load_config
+if TYPE_CHECKING:
+    from ..agent.client import AgentClient
+    from ..host.config import AgentConfig
+    from ..pqc import HostIdentity, TrustStore
 
 
 def config(ctx: click.Context) -> AgentConfig:
+    from ..host.config import load_config
+
     obj = ctx.find_root().obj
     if "_config" not in obj:
         obj["_config"] = load_config(obj.get("config"))
@@ -22,11 +32,14 @@ def state_dir(ctx: click.Context) -> Path:
 
 
 def agent_client(ctx: click.Context, timeout: float = 60.0) -> AgentClient:
-    host, port = config(ctx).api_address
-    return AgentClient(f"http://{host}:{port}", timeout=timeout)
+    """The local agent's API, at the config's `[api] listen`."""
+    from ..agent.client import AgentClient
+    from ..host.configfile import api_listen
+
+    return AgentClient(api_listen(ctx.find_root().obj.get("config")), timeout=timeout)
 
 
-def identity_and_trust(ctx: click.Context):
+def identity_and_trust(ctx: click.Context) -> tuple[HostIdentity, TrustStore]:
     from ..pqc import HostIdentity, TrustStore
 
     sdir = state_dir(ctx)

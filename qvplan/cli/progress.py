@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -22,20 +22,10 @@ from rich.text import Text
 
 from ..apply.progress import Bar, Board
 from ..contract.events import OUTCOMES
-from ..contract.events import PHASE_NAMES as PHASES
 from ..units import format_duration, format_rate, format_size
 
 PLAIN_EVERY_PERCENT = 10.0
 PLAIN_EVERY_SECONDS = 10.0
-
-
-def describe(ev: dict[str, Any]) -> str:
-    """One plain line for an event (kept for callers that print raw events)."""
-    phase = PHASES.get(ev.get("phase", 1), "")
-    return (f"{ev.get('vm')}: {ev['event']} phase {ev.get('phase')} ({phase}) {ev.get('percent', 0):.0f}% "
-            f"{format_size(ev.get('transferred', 0))}/{format_size(ev.get('total', 0))} "
-            f"iter {ev.get('iteration', 0)}/{ev.get('max_iterations', 0)} "
-            f"xfer {format_rate(ev.get('transfer_rate', 0))} dirty {format_rate(ev.get('dirty_rate', 0))}")
 
 
 def eta_text(bar: Bar) -> str:
@@ -158,7 +148,7 @@ class LiveView:
             self.live.update(render_board(board, self.overall), refresh=True)
 
 
-async def follow(events: AsyncIterator[dict[str, Any]], *, tty: bool | None = None) -> dict[str, Any]:
+def follow(events: Iterable[dict[str, Any]], *, tty: bool | None = None) -> dict[str, Any]:
     """Show one migration's events until its outcome; return the last event."""
     tty = sys.stdout.isatty() if tty is None else tty
     last: dict[str, Any] = {}
@@ -169,7 +159,7 @@ async def follow(events: AsyncIterator[dict[str, Any]], *, tty: bool | None = No
     if live is not None:
         live.__enter__()
     try:
-        async for ev in events:
+        for ev in events:
             last = ev
             if bar is None:
                 bar = Bar(0, str(ev.get("vm")), "", str(ev.get("destination", "?")))

@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import click
-from pydantic import ValidationError
 
 from ..contract.events import OUTCOMES
-from ..contract.flags import MigrateFlags
 from ..errors import UsageError
-from ..migration.offline.status import OfflineStatus
-from ..migration.offline.status import describe as describe_offline
-from ..migration.status import MigrationStatus
 from . import local
-from .common import run_async
-from .progress import follow
-from .qv_vm import vm
+
+if TYPE_CHECKING:
+    from ..contract.flags import MigrateFlags
 
 
 def _flags(**raw: object) -> MigrateFlags:
+    from pydantic import ValidationError
+
+    from ..contract.flags import MigrateFlags
+
     try:
         return MigrateFlags.model_validate({k: v for k, v in raw.items() if v is not None})
     except ValidationError as err:
@@ -33,7 +32,7 @@ def _flags(**raw: object) -> MigrateFlags:
         raise UsageError(f"--{str(first['loc'][0]).replace('_', '-')}: {message}") from None
 
 
-@vm.command()
+@click.command()
 @click.argument("name")
 @click.option("--dest", required=True, help="Destination HOST:PORT (migration port, 9410 by default).")
 @click.option("--pqc", is_flag=True, help="Encrypt with PQC (the default; kept for the spec's examples).")
@@ -56,35 +55,38 @@ def _flags(**raw: object) -> MigrateFlags:
 @click.option("--detach", is_flag=True, help="Return once phase 1 (setup) has passed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON (an error as {error, fix, code}).")
 @click.pass_context
-@run_async
-async def migrate(ctx: click.Context, name: str, dest: str, pqc: bool, detach: bool, pqc_kem: str | None,
-                  as_json: bool, **raw: object) -> None:
+def migrate(ctx: click.Context, name: str, dest: str, pqc: bool, detach: bool, pqc_kem: str | None,
+            as_json: bool, **raw: object) -> None:
     """Live-migrate a running VM to another host (or move a stopped one with --offline)."""
     ctx.meta["as_json"] = as_json
     if pqc and raw.get("insecure"):
         raise UsageError("--pqc and --insecure contradict each other", "drop one of them")
     flags = _flags(pqc_kem=pqc_kem, **raw)
-    async with local.agent_client(ctx, timeout=120) as api:
-        await api.post(f"vms/{name}/migrate", {"dest": dest, "flags": flags.model_dump(mode="json")})
-        if detach:
-            click.echo(json.dumps({"state": "STARTED", "vm": name, "destination": dest}) if as_json else
-                       f"Migration of {name} to {dest} started (phase 1 passed). "
-                       f"Follow it with `quantavirt vm migrate-status {name}`.")
-            return
-        events = api.events(f"vms/{name}/migrate/events")
-        if as_json:
-            last = await _outcome(events)
-        else:
-            last = await (follow_offline(events) if flags.offline else follow(events))
-        status = await api.get(f"vms/{name}/migrate")
+    api = local.agent_client(ctx, timeout=120)
+    api.post(f"vms/{name}/migrate", {"dest": dest, "flags": flags.model_dump(mode="json")})
+    if detach:
+        click.echo(json.dumps({"state": "STARTED", "vm": name, "destination": dest}) if as_json else
+                   f"Migration of {name} to {dest} started (phase 1 passed). "
+                   f"Follow it with `quantavirt vm migrate-status {name}`.")
+        return
+    events = api.events(f"vms/{name}/migrate/events")
+    if as_json:
+        last = _outcome(events)
+    elif flags.offline:
+        last = follow_offline(events)
+    else:
+        from .progress import follow
+
+        last = follow(events)
+    status = api.get(f"vms/{name}/migrate")
     click.echo(json.dumps(status, indent=2) if as_json else _render(status))
     if last.get("event") != "completed" and status.get("state") != "COMPLETED":
         sys.exit(1)
 
 
-async def _outcome(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+def _outcome(events: Iterator[dict[str, Any]]) -> dict[str, Any]:
     last: dict[str, Any] = {}
-    async for ev in events:
+    for ev in events:
         last = ev
         if ev["event"] in OUTCOMES:
             break
@@ -92,20 +94,25 @@ async def _outcome(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _render(status: dict) -> str:
+    from ..migration.offline.status import OfflineStatus
+    from ..migration.status import MigrationStatus
+
     if status.get("mode") == "offline":
         return OfflineStatus.from_dict(status).render()
     fields = {k: v for k, v in status.items() if k in MigrationStatus.__dataclass_fields__}
     return MigrationStatus(**fields).render()
 
 
-async def follow_offline(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+def follow_offline(events: Iterator[dict[str, Any]]) -> dict[str, Any]:
     """An offline copy's progress until its outcome: a bar on a terminal, a line per second otherwise."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..migration.offline.status import describe as describe_offline
 
     last: dict[str, Any] = {}
     if not sys.stdout.isatty():
         printed = 0.0
-        async for ev in events:
+        for ev in events:
             last = ev
             if ev["event"] != "progress" or ev.get("time", 0) - printed >= 1:
                 printed = ev.get("time", 0)
@@ -116,7 +123,7 @@ async def follow_offline(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
                   TimeElapsedColumn()) as bar:
         task = bar.add_task("offline", total=None)
-        async for ev in events:
+        for ev in events:
             last = ev
             bar.update(task, completed=ev.get("transferred", 0), total=ev.get("total") or None,
                        description=f"{ev.get('vm')} ({ev.get('phase_name', '')})")
@@ -125,26 +132,24 @@ async def follow_offline(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any
     return last
 
 
-@vm.command("migrate-status")
+@click.command("migrate-status")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw the passes (bytes, dirty vs transfer rate, remaining, throttle) to FILE.png or FILE.svg, "
                    "with the data beside it as FILE.svg.json.")
 @click.pass_context
-@run_async
-async def migrate_status(ctx: click.Context, name: str, as_json: bool, plot: str | None) -> None:
-    """Show a migration's live figures, or its outcome.
-    """
+def migrate_status(ctx: click.Context, name: str, as_json: bool, plot: str | None) -> None:
+    """Show a migration's live figures, or its outcome (--plot: its passes as a chart)."""
     if plot:
         from pathlib import Path
 
         from ..charts import chart_format
 
         chart_format(Path(plot))  # a bad suffix is refused before anything is asked
-    async with local.agent_client(ctx) as api:
-        status = await api.get(f"vms/{name}/migrate")
-        passes = await api.get(f"vms/{name}/migrate/passes") if plot else None
+    client = local.agent_client(ctx)
+    status = client.get(f"vms/{name}/migrate")
+    passes = client.get(f"vms/{name}/migrate/passes") if plot else None
     click.echo(json.dumps(status, indent=2) if as_json else _render(status))
     if plot and passes is not None:
         from ..charts import write_chart
@@ -154,14 +159,12 @@ async def migrate_status(ctx: click.Context, name: str, as_json: bool, plot: str
             click.echo(f"Chart:           {plot} (data: {data})")
 
 
-@vm.command("migrate-cancel")
+@click.command("migrate-cancel")
 @click.argument("name")
 @click.pass_context
-@run_async
-async def migrate_cancel(ctx: click.Context, name: str) -> None:
+def migrate_cancel(ctx: click.Context, name: str) -> None:
     """Cancel a migration; the VM keeps running (or, offline, stays defined) on this host."""
-    async with local.agent_client(ctx, timeout=120) as api:
-        status = await api.post(f"vms/{name}/migrate/cancel")
+    status = local.agent_client(ctx, timeout=120).post(f"vms/{name}/migrate/cancel")
     if status["state"] == "COMPLETED":  # an offline copy past its commit point finishes
         click.echo(f"Migration of {name} had already committed; {name} is now on {status['destination']}.")
         return

@@ -8,12 +8,11 @@ from typing import Any
 import click
 
 from ..addresses import split_hostport
+from ..contract.ports import MIGRATION_PORT
 from ..errors import UsageError
 from ..pqc import PQCError, open_channel
 from . import local
 from .common import run_async
-
-MIGRATION_PORT = 9410
 
 
 @click.group()

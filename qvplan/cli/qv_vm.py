@@ -1,4 +1,4 @@
-"""`quantavirt vm …`: define, start, stop, show, list, undefine (migration commands join later)."""
+"""`quantavirt vm …`: define, start, stop, show, list, undefine (the migrate commands: qv_migrate.py)."""
 
 from __future__ import annotations
 
@@ -6,21 +6,26 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
-from pydantic import ValidationError
 
 from ..errors import UsageError
 from ..units import format_size
 from . import local
-from .common import run_async
+from .common import LazyGroup
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={
+    "migrate": "qvplan.cli.qv_migrate:migrate",
+    "migrate-status": "qvplan.cli.qv_migrate:migrate_status",
+    "migrate-cancel": "qvplan.cli.qv_migrate:migrate_cancel",
+})
 def vm() -> None:
     """Manage the VMs of this host."""
 
 
 def load_vm_file(path: Path) -> dict[str, Any]:
+    import yaml
+    from pydantic import ValidationError
+
     from ..vmm import VMSpec
     from ..vmm.spec import describe_error
 
@@ -40,22 +45,19 @@ def load_vm_file(path: Path) -> dict[str, Any]:
 @vm.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.pass_context
-@run_async
-async def define(ctx: click.Context, file: Path) -> None:
+def define(ctx: click.Context, file: Path) -> None:
     """Define a VM from a YAML file."""
     body = load_vm_file(file)
-    async with local.agent_client(ctx) as api:
-        out = await api.post("vms", body)
+    out = local.agent_client(ctx).post("vms", body)
     click.echo(f"Defined {out['name']}")
 
 
 def _lifecycle(verb: str, method: str, path: str):
     @click.argument("name")
     @click.pass_context
-    @run_async
-    async def command(ctx: click.Context, name: str) -> None:
-        async with local.agent_client(ctx, timeout=120) as api:
-            await api.request(method, path.format(name=name), {} if method == "POST" else None)
+    def command(ctx: click.Context, name: str) -> None:
+        local.agent_client(ctx, timeout=120).request(method, path.format(name=name),
+                                                     {} if method == "POST" else None)
         click.echo(f"{verb} {name}")
 
     return command
@@ -69,11 +71,9 @@ vm.command("undefine", help="Remove a stopped VM's definition (disks stay).")(
 
 @vm.command("list")
 @click.pass_context
-@run_async
-async def list_(ctx: click.Context) -> None:
+def list_(ctx: click.Context) -> None:
     """List this host's VMs."""
-    async with local.agent_client(ctx) as api:
-        vms = await api.get("vms")
+    vms = local.agent_client(ctx).get("vms")
     click.echo(f"{'NAME':<20} {'STATE':<11} {'MEMORY':>10} {'VCPUS':>5}  CPU")
     for v in vms:
         click.echo(f"{v['name']:<20} {v['state']:<11} {format_size(v['memory']):>10} {v['vcpus']:>5}  "
@@ -83,11 +83,9 @@ async def list_(ctx: click.Context) -> None:
 @vm.command()
 @click.argument("name")
 @click.pass_context
-@run_async
-async def show(ctx: click.Context, name: str) -> None:
+def show(ctx: click.Context, name: str) -> None:
     """Show one VM."""
-    async with local.agent_client(ctx) as api:
-        v = await api.get(f"vms/{name}")
+    v = local.agent_client(ctx).get(f"vms/{name}")
     click.echo(f"VM:       {v['name']}\nState:    {v['state']}\nMemory:   {format_size(v['memory'])}\n"
                f"vCPUs:    {v['vcpus']}\nCPU:      {v['cpu']['model']} {' '.join(v['cpu'].get('features', []))}")
     if v.get("pid"):

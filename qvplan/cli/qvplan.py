@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import click
+from .common import entry_point
 
-from .. import __version__
-from .common import OneLineErrors
-from .examples import attach
+COMMANDS = {
+    "lab": "qvplan.cli.qvplan_lab:lab",
+    "facts": "qvplan.cli.qvplan_lab:facts",
+    "validate": "qvplan.cli.qvplan_plan:validate",
+    "plan": "qvplan.cli.qvplan_plan:plan_cmd",
+    "show": "qvplan.cli.qvplan_plan:show",
+    "schema": "qvplan.cli.qvplan_plan:schema",
+    "apply": "qvplan.cli.qvplan_apply:apply",
+}
 
 
-@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", message="%(version)s")
+@entry_point(COMMANDS)
 def main() -> None:
     """Plan and apply live migrations of running VMs across QuantaVirt hosts."""
-
-
-def _register() -> None:
-    from . import qvplan_lab
-
-    main.add_command(qvplan_lab.lab)
-    main.add_command(qvplan_lab.facts)
-    from . import qvplan_plan
-
-    qvplan_plan.register(main)
-
-    from . import qvplan_apply
-
-    qvplan_apply.register(main)
-
-
-_register()
-attach(main, "qvplan")  # every --help ends with an example (examples.py)
 
 
 if __name__ == "__main__":

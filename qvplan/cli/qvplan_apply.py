@@ -12,7 +12,7 @@ from xml.sax.saxutils import quoteattr
 
 import click
 
-from ..apply import ApplyResult
+from ..apply.executor import ApplyResult
 from ..apply.progress import Board
 from ..apply.session import ApplyRequest, Outcome, run_apply
 from ..plan import PlanError
@@ -178,6 +178,3 @@ def apply(plan_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...
         _report(outcome, as_json)
     sys.exit(0 if outcome.ok else 1)
 
-
-def register(group: click.Group) -> None:
-    group.add_command(apply)

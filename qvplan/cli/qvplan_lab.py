@@ -84,6 +84,21 @@ async def status(lab_dir: str | None) -> None:
         agent = "up" if st.api else ("proc" if st.agent else "down")
         vms = ", ".join(f"{v['name']}({v.get('state', '?')})" for v in st.vms) or "-"
         click.echo(f"{st.name:<8} {st.address:<15} {'up' if st.sshd else 'down':<5} {agent:<6} {vms}")
+    click.echo(vm_network_line(the_lab))
+    click.echo(cpu_line(the_lab))
+
+
+def vm_network_line(the_lab: Lab) -> str:
+    from ..lab import vmnet
+
+    return vmnet.describe(the_lab.spec)
+
+
+def cpu_line(the_lab: Lab) -> str:
+    from ..lab.usage import lab_cpu
+
+    share = lab_cpu(the_lab, seconds=2.0)
+    return f"CPU of the lab's processes: {share * 100:.1f}% of one core (measured over 2 s)"
 
 
 @click.command()

@@ -8,12 +8,12 @@ from typing import Any
 
 import click
 
+from ..errors import UsageError
 from ..plan import PlanError, live_facts, load_facts, load_plan, make_plan
-from ..plan.facts import FactsDoc
 from ..plan.loader import parse_var
 from ..plan.model import Plan
 from ..plan.render import render_plan
-from ..plan.saved import load_saved, save_plan, saved_summary
+from ..plan.saved import is_saved_plan, load_saved, save_plan, saved_summary
 from ..plan.schema import json_schema
 
 _var = click.option("--var", "var", multiple=True, metavar="NAME=VALUE", help="Set a template variable.")
@@ -23,6 +23,14 @@ _vars = click.option("--vars", "var_files", multiple=True, type=click.Path(dir_o
 
 def _variables(pairs: tuple[str, ...]) -> dict[str, Any]:
     return dict(parse_var(p) for p in pairs)
+
+
+def _plan_file(path: str) -> str:
+    """A plan file, not a saved plan (those are known by their content, whatever their name)."""
+    if is_saved_plan(path):
+        raise UsageError(f"{path} is a saved plan, not a plan file",
+                         f"apply it with `qvplan apply {path}` or print it with `qvplan show {path}`")
+    return path
 
 
 def _fail(err: PlanError, as_json: bool) -> None:
@@ -47,6 +55,7 @@ def _emit(plan: Plan, as_json: bool) -> None:
 def validate(plan_file: str, var: tuple[str, ...], var_files: tuple[str, ...], facts_file: str | None,
              as_json: bool) -> None:
     """Check a plan offline: schema, modules, hosts and after: graph (no hosts contacted)."""
+    _plan_file(plan_file)
     try:
         facts = load_facts(facts_file).hosts if facts_file else None
         loaded = load_plan(plan_file, _variables(var), list(var_files), facts)
@@ -83,10 +92,10 @@ def validate(plan_file: str, var: tuple[str, ...], var_files: tuple[str, ...], f
 def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...],
              as_json: bool, out_file: str | None, detailed_exitcode: bool, targets: tuple[str, ...],
              limit: tuple[str, ...]) -> None:
-    """Show what applying PLAN would move, every check, and the schedule (a dry run).
-    """
+    """Show what applying PLAN would move, every check, and the schedule (a dry run)."""
     from ..plan.targets import Selection, select
 
+    _plan_file(plan_file)
     variables = _variables(var)
     try:
         if facts_file:
@@ -118,8 +127,7 @@ def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_f
 @click.option("--report", "report_dir", type=click.Path(file_okay=False), metavar="DIR",
               help="FILE is an apply journal (.jsonl): write DIR/report.html from it.")
 def show(saved_file: str, as_json: bool, report_dir: str | None) -> None:
-    """Print a plan saved with `qvplan plan -out FILE`, or render an apply's journal as a report.
-    """
+    """Print a plan saved with `qvplan plan -out FILE`, or render an apply's journal as a report."""
     if report_dir:
         from ..apply.report import write_report
 
@@ -139,13 +147,3 @@ def schema() -> None:
     """Print the plan file's JSON Schema (for editor completion)."""
     click.echo(json.dumps(json_schema(), indent=2))
 
-
-COMMANDS = [validate, plan_cmd, show, schema]
-
-
-def register(group: click.Group) -> None:
-    for cmd in COMMANDS:
-        group.add_command(cmd)
-
-
-__all__ = ["COMMANDS", "FactsDoc", "register"]

@@ -44,6 +44,7 @@ class Reason(StrEnum):
     STALE = "stale"
     OTHER_HOSTS = "plan-for-other-hosts"
     UNKNOWN_VM = "unknown-vm"
+    NO_MIGRATION = "no-migration"  # the API knows no migration of that VM
     BAD_REQUEST = "bad-request"
     AGENT_UNREACHABLE = "agent-unreachable"
     ERROR = "error"

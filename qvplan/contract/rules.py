@@ -123,6 +123,15 @@ def check_shared_disks(paths: Iterable[str], reachable: Callable[[str], bool]) -
     return None
 
 
+def check_boot_files(paths: Iterable[str], exists: Callable[[str], bool]) -> Refusal | None:
+    """A kernel boot's files must be on the destination too: its QEMU starts with the same -kernel."""
+    for path in paths:
+        if not exists(path):
+            return Refusal(Reason.STORAGE_NOT_FOUND, f"boot file {path}",
+                           "copy the kernel and initrd to the same pool on the destination")
+    return None
+
+
 # -- one move ---------------------------------------------------------------------------------------
 
 def judge(vm_cpu: dict[str, Any], memory: int, source: dict[str, Any], dest: dict[str, Any],

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 __all__ = ["AgentConfig", "ConfigError", "load_config", "split_hostport"]
 
-import tomllib
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..addresses import split_hostport
-from ..errors import QVError
-from ..paths import config_path, state_dir
-
-
-class ConfigError(QVError):
-    pass
+from ..contract.ports import API_LISTEN, MIGRATION_LISTEN
+from ..paths import state_dir
+from .configfile import ConfigError, read, to_toml
 
 
 class _Section(BaseModel):
@@ -37,12 +33,12 @@ class HostSection(_Section):
 
 
 class ApiSection(_Section):
-    listen: str = "127.0.0.1:9400"
+    listen: str = API_LISTEN
     _check = field_validator("listen")(_hostport)
 
 
 class MigrationSection(_Section):
-    listen: str = "0.0.0.0:9410"
+    listen: str = MIGRATION_LISTEN
     advertise: str | None = None
     pqc_required: bool = True
     _check = field_validator("listen", "advertise")(lambda v: v if v is None else _hostport(v))
@@ -79,6 +75,10 @@ class AgentConfig(_Section):
     def state_dir(self, override: str | None = None) -> Path:
         return state_dir(override or self.host.state_dir)
 
+    def to_toml(self) -> str:
+        """The config file that loads back into this config."""
+        return to_toml(self.model_dump(mode="json", exclude_none=True))
+
     def pool_paths(self, override_state: str | None = None) -> dict[str, Path]:
         pools = {name: Path(p) for name, p in self.storage.pools.items()}
         pools.setdefault("default", self.state_dir(override_state) / "images")
@@ -89,15 +89,7 @@ class AgentConfig(_Section):
 
 def load_config(path: str | Path | None = None, *, required: bool = False) -> AgentConfig:
     """Read and validate the config; a missing default file means defaults unless `required`."""
-    file = config_path(path)
-    if not file.exists():
-        if required or path is not None:
-            raise ConfigError(f"config file {file} not found", "create it or pass --config FILE")
-        return AgentConfig()
-    try:
-        data = tomllib.loads(file.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{file}: not valid TOML: {err}", "fix the syntax") from None
+    file, data = read(path, required=required)
     try:
         cfg = AgentConfig.model_validate(data)
     except ValidationError as err:
@@ -105,5 +97,6 @@ def load_config(path: str | Path | None = None, *, required: bool = False) -> Ag
         key = ".".join(str(p) for p in first["loc"])
         reason = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         raise ConfigError(f"{file}: [{key}] {reason}", "fix or remove that key") from None
-    cfg.source = str(file)
+    if file.exists():
+        cfg.source = str(file)
     return cfg

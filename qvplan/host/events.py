@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 Event = dict[str, Any]
@@ -63,7 +63,7 @@ class EventHub:
                 yield event
 
 
-async def drain(queue: asyncio.Queue[Event], until: set[str] | None = None) -> AsyncIterator[Event]:
+async def drain(queue: asyncio.Queue[Event], until: Collection[str] | None = None) -> AsyncIterator[Event]:
     """Yield a subscription's events; stop after one whose kind is in `until`."""
     while True:
         event = await queue.get()

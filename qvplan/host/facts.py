@@ -45,6 +45,7 @@ def storage_check(path: str) -> dict[str, Any]:
 def host_facts(host: Host) -> dict[str, Any]:
     """Assemble the facts document of a running host."""
     from ..vmm import cpu_facts, qemu_version
+    from ..vmm.taps import bridges
 
     mem = meminfo()
     committed = host.registry.committed_memory()
@@ -61,6 +62,7 @@ def host_facts(host: Host) -> dict[str, Any]:
             "committed": committed,
         },
         "storage": {"pools": pool_facts(host.pools), "shared": host.config.storage.shared},
+        "bridges": bridges(),  # host bridges VM NICs may join (in the agent's network namespace)
         "pqc": {
             "provider": host.provider_name,
             "fingerprint": host.identity.fingerprint,

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 from pydantic import ValidationError
 
+from ..contract.reasons import Reason
 from ..errors import QVError
 from ..vmm.spec import describe_error
 from .events import Event
@@ -15,8 +16,13 @@ from .events import Event
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def error_response(status: int, cause: str, fix: str | None = None) -> web.Response:
-    return web.json_response({"error": cause, "fix": fix}, status=status)
+# The HTTP status of an error answer, from its reason code (409 for any other refusal).
+STATUS_OF: dict[str, int] = {Reason.UNKNOWN_VM: 404, Reason.NO_MIGRATION: 404, Reason.BAD_REQUEST: 400}
+
+
+def error_response(err: QVError) -> web.Response:
+    """`{error, fix, code}` with the status its code calls for."""
+    return web.json_response(err.as_dict(), status=STATUS_OF.get(err.code, 409))
 
 
 @web.middleware
@@ -24,13 +30,11 @@ async def errors_as_json(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         return await handler(request)
     except QVError as err:
-        status = 404 if str(err.cause).startswith("unknown VM") else 409
-        return error_response(status, err.cause, err.fix)
+        return error_response(err)
     except ValidationError as err:
-        cause, fix = describe_error(err)
-        return error_response(400, cause, fix)
+        return error_response(QVError(*describe_error(err), code=Reason.BAD_REQUEST))
     except json.JSONDecodeError:
-        return error_response(400, "request body is not JSON")
+        return error_response(QVError("request body is not JSON", "send a JSON object", code=Reason.BAD_REQUEST))
 
 
 async def sse(request: web.Request, events: AsyncIterator[Event], first: Event | None = None) -> web.StreamResponse:

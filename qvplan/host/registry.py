@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..contract.reasons import Reason
 from ..errors import QVError
 from ..vmm import QemuProcess, VMSpec
 from .events import EventHub
@@ -23,11 +24,14 @@ log = logging.getLogger(__name__)
 
 
 class VMError(QVError):
-    pass
+    """A VM cannot do that in its state (a more precise code where one applies)."""
+
+    code = Reason.VM_STATE
 
 
 def unknown_vm(name: str) -> VMError:
-    return VMError(f"unknown VM {name!r}", "see `quantavirt vm list` for the VMs on this host")
+    return VMError(f"unknown VM {name!r}", "see `quantavirt vm list` for the VMs on this host",
+                   code=Reason.UNKNOWN_VM)
 
 
 @dataclass
@@ -141,7 +145,8 @@ class Registry:
 
     def define(self, spec: VMSpec, *, replace: bool = False) -> VM:
         if spec.name in self.vms and not replace:
-            raise VMError(f"VM {spec.name!r} is already defined", "undefine it first or pick another name")
+            raise VMError(f"VM {spec.name!r} is already defined", "undefine it first or pick another name",
+                          code=Reason.NAME_CLASH)
         for disk in spec.disks:
             if disk.pool and disk.pool not in self.pools:
                 raise VMError(f"VM {spec.name!r}: unknown storage pool {disk.pool!r}",

@@ -24,14 +24,15 @@ def quantavirt_bin() -> str:
 
 
 def config_text(host: LabHost) -> str:
+    from ..host.config import AgentConfig
+
     state = host.file("state")
-    return "\n".join([
-        "[host]", f'name = "{host.name}"', f'state_dir = "{state}"', "",
-        "[api]", f'listen = "{host.api}"', "",
-        "[migration]", f'listen = "{host.migration_listen}"', f'advertise = "{host.migration}"',
-        "pqc_required = true", "",
-        "[storage]", f'pools = {{ default = "{state / "images"}" }}', "",
-    ])
+    return AgentConfig.model_validate({
+        "host": {"name": host.name, "state_dir": str(state)},
+        "api": {"listen": host.api},
+        "migration": {"listen": host.migration_listen, "advertise": host.migration, "pqc_required": True},
+        "storage": {"pools": {"default": str(state / "images"), "images": str(host.path.parent / "images")}},
+    }).to_toml()
 
 
 def pid(host: LabHost) -> int | None:

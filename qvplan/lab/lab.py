@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..remote import HostConnection, HostTarget, RemoteError, SSHOptions, dump_inventory
-from . import agents, net, sshd
+from ..remote import AgentError, HostConnection, HostTarget, RemoteError, SSHOptions, dump_inventory
+from . import agents, images, net, sshd, vmnet
 from .model import LabError, LabHost, LabSpec, Mode, default_lab_dir, default_mode
 from .procs import descendants, kill_all
 
@@ -91,6 +91,8 @@ class Lab:
             net.setup_bridge(self.spec)
             for host in self.hosts:
                 net.setup_host(self.spec, host)
+            vmnet.setup(self.spec)
+        images.install(self.spec)
         for host in self.hosts:
             host.path.mkdir(parents=True, exist_ok=True)
             sshd.keygen(host.file("ssh_host_ed25519_key"), f"{host.name}-host")
@@ -117,13 +119,18 @@ class Lab:
             if host.netns and host.netns in net.netns_list():
                 pids |= net.netns_pids(host.netns)
         pids |= descendants(pids)  # e.g. shells and agents started through sshd (loopback mode)
+        if spec.client_netns in net.netns_list():
+            pids |= net.netns_pids(spec.client_netns)  # captures and clients left in it
         kill_all(pids)
+        if spec.mode == "netns":
+            vmnet.teardown(spec)
         net.teardown(spec, hosts)
         for host in hosts:
             shutil.rmtree(host.path, ignore_errors=True)
         for file in (spec.key, spec.key.with_suffix(".pub"), spec.known_hosts, spec.authorized_keys,
                      spec.inventory, spec.state_file):
             file.unlink(missing_ok=True)
+        images.remove(spec)
         try:
             self.dir.rmdir()  # only if empty: never remove files we did not make
         except OSError:
@@ -154,7 +161,7 @@ class Lab:
                     try:
                         await conn.api("GET", "host", timeout=5)
                         return None
-                    except RemoteError as err:
+                    except (RemoteError, AgentError) as err:
                         if agents.pid(host) is None:
                             return f"{host.name}: the agent exited: {agents.log_tail(host)} " \
                                    f"(log {host.file('agent.log')})"
@@ -221,7 +228,7 @@ class Lab:
                 async with self.connect(st.name) as conn:
                     st.vms = list(await conn.api("GET", "vms", timeout=10))
                     st.api = True
-            except RemoteError as err:
+            except (RemoteError, AgentError) as err:
                 st.api, st.error = False, str(err)
 
         await asyncio.gather(*(ask(st) for st in out if st.sshd))
@@ -243,6 +250,12 @@ class Lab:
 
     def start_agent(self, name: str) -> int:
         return agents.start(self.host(name))
+
+    def client_argv(self, argv: Sequence[str]) -> list[str]:
+        """argv run in the client namespace on the VM network (netns mode)."""
+        if self.spec.mode != "netns":
+            raise LabError("the lab's VM network needs a netns lab", "run the lab as root")
+        return ["ip", "netns", "exec", self.spec.client_netns, *argv]
 
     def exec_in(self, name: str, argv: Sequence[str], *, check: bool = False,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:

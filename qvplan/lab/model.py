@@ -2,7 +2,10 @@
 
 Two modes. `netns` (root): each host is a network namespace `<prefix>-<host>` whose `eth0` is
 one end of a veth pair `<prefix>-v<i>`, the other end in the bridge `<prefix>-br0` (SUBNET.1) in
-the root namespace; sshd on :22 and the agent API on 127.0.0.1:9400 inside. `loopback` (no
+the root namespace; sshd on :22 and the agent API on 127.0.0.1:9400 inside. Apart from that
+management network, a VM network: a bridge `vmbr0` in each host's namespace (VM taps join it),
+linked by a veth `<prefix>-w<i>` to the segment bridge `<prefix>-vm0` in the root namespace, and
+a client namespace `<prefix>-client` on it at 10.88.X.2 (X: the lab subnet's third octet). `loopback` (no
 root): each host is an address 127.0.77.(10+i); sshd on that address, port 2200+(10+i), agent API
 and migration bound to it.
 """
@@ -17,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from ..contract.ports import API_LISTEN, API_PORT, MIGRATION_LISTEN, MIGRATION_PORT
 from ..errors import QVError
 
 Mode = Literal["netns", "loopback"]
@@ -53,6 +57,7 @@ class LabHost:
     dir: str                 # this host's files: sshd config/keys/pid, agent config/log/pid, state/
     netns: str | None = None
     veth: str | None = None  # root-namespace end of the host's link
+    vm_uplink: str | None = None  # root-namespace end of the link from its VM bridge to the segment
 
     @property
     def path(self) -> Path:
@@ -96,6 +101,31 @@ class LabSpec:
     def gateway(self) -> str:
         return f"{self.subnet}.1"
 
+    # -- the VM network (netns mode): one L2 segment apart from the management bridge ----------
+
+    @property
+    def vm_segment(self) -> str:
+        """Root-namespace bridge joining every host's VM bridge and the client."""
+        return f"{self.prefix}-vm0"
+
+    @property
+    def vm_subnet(self) -> str:
+        """First three octets of the VM network: 10.88.<third octet of the lab's subnet>, so labs
+        on different subnets (parallel test labs) get different VM networks too."""
+        return f"10.88.{self.subnet.split('.')[2]}"
+
+    @property
+    def client_netns(self) -> str:
+        return f"{self.prefix}-client"
+
+    @property
+    def client_address(self) -> str:
+        return f"{self.vm_subnet}.2"
+
+    def vm_address(self, k: int) -> str:
+        """The address the lab gives guest number k (1-based) on the VM network."""
+        return f"{self.vm_subnet}.{20 + k}"
+
     def host_names(self) -> list[str]:
         return [f"hv-{string.ascii_lowercase[i]}" for i in range(self.hosts)]
 
@@ -105,9 +135,11 @@ class LabSpec:
         addr = f"{self.subnet}.{last}"
         hdir = str(self.path / name)
         if self.mode == "netns":
-            return LabHost(name, i, addr, 22, "127.0.0.1:9400", "0.0.0.0:9410", f"{addr}:9410", hdir,
-                           netns=f"{self.prefix}-{name}", veth=f"{self.prefix}-v{i}")
-        return LabHost(name, i, addr, 2200 + last, f"{addr}:9400", f"{addr}:9410", f"{addr}:9410", hdir)
+            return LabHost(name, i, addr, 22, API_LISTEN, MIGRATION_LISTEN, f"{addr}:{MIGRATION_PORT}", hdir,
+                           netns=f"{self.prefix}-{name}", veth=f"{self.prefix}-v{i}",
+                           vm_uplink=f"{self.prefix}-w{i}")
+        return LabHost(name, i, addr, 2200 + last, f"{addr}:{API_PORT}", f"{addr}:{MIGRATION_PORT}",
+                       f"{addr}:{MIGRATION_PORT}", hdir)
 
     def all_hosts(self) -> list[LabHost]:
         return [self.host(i) for i in range(self.hosts)]

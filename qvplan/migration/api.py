@@ -10,18 +10,26 @@ from pydantic import ValidationError
 from ..contract.errors import refused
 from ..contract.events import OUTCOMES
 from ..contract.flags import MigrateFlags
+from ..contract.ports import MIGRATION_PORT
 from ..contract.reasons import Reason
 from ..contract.rules import Policies
+from ..errors import QVError
 from ..host.events import drain
-from ..host.http import error_response, sse
+from ..host.http import sse
 from ..host.registry import VMError
 from .job import MigrationJob
 from .live.source import SourceMigration
 from .offline.source import OfflineMigration
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..host.context import Host
 
+
+
+def no_migration(name: str) -> QVError:
+    return QVError(f"no migration of {name!r} on this host",
+                   f"start one with `quantavirt vm migrate {name} --dest HOST:{MIGRATION_PORT}`",
+                   code=Reason.NO_MIGRATION)
 
 
 def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) -> None:
@@ -39,8 +47,8 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) 
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             message = str(first["msg"]).removeprefix("Value error, ")
-            return error_response(400, f"invalid migrate flags: {where + ': ' if where else ''}{message}",
-                                  "see `quantavirt vm migrate --help`")
+            raise QVError(f"invalid migrate flags: {where + ': ' if where else ''}{message}",
+                          "see `quantavirt vm migrate --help`", code=Reason.BAD_REQUEST) from None
         dest = str(body.get("dest", ""))
         if vm.busy:
             raise VMError(f"VM {name!r} is already {vm.busy}", f"see `quantavirt vm migrate-status {name}`")
@@ -68,8 +76,7 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) 
         name = request.match_info["name"]
         job = jobs.get(name)
         if job is None:
-            return error_response(404, f"no migration of {name!r} on this host",
-                                  f"start one with `quantavirt vm migrate {name} --dest HOST:9410`")
+            raise no_migration(name)
         return web.json_response(job.status.as_dict())
 
     @routes.post("/api/v1/vms/{name}/migrate/cancel")
@@ -77,7 +84,8 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) 
         name = request.match_info["name"]
         job = jobs.get(name)
         if job is None or job.status.done:
-            return error_response(409, f"VM {name!r} is not migrating")
+            raise VMError(f"VM {name!r} is not migrating", f"see `quantavirt vm migrate-status {name}`",
+                          code=Reason.VM_STATE)
         job.cancel()
         if job.task:
             await job.task
@@ -88,7 +96,7 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob]) 
         name = request.match_info["name"]
         job = jobs.get(name)
         if job is None:
-            return error_response(404, f"no migration of {name!r} on this host")
+            raise no_migration(name)
         topic = f"{name}/migrate"
         # Subscribe before reading the status, so an outcome in between is not lost.
         with host.events.subscribe(topic) as queue:

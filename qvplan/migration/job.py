@@ -11,7 +11,7 @@ from ..contract.flags import MigrateFlags
 from ..contract.rules import Policies
 
 if TYPE_CHECKING:
-    from ..host import Host
+    from ..host.context import Host
     from ..host.registry import VM
     from .status import MigrationStatus
 

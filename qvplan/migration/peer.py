@@ -14,7 +14,7 @@ from ..addresses import split_hostport
 from ..contract.errors import MigrationError, failure
 from ..contract.ports import MIGRATION_PORT
 from ..contract.reasons import Reason
-from ..host import Host
+from ..host.context import Host
 from ..pqc import PQCError, SecureChannel, open_channel
 
 ASK_TIMEOUT = 10.0  # seconds for the answer to one question

@@ -6,7 +6,7 @@ from functools import partial
 
 from aiohttp import web
 
-from ..host import Host, Operation
+from ..host.context import Host, Operation
 from . import api
 from .incoming import discard_uncommitted
 from .job import MigrationJob

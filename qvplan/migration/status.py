@@ -29,6 +29,8 @@ class MigrationStatus:
     finished: float | None = None
     downtime: float | None = None  # QEMU's figure, seconds
     pause: float | None = None  # source STOP → destination RESUME, seconds
+    stopped_at: float | None = None  # wall time of the source's STOP (QEMU's event time)
+    resumed_at: float | None = None  # wall time of the destination's RESUME
     error: str | None = None
     fix: str | None = None
     code: str | None = None  # the reason code of a failure or cancel

@@ -23,6 +23,7 @@ class Build:
     trust_exchange: set[tuple[str, str]] = field(default_factory=set)
     vm_facts: dict[str, dict[str, Any]] = field(default_factory=dict)
     failures: dict[str, list[Check]] = field(default_factory=dict)
+    _trusted: dict[str, frozenset[str]] = field(default_factory=dict, repr=False)
 
     def add_check(self, vm: str, kind: str, result: C.Result, where: str | None = None) -> Check:
         check = Check(f"{vm}:{kind}", vm, kind, result.ok, result.message, result.fix,
@@ -33,6 +34,12 @@ class Build:
         self.deps.setdefault(f"check:{check.id}", set())
         self.deps.setdefault(f"move:{vm}", set()).add(f"check:{check.id}")
         return check
+
+    def trusted(self, host: str) -> frozenset[str]:
+        """The fingerprints `host` trusts, worked out once per host."""
+        if host not in self._trusted:
+            self._trusted[host] = C.trusted_fingerprints((self.facts or {}).get(host) or {})
+        return self._trusted[host]
 
     def free(self, host: str) -> int:
         """The host's free memory in the facts (0 when they do not say)."""

@@ -6,10 +6,12 @@ Failure messages use the spec's troubleshooting wording ("untrusted host", "CPU 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..contract import rules
+from ..contract.network import missing_network
 from ..contract.ports import MIGRATION_PORT
 from ..contract.reasons import FIXES, PORT_FIX, Reason
 from ..units import format_size
@@ -54,16 +56,18 @@ def fingerprint(facts: dict[str, Any]) -> str | None:
     return fp if isinstance(fp, str) else None
 
 
-def trusts(truster: dict[str, Any], peer: dict[str, Any]) -> bool:
-    """Does `truster` hold `peer`'s key? Matched by fingerprint, whatever name it was imported as."""
-    fp = fingerprint(peer)
-    return fp is not None and fp in _d(_d(truster.get("pqc")).get("trusted")).values()
+def trusted_fingerprints(facts: dict[str, Any]) -> frozenset[str]:
+    """The fingerprints a host trusts (whatever names they were imported as)."""
+    return frozenset(v for v in _d(_d(facts.get("pqc")).get("trusted")).values() if isinstance(v, str))
 
 
 def check_trust(src: str, dst: str, facts: dict[str, dict[str, Any]], exchange: bool,
-                pinned: dict[str, str], insecure: bool) -> tuple[Result, list[tuple[str, str]]]:
+                pinned: dict[str, str], insecure: bool,
+                trusted: Callable[[str], frozenset[str]] | None = None) -> tuple[Result, list[tuple[str, str]]]:
     """Both directions: the source must trust the destination and the destination the source.
-    Returns the result and the key imports apply must do: (importing host, host whose key)."""
+    Returns the result and the key imports apply must do: (importing host, host whose key).
+    `trusted(host)` gives a host's trusted fingerprints (the planner keeps them per host)."""
+    trusted = trusted or (lambda host: trusted_fingerprints(facts[host]))
     for host in (src, dst):
         want, got = pinned.get(host), fingerprint(facts[host])
         if want is not None and want != got:
@@ -72,7 +76,8 @@ def check_trust(src: str, dst: str, facts: dict[str, dict[str, Any]], exchange: 
     if insecure and _d(facts[dst].get("migration")).get("pqc_required"):
         return fail(f"{dst} requires PQC (pqc_required = true) but the move is insecure",
                     "drop insecure: true", Reason.PQC_REQUIRED), []
-    missing = [(a, b) for a, b in ((src, dst), (dst, src)) if not trusts(facts[a], facts[b])]
+    missing = [(a, b) for a, b in ((src, dst), (dst, src))
+               if fingerprint(facts[b]) is None or fingerprint(facts[b]) not in trusted(a)]
     if not missing:
         return ok(f"{src} ⇄ {dst} trusted"), []
     if exchange:
@@ -201,7 +206,13 @@ def check_storage(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[
 
 # -- network ----------------------------------------------------------------------------------------
 
-def check_network(src: str, dst: str, facts: dict[str, dict[str, Any]], address: str | None) -> Result:
+def check_network(src: str, dst: str, facts: dict[str, dict[str, Any]], address: str | None,
+                  vm: dict[str, Any] | None = None) -> Result:
+    """The migration port, then the VM's networks: the rule book's bridge rule over the
+    destination's `bridges` fact (the same function the destination agent judges by)."""
+    problem = missing_network(_d(_d(vm).get("spec")), _l(facts[dst].get("bridges")))
+    if problem is not None:
+        return fail(f"network not found on destination: {problem.detail} ({dst})", problem.fix, problem.code)
     seen = _d(facts[src].get("reachable")).get(dst)
     if seen is False:
         return fail(f"migration port unreachable: {src} cannot reach {dst} at {address}", NETWORK_FIX,

@@ -22,19 +22,26 @@ from .schema import resolve_flags
 KIND_ORDER = ("vm", "host", "state", "after", "trust", "version", "cpu", "storage", "network", "memory")
 
 
-def locate(facts: Facts, vm: str) -> list[tuple[str, dict[str, Any]]]:
-    """Hosts holding `vm` (a VM left behind as `migrated` does not count)."""
-    found = []
+def vm_index(facts: Facts) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """VM name → the hosts holding it, with its facts (a VM left behind as `migrated` does not
+    count): one pass over the facts, so finding every VM of a plan costs no more than reading them."""
+    index: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for host, f in facts.items():
         for v in (f.get("vms") if isinstance(f, dict) else None) or []:
-            if isinstance(v, dict) and v.get("name") == vm and v.get("state") != "migrated":
-                found.append((host, v))
-    return found
+            if isinstance(v, dict) and v.get("state") != "migrated":
+                index.setdefault(str(v.get("name")), []).append((host, v))
+    return index
+
+
+def locate(facts: Facts, vm: str) -> list[tuple[str, dict[str, Any]]]:
+    """Hosts holding `vm` (a VM left behind as `migrated` does not count)."""
+    return vm_index(facts).get(vm, [])
 
 
 def add_moves(b: Build) -> None:
     """One Move per placement; where the VM is now decides MOVE, NOOP or UNKNOWN."""
     spec = b.plan.spec
+    index = vm_index(b.facts) if b.facts is not None else {}
     for i, (vm, p) in enumerate(b.plan.placements.items()):
         flags = resolve_flags(spec.defaults, p)
         flags.update(storage_migrate=p.storage.migrate, dest_pool=p.storage.dest_pool,
@@ -45,7 +52,7 @@ def add_moves(b: Build) -> None:
         b.deps.setdefault(f"move:{vm}", set())
         if b.facts is None:
             continue
-        found = locate(b.facts, vm)
+        found = index.get(vm, [])
         if len(found) != 1:
             move.action = Action.UNKNOWN
             where = " and ".join(h for h, _ in found)
@@ -88,7 +95,7 @@ def add_checks(b: Build) -> None:
         vmf = b.vm_facts[vm]
         b.add_check(vm, "state", C.check_state(vmf, move.mode))
         result, exchange = C.check_trust(src, dst, facts, spec.trust.exchange, spec.trust.pinned,
-                                         bool(move.flags["insecure"]))
+                                         bool(move.flags["insecure"]), b.trusted)
         b.add_check(vm, "trust", result)
         b.trust_exchange.update(exchange)
         b.add_check(vm, "version", C.check_version(src, dst, facts, spec.prerequisites.version))
@@ -96,7 +103,7 @@ def add_checks(b: Build) -> None:
         b.add_check(vm, "storage", C.check_storage(vmf, src, dst, facts, spec.prerequisites.shared_storage,
                                                    move.flags["storage_migrate"], move.flags["dest_pool"],
                                                    pool_used))
-        b.add_check(vm, "network", C.check_network(src, dst, facts, move.dest_address))
+        b.add_check(vm, "network", C.check_network(src, dst, facts, move.dest_address, vmf))
 
 
 def add_after_edges(b: Build) -> None:
@@ -142,24 +149,20 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def order_nodes(b: Build) -> None:
-    """Topological order of all nodes, ties broken by plan order (then check kind)."""
-    def key(node: str) -> tuple[int, int, str]:
-        parts = node.split(":")
-        index = b.moves[parts[1]].index
-        kind = KIND_ORDER.index(parts[2]) if parts[0] == "check" and parts[2] in KIND_ORDER else len(KIND_ORDER)
-        return index, kind, node
-
-    ts = graphlib.TopologicalSorter(b.deps)
+    """Topological order of the moves, ties broken by plan order. Checks wait for nothing, so
+    the order of the move nodes alone over their `after:` edges is the order of the whole graph."""
+    moves = {node: {d for d in deps if d.startswith("move:")}
+             for node, deps in b.deps.items() if node.startswith("move:")}
+    ts = graphlib.TopologicalSorter(moves)
     ts.prepare()
-    heap = [(key(n), n) for n in ts.get_ready()]
+    heap = [(b.moves[n[5:]].index, n) for n in ts.get_ready()]
     heapq.heapify(heap)
     while heap:
         _, node = heapq.heappop(heap)
-        if node.startswith("move:"):
-            b.order.append(node[5:])
+        b.order.append(node[5:])
         ts.done(node)
         for n in ts.get_ready():
-            heapq.heappush(heap, (key(n), n))
+            heapq.heappush(heap, (b.moves[n[5:]].index, n))
 
 
 def transformers() -> list[Callable[[Build], None]]:

@@ -14,10 +14,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from .diagnostics import Diagnostic, PlanError, key_path
+from ..errors import QVError
+from ..inventory import HostEntry, read_inventory
+from .diagnostics import Diagnostic, PlanError
 from .facts import Facts
 from .modules import expand_modules
-from .schema import HostSpec, Placement, PlanSpec
+from .schema import Placement, PlanSpec
 from .source import SCHEMA_FIX, Located, parse_yaml, pydantic_diagnostics, render
 
 
@@ -27,7 +29,7 @@ class LoadedPlan:
 
     spec: PlanSpec
     file: str
-    hosts: dict[str, HostSpec]
+    hosts: dict[str, HostEntry]
     placements: dict[str, Placement]  # in plan order: modules first, then `vms:`
     where: dict[str, str] = field(default_factory=dict)  # vm → "file:line" of its placement
     after_where: dict[str, str] = field(default_factory=dict)  # vm → "file:line" of its after:
@@ -102,38 +104,16 @@ def parse_var(text: str) -> tuple[str, Any]:
 
 # -- inventory --------------------------------------------------------------------------------------
 
-def load_inventory(path: Path, located: Located) -> dict[str, HostSpec]:
-    where = ("inventory",)
+def load_inventory(path: Path, located: Located) -> dict[str, HostEntry]:
+    """The plan's `inventory:` file; every bad entry becomes a diagnostic."""
     try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise PlanError([located.diag(f"cannot read inventory {path}: {err.strerror}",
-                                      "run `qvplan lab up`, or pass --var inventory=FILE", where)]) from None
-    except yaml.YAMLError:
-        raise PlanError([located.diag(f"inventory {path} is not valid YAML", "fix the inventory", where)]) from None
-    hosts = data.get("hosts") if isinstance(data, dict) else None
-    if not isinstance(hosts, dict):
-        raise PlanError([located.diag(f"inventory {path} has no hosts: mapping",
-                                      "write {hosts: {NAME: {address, ssh, migration}}}", where)])
-    out, problems = {}, []
-    for name, spec in hosts.items():
-        try:
-            host = HostSpec.model_validate(spec)
-            for key in ("key", "known_hosts"):  # relative to the inventory, as qvplan.remote reads them
-                value = getattr(host.ssh, key)
-                if value and value.lower() != "none" and not Path(value).is_absolute():
-                    setattr(host.ssh, key, str(path.parent / value))
-            out[str(name)] = host
-        except ValidationError as err:
-            first = err.errors()[0]
-            problems.append(Diagnostic(f"inventory host {name}: {key_path(first['loc'])} {first['msg']}",
-                                       "fix the inventory", str(path)))
-    if problems:
-        raise PlanError(problems)
-    return out
+        entries, bad = read_inventory(path)
+    except QVError as err:
+        raise PlanError([located.diag(err.cause, err.fix, ("inventory",))]) from None
+    if bad:
+        raise PlanError([Diagnostic(f"inventory {b.key}: {b.message}", "fix the inventory", str(path)) for b in bad])
+    return entries
 
-
-# -- the plan ---------------------------------------------------------------------------------------
 
 def load_plan(path: str | Path, variables: dict[str, Any] | None = None, var_files: list[str] | None = None,
               facts: Facts | None = None) -> LoadedPlan:
@@ -168,7 +148,7 @@ def load_plan_text(text: str, file: str = "<plan>", variables: dict[str, Any] | 
     except ValidationError as err:
         raise PlanError(pydantic_diagnostics(err, located)) from None
 
-    hosts: dict[str, HostSpec] = {}
+    hosts: dict[str, HostEntry] = {}
     if spec.inventory:
         inv = Path(spec.inventory)
         hosts.update(load_inventory(inv if inv.is_absolute() else base / inv, located))

@@ -6,7 +6,7 @@ Walking a plan (apply):
     for wave in plan.waves:                  # in order; all moves of a wave may run at once
         for vm in wave.moves:
             move = plan.move(vm)             # source, dest, dest_address, mode, flags, storage
-            MigrateFlags(**move.flags)       # flags use qvplan.migration.flags names and units
+            MigrateFlags(**move.flags)       # flags use qvplan.contract.flags names and units
 
 A move whose own checks failed is BLOCKED, one whose `after:` move cannot run is SKIPPED; neither
 is in a wave. Unchanged VMs are NOOP moves, also outside the waves.
@@ -37,7 +37,7 @@ class Status(Enum):
     SKIPPED = "skipped"  # a move it comes `after:` is blocked or skipped
 
 
-@dataclass
+@dataclass(slots=True)
 class Move:
     """One VM's change. `flags` is the full set of migrate flags (spec defaults filled in):
     pqc_kem, bandwidth (bytes/s, 0 = unlimited), timeout (s), max_iterations, max_downtime (s),
@@ -72,7 +72,7 @@ class Move:
         return cls(**d)
 
 
-@dataclass
+@dataclass(slots=True)
 class Check:
     """One precondition of one move. `id` is `<vm>:<kind>`; kinds are vm, host, state, after, trust,
     version, cpu, storage, network, memory. `message` uses the spec's wording on failure."""
@@ -149,10 +149,10 @@ class Plan:
             self.settings.get("selection") or {}).get("left_out")  # --target/--limit left moves for later
 
     def move(self, vm: str) -> Move:
-        for m in self.moves:
-            if m.vm == vm:
-                return m
-        raise KeyError(vm)
+        index = self.__dict__.get("_by_vm")
+        if index is None or len(index) != len(self.moves):  # built once; moves are only appended
+            index = self.__dict__["_by_vm"] = {m.vm: m for m in self.moves}
+        return index[vm]
 
     def to_dict(self) -> dict[str, Any]:
         return {

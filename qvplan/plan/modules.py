@@ -17,10 +17,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..inventory import HostEntry
 from .diagnostics import Diagnostic, PlanError
 from .facts import Facts
 from .placement import Helpers
-from .schema import HostSpec, Placement, PlanSpec
+from .schema import Placement, PlanSpec
 from .source import Located, parse_yaml, pydantic_diagnostics, render_cached
 
 SHIPPED = Path(__file__).resolve().parents[2] / "modules"
@@ -65,7 +66,7 @@ def check_inputs(schema: dict[str, Any], given: dict[str, Any], located: Located
     return values, problems
 
 
-def expand_modules(spec: PlanSpec, located: Located, facts: Facts, hosts: dict[str, HostSpec],
+def expand_modules(spec: PlanSpec, located: Located, facts: Facts, hosts: dict[str, HostEntry],
                    variables: dict[str, Any], base: Path, problems: list[Diagnostic],
                    ) -> Iterator[tuple[str, Placement, tuple[str, int | None], tuple[str, int | None]]]:
     """Yield (vm, placement, (file, line), (file, line of after:)) for each module's placements."""

@@ -1,6 +1,7 @@
 """Saved plans (`qvplan plan -out FILE`): the plan plus the facts it was made from.
 
-Format (JSON): {"format": "qvplan-plan/1", "created_at", "qvplan_version", "plan": Plan.to_dict(),
+Format (JSON): {"format": "qvplan-plan/1" (the marker `is_saved_plan` knows it by, whatever the
+file is called), "created_at", "qvplan_version", "plan": Plan.to_dict(),
 "facts": {"gathered_at", "hosts": {name: facts}}, "facts_sha256": "sha256:..."}.
 Before applying, `check_fresh(saved, current_facts)` refuses a plan made for other hosts (names
 or host keys differ) apart from one made from older facts of the same hosts (stale).
@@ -57,6 +58,21 @@ class SavedPlan:
     path: str
 
 
+def is_saved_plan(path: str | Path) -> bool:
+    """Is the file a saved plan? Known by its content (JSON with our format marker), not its name."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError):
+        return False  # whoever reads it next says why it cannot be read
+    if not text.lstrip().startswith("{"):
+        return False
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT
+
+
 def save_plan(path: str | Path, plan: Plan, facts: FactsDoc) -> Path:
     doc = {"format": FORMAT, "created_at": now(), "qvplan_version": __version__, "plan": plan.to_dict(),
            "facts": {"gathered_at": facts.gathered_at, "hosts": facts.hosts},
@@ -76,7 +92,8 @@ def load_saved(path: str | Path) -> SavedPlan:
         raise SavedPlanError(f"{p} is not a saved plan (not JSON)", "save one with `qvplan plan -out FILE`") \
             from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise SavedPlanError(f"{p} is not a saved plan of format {FORMAT}", "plan again with `qvplan plan -out`")
+        raise SavedPlanError(f"{p} is not a saved plan of format {FORMAT}",
+                             f"plan it with `qvplan plan {p}`, or save one with `qvplan plan PLAN -out FILE`")
     try:
         facts = doc["facts"]["hosts"]
         plan = Plan.from_dict(doc["plan"])

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_vali
 
 from ..contract.flags import PLAN_FLAGS, SPEC_DEFAULTS, FlagOverrides
 from ..contract.rules import Policies
+from ..inventory import HostEntry
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
@@ -19,23 +20,6 @@ class _Strict(BaseModel):
 
 # The plan's migrate flags: the rule book's model, every field optional (None = inherit).
 Flags = FlagOverrides
-
-
-class SSH(_Strict):
-    user: str = "root"
-    port: int = Field(22, ge=1, le=65535)
-    key: str | None = None
-    known_hosts: str | None = Field(None, description="file, or 'none' (labs only); default ~/.ssh/known_hosts")
-    connect_timeout: float | None = Field(None, gt=0)
-
-
-class HostSpec(_Strict):
-    """How to reach one host: its address for SSH and, optionally, its migration endpoint."""
-
-    address: str = Field(min_length=1)
-    ssh: SSH = Field(default_factory=SSH)
-    migration: str | None = Field(None, description="host:port peers use for migration (default address:9410)")
-    api: str | None = Field(None, description="the agent API as seen on the host itself")
 
 
 class Trust(_Strict):
@@ -91,7 +75,7 @@ class PlanSpec(_Strict):
     description: str | None = None
     vars: dict[str, Any] | list[str] | None = Field(None, description="variable defaults or vars files")
     inventory: str | None = Field(None, description="inventory YAML: {hosts: {name: {address, ssh, migration}}}")
-    hosts: dict[Name, HostSpec] = Field(default_factory=dict)
+    hosts: dict[Name, HostEntry] = Field(default_factory=dict)
     trust: Trust = Field(default_factory=Trust)
     prerequisites: Prerequisites = Field(default_factory=Prerequisites)
     defaults: Flags = Field(default_factory=Flags)

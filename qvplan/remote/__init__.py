@@ -1,21 +1,15 @@
 """Reaching hosts over SSH: connections, the agent API through them, provisioning, facts."""
 
 from ..addresses import split_hostport
+from ..agent.client import AgentError, AgentUnreachable
+from ..inventory import HostTarget, SSHOptions, dump_inventory, load_inventory
 from .connection import HostConnection, RunResult
-from .errors import (
-    AgentAPIError,
-    AgentUnreachable,
-    HostUnreachable,
-    ProvisionError,
-    RemoteCommandError,
-    RemoteError,
-)
+from .errors import HostUnreachable, ProvisionError, RemoteCommandError, RemoteError
 from .facts import fan_out, gather_facts
-from .inventory import HostTarget, SSHOptions, dump_inventory, load_inventory
 from .provision import AgentStatus, ProvisionOptions, ensure_agent, start_agent, stop_agent
 
 __all__ = [
-    "AgentAPIError", "AgentStatus", "AgentUnreachable", "HostConnection", "HostTarget", "HostUnreachable",
+    "AgentError", "AgentStatus", "AgentUnreachable", "HostConnection", "HostTarget", "HostUnreachable",
     "ProvisionError", "ProvisionOptions", "RemoteCommandError", "RemoteError", "RunResult", "SSHOptions",
     "dump_inventory", "ensure_agent", "fan_out", "gather_facts", "load_inventory", "split_hostport",
     "start_agent", "stop_agent",

@@ -1,15 +1,14 @@
 """One SSH connection to one host: run commands, copy files, and talk to the agent API through it.
 
 The agent API only listens on the host's loopback. We reach it by forwarding a Unix socket in a
-private (0700) temp dir to the API's TCP port over the SSH connection, and speak HTTP with aiohttp
-over that socket — so no local TCP port is opened that other local users could use, and SSE
-streams work as they do locally.
+private (0700) temp dir to the API's TCP port over the SSH connection, and talk to it with the
+agent client (qvplan/agent/client.py) over that socket — so no local TCP port is opened that other
+local users could use, and SSE streams work as they do locally.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json as jsonlib
 import shlex
 import shutil
 import tempfile
@@ -18,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import asyncssh
 
 from ..addresses import split_hostport
-from .errors import AgentAPIError, AgentUnreachable, HostUnreachable, RemoteCommandError
-from .inventory import HostTarget
+from ..agent.client import AgentUnreachable, AsyncAgentClient
+from ..inventory import HostTarget
+from .errors import HostUnreachable, RemoteCommandError
+
+FIX_AGENT = "start it with `quantavirt agent` on the host (or let qvplan provision it)"
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class HostConnection:
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sock_dir: Path | None = None
         self._forward: asyncssh.SSHListener | None = None
-        self._session: aiohttp.ClientSession | None = None
+        self._agent: AsyncAgentClient | None = None
 
     @property
     def name(self) -> str:
@@ -106,9 +107,9 @@ class HostConnection:
         return self
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._agent is not None:
+            await self._agent.close()
+            self._agent = None
         if self._forward is not None:
             self._forward.close()
             self._forward = None
@@ -159,90 +160,31 @@ class HostConnection:
 
     # -- the agent API -----------------------------------------------------------------------
 
-    async def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    async def agent(self) -> AsyncAgentClient:
+        """The agent API client, through a Unix socket that this SSH connection forwards."""
+        if self._agent is None:
+            import aiohttp
+
             host, port = split_hostport(self.target.api)
             self._sock_dir = Path(tempfile.mkdtemp(prefix="qvssh-"))  # mode 0700
             sock = self._sock_dir / "api.sock"
-            self._forward = await self.ssh.forward_local_path_to_port(str(sock), host, port)
-            self._session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock)))
-        return self._session
-
-    def _url(self, path: str) -> str:
-        if not path.startswith("/api/"):
-            path = "/api/v1/" + path.lstrip("/")
-        return f"http://{self.name}{path}"
-
-    def _unreachable(self, err: BaseException) -> AgentUnreachable:
-        if isinstance(err, TimeoutError):
-            why = "did not answer in time"
-        elif isinstance(err, aiohttp.ServerDisconnectedError | aiohttp.ClientOSError):
-            why = "nothing answers there"  # the SSH forward could not connect on the host
-        else:
-            why = f"{type(err).__name__}: {err}"
-        return AgentUnreachable(
-            f"{self.name}: agent API {self.target.api} (through SSH): {why}",
-            "start it with `quantavirt agent` on the host (or let qvplan provision it)")
+            try:
+                self._forward = await self.ssh.forward_local_path_to_port(str(sock), host, port)
+            except (OSError, asyncssh.Error) as err:
+                raise AgentUnreachable(f"{self.name}: cannot forward the agent API {self.target.api}: "
+                                       f"{describe_ssh_error(err, self.target)}", FIX_AGENT) from None
+            self._agent = AsyncAgentClient(self.target.api, connector=aiohttp.UnixConnector(path=str(sock)),
+                                           name=self.name, route=" (through SSH)", fix=FIX_AGENT)
+        return self._agent
 
     async def api(self, method: str, path: str, json: Any = None, *, timeout: float = 30.0) -> Any:
         """Call the agent API (`/api/v1/host` or just `host`) and return the decoded JSON."""
-        session = await self._http()
-        try:
-            async with session.request(method, self._url(path), json=json,
-                                       timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                body = await resp.read()
-        except (TimeoutError, aiohttp.ClientConnectionError, asyncssh.Error, OSError) as err:
-            raise self._unreachable(err) from None
-        try:
-            data = jsonlib.loads(body) if body else None
-        except ValueError:
-            data = {"error": body.decode(errors="replace")[:200]}
-        if resp.status >= 400:
-            data = data if isinstance(data, dict) else {}
-            raise AgentAPIError(f"{self.name}: {method} {path}: {data.get('error') or f'HTTP {resp.status}'}",
-                                data.get("fix"), status=resp.status)
-        return data
+        return await (await self.agent()).request(method, path, json, timeout=timeout)
 
     async def events(self, path: str) -> AsyncIterator[dict[str, Any]]:
-        """Server-sent events of an API stream (e.g. `vms/web-01/migrate/events`), one dict each.
-
-        Each event is the JSON of its `data:` lines; `event:` names are added as "event" when the
-        data does not carry one. Ends when the agent closes the stream.
-        """
-        session = await self._http()
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
-        try:
-            async with session.get(self._url(path), timeout=timeout) as resp:
-                if resp.status >= 400:
-                    data = await resp.json(content_type=None)
-                    raise AgentAPIError(f"{self.name}: GET {path}: {data.get('error')}", data.get("fix"),
-                                        status=resp.status)
-                name, lines = None, []
-                async for raw in resp.content:
-                    line = raw.decode().rstrip("\r\n")
-                    if line.startswith("event:"):
-                        name = line[6:].strip()
-                    elif line.startswith("data:"):
-                        lines.append(line[5:].lstrip())
-                    elif not line and lines:
-                        yield _event(name, "\n".join(lines))
-                        name, lines = None, []
-                if lines:
-                    yield _event(name, "\n".join(lines))
-        except (aiohttp.ClientConnectionError, asyncssh.Error, OSError) as err:
-            raise self._unreachable(err) from None
-
-
-def _event(name: str | None, data: str) -> dict[str, Any]:
-    try:
-        event = jsonlib.loads(data)
-    except ValueError:
-        event = {"data": data}
-    if not isinstance(event, dict):
-        event = {"data": event}
-    if name and "event" not in event:
-        event["event"] = name
-    return event
+        """Server-sent events of an API stream (e.g. `vms/web-01/migrate/events`), one dict each."""
+        async for event in (await self.agent()).events(path):
+            yield event
 
 
 def _text(value: str | bytes | None) -> str:

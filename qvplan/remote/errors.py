@@ -1,4 +1,7 @@
-"""Errors of the SSH transport: each names the host, so one line says which one failed."""
+"""Errors of the SSH transport: each names the host, so one line says which one failed.
+
+The agent's own answers (and an agent that does not answer) are the agent client's errors:
+`qvplan.agent.client.AgentError` and `AgentUnreachable`."""
 
 from __future__ import annotations
 
@@ -15,18 +18,6 @@ class HostUnreachable(RemoteError):
 
 class RemoteCommandError(RemoteError):
     """A command run over SSH failed or timed out."""
-
-
-class AgentUnreachable(RemoteError):
-    """SSH works but the agent API behind it does not answer."""
-
-
-class AgentAPIError(RemoteError):
-    """The agent answered with an error (HTTP 4xx/5xx)."""
-
-    def __init__(self, cause: str, fix: str | None = None, status: int = 0) -> None:
-        super().__init__(cause, fix)
-        self.status = status
 
 
 class ProvisionError(RemoteError):

@@ -17,9 +17,10 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from ..addresses import split_hostport
+from ..agent.client import AgentError
+from ..inventory import HostTarget
 from .connection import HostConnection
-from .errors import AgentAPIError, RemoteError
-from .inventory import HostTarget
+from .errors import RemoteError
 from .provision import ProvisionOptions, ensure_agent
 
 REACH_TIMEOUT = 3
@@ -40,7 +41,7 @@ async def fan_out(targets: Iterable[HostTarget], job: Callable[[HostConnection],
             try:
                 async with HostConnection(target) as conn:
                     results[target.name] = await job(conn)
-            except RemoteError as err:
+            except (RemoteError, AgentError) as err:
                 errors[target.name] = str(err)
             except Exception as err:  # one broken host must not hide the others
                 errors[target.name] = f"{target.name} ({target.ssh_address}): {type(err).__name__}: {err}"
@@ -56,7 +57,7 @@ async def storage_checks(conn: HostConnection, paths: Iterable[str]) -> dict[str
         try:
             reply = await conn.api("GET", f"storage-check?path={_quote_query(path)}", timeout=15)
             out[path] = bool(reply.get("accessible", reply.get("ok"))) if isinstance(reply, dict) else bool(reply)
-        except (RemoteError, AgentAPIError):
+        except (RemoteError, AgentError):
             out[path] = (await conn.run(["test", "-e", path], timeout=15)).ok
     return out
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .. import __version__
+from ..agent.client import AgentError, AgentUnreachable
 from .connection import HostConnection
-from .errors import AgentUnreachable, ProvisionError, RemoteError
+from .errors import ProvisionError, RemoteError
 from .wheelhouse import wheelhouse
 
 UNIT_NAME = "quantavirt-agent.service"
@@ -30,7 +31,6 @@ class ProvisionOptions:
     python: str = "python3"                                # the host's interpreter for the venv
     use_systemd: bool | None = None                        # None: when systemd is PID 1 and running
     start_timeout: float = 30.0
-    extra_config: dict[str, str] = field(default_factory=dict)  # e.g. {"storage": 'pools = {...}'}
 
     @property
     def venv(self) -> str:
@@ -51,15 +51,15 @@ class AgentStatus:
 
 
 def default_config(conn: HostConnection, opts: ProvisionOptions) -> str:
+    """The agent config qvplan writes on a host that has none (from the agent's own model)."""
+    from ..host.config import AgentConfig
+
     t = conn.target
-    lines = ["[host]", f'name = "{t.name}"']
-    if opts.state_dir:
-        lines.append(f'state_dir = "{opts.state_dir}"')
-    lines += ["", "[api]", f'listen = "{t.api}"', "", "[migration]", 'listen = "0.0.0.0:9410"',
-              f'advertise = "{t.migration_address}"', "pqc_required = true"]
-    for section, body in opts.extra_config.items():
-        lines += ["", f"[{section}]", body]
-    return "\n".join(lines) + "\n"
+    return AgentConfig.model_validate({
+        "host": {"name": t.name, "state_dir": opts.state_dir},
+        "api": {"listen": t.api},
+        "migration": {"advertise": t.migration_address, "pqc_required": True},
+    }).to_toml()
 
 
 async def running_version(conn: HostConnection) -> str | None:
@@ -198,6 +198,6 @@ async def ensure_agent(conn: HostConnection, opts: ProvisionOptions | None = Non
         await wait_agent(conn, opts, detached)
     except ProvisionError:
         raise
-    except RemoteError as err:
+    except (RemoteError, AgentError) as err:
         raise ProvisionError(f"{conn.name}: provisioning failed: {err.cause}", err.fix) from None
     return status

@@ -8,11 +8,12 @@ from .errors import QemuError
 from .guest import GuestParams, find_guest_image, test_guest_image
 from .host import cpu_facts, detect_accel, qemu_version
 from .process import QemuProcess
-from .spec import CPUSpec, DiskSpec, GuestSpec, NicSpec, SpecError, TestGuestSpec, VMSpec
+from .spec import BootSpec, CPUSpec, DiskSpec, GuestSpec, NicSpec, SpecError, TestGuestSpec, VMSpec
 from .verify import BadPage, RamReport, check_ram, verify_ram
 
 __all__ = [
     "BadPage",
+    "BootSpec",
     "CPUSpec",
     "DiskSpec",
     "GuestParams",

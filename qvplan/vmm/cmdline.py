@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import QemuError
-from .spec import VMSpec
+from .spec import NicSpec, VMSpec
+from .taps import tap_name
 
 MIB = 1 << 20
 UNIX_PATH_MAX = 107  # sun_path holds 108 bytes including the NUL
@@ -64,9 +65,9 @@ def opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
-def mac_address(name: str) -> str:
-    """A stable, locally administered MAC for a VM name (52:54:00 is QEMU's prefix)."""
-    digest = hashlib.sha256(name.encode()).digest()
+def mac_address(name: str, index: int = 0) -> str:
+    """A stable MAC for a VM's NIC `index`, the same on every host (52:54:00 is QEMU's prefix)."""
+    digest = hashlib.sha256((name if index == 0 else f"{name}#{index}").encode()).digest()
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
@@ -111,16 +112,27 @@ def build_command(spec: VMSpec, paths: RunPaths, *, accel: str, pool_paths: Mapp
         boot = ",bootindex=0" if spec.guest.boot_disk == i else ""
         argv += ["-blockdev", blockdev(f"disk{i}", disk.resolve(pool_paths), disk.format),
                  "-device", f"virtio-blk-pci,drive=disk{i},id=vd{i}{boot}"]
-    if spec.nic.type != "none":
-        netdev = "user,id=net0" if spec.nic.type == "user" else \
-            f"tap,id=net0,ifname={opt(spec.nic.ifname or '')},script=no,downscript=no"
-        argv += ["-netdev", netdev,
-                 "-device", f"virtio-net-pci,netdev=net0,id=nic0,mac={mac_address(spec.name)},romfile="]
+    if spec.guest.boot is not None:
+        files = spec.guest.boot.resolve(pool_paths)
+        argv += ["-kernel", str(files[0]), "-append", spec.guest.boot.cmdline]
+        if len(files) > 1:
+            argv += ["-initrd", str(files[1])]
+    for i, nic in enumerate(spec.nics):
+        argv += ["-netdev", netdev(spec.name, i, nic),
+                 "-device", f"virtio-net-pci,netdev=net{i},id=nic{i},mac={mac_address(spec.name, i)},romfile="]
     if incoming is not None:
         argv += ["-incoming", incoming]
     if paused:
         argv.append("-S")
     return CommandLine(argv, warnings, cpu)
+
+
+def netdev(vm: str, index: int, nic: NicSpec) -> str:
+    """The -netdev of NIC `index`: QEMU's user network, a given tap, or the bridge NIC's own tap."""
+    if nic.type == "user":
+        return f"user,id=net{index}"
+    ifname = nic.ifname if nic.type == "tap" else tap_name(vm, index)
+    return f"tap,id=net{index},ifname={opt(ifname or '')},script=no,downscript=no"
 
 
 def blockdev(node: str, path: Path, fmt: str) -> str:

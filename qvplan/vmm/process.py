@@ -28,6 +28,9 @@ from .errors import QemuError
 from .guest import START_LINE, SWEEP_LINE, test_guest_image
 from .host import qemu_binary
 from .spec import VMSpec
+from .taps import attach as attach_tap
+from .taps import remove as remove_tap
+from .taps import tap_name
 
 # "2026-01-02T03:04:05.123456Z qemu-system-x86_64: " before each QEMU message (-msg timestamp=on)
 _LOG_PREFIX = re.compile(r"^(\S+Z )?qemu-system-\w+: ")
@@ -37,8 +40,9 @@ QUIT_TIMEOUT = 10.0
 
 class QemuProcess:
     def __init__(self, spec: VMSpec, run_dir: Path, accel: str = "tcg",
-                 pool_paths: Mapping[str, Path] | None = None) -> None:
+                 pool_paths: Mapping[str, Path] | None = None, netns: str | None = None) -> None:
         self.spec = spec
+        self.netns = netns  # run QEMU (and its taps) in this network namespace; None: our own
         self.paths = RunPaths(Path(run_dir).absolute())
         self.accel = accel
         self.pool_paths = dict(pool_paths or {})
@@ -87,6 +91,11 @@ class QemuProcess:
         for disk in self.spec.disks:
             if not disk.resolve(self.pool_paths).exists():
                 raise QemuError(f"disk {disk.resolve(self.pool_paths)} does not exist", "create it first")
+        if self.spec.guest.boot is not None:
+            for file in self.spec.guest.boot.resolve(self.pool_paths):
+                if not file.is_file():
+                    raise QemuError(f"boot file {file} does not exist",
+                                    "put the kernel and initrd there (see guest.boot in the VM definition)")
         cmd = self.command_line(incoming, paused)
         self.warnings = cmd.warnings
         with open(self.qemu_log, "ab") as log:
@@ -94,14 +103,26 @@ class QemuProcess:
             for warning in cmd.warnings:
                 log.write(f"--- warning: {warning}\n".encode())
             log.flush()
-            self._popen = subprocess.Popen(cmd.argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            argv = ["ip", "netns", "exec", self.netns, *cmd.argv] if self.netns else cmd.argv
+            self._popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                            cwd=self.run_dir, start_new_session=True, close_fds=True)
         self._pid = self._popen.pid
         try:
             await self._connect(CONNECT_TIMEOUT)
+            self._attach_taps()
         except BaseException:
             await self.stop(graceful=False)
             raise
+
+    def _bridge_taps(self) -> list[tuple[str, str]]:
+        """(tap, bridge) of each bridged NIC."""
+        return [(tap_name(self.spec.name, i), nic.bridge) for i, nic in enumerate(self.spec.nics)
+                if nic.type == "bridge" and nic.bridge]
+
+    def _attach_taps(self) -> None:
+        """QEMU made its taps before its monitor answered: join each to its bridge."""
+        for tap, bridge in self._bridge_taps():
+            attach_tap(tap, bridge, self.netns)
 
     async def attach(self, timeout: float = 5.0) -> None:
         """Re-attach to a QEMU started earlier (maybe by another process) from this run_dir."""
@@ -150,6 +171,8 @@ class QemuProcess:
         if not self.is_alive():
             self.qmp_socket.unlink(missing_ok=True)
             self.paths.pidfile.unlink(missing_ok=True)
+            for tap, _ in self._bridge_taps():
+                remove_tap(tap, self.netns)
 
     async def disconnect(self) -> None:
         """Drop the QMP connection, leaving QEMU running."""

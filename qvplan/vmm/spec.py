@@ -27,6 +27,7 @@ CPU_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CPU_FEATURE_RE = re.compile(r"^[+-]?[a-z0-9][a-z0-9_.-]*$")
 # A message that starts with "sub.key: " names a key below the field it was raised on.
 _SUBKEY_RE = re.compile(r"^([a-z_][a-z0-9_.]*): (.*)$")
+_UNION_TAG_RE = re.compile(r"^([A-Z]\w*|[a-z-]+\[.*\])$")
 
 
 class SpecError(QVError):
@@ -114,9 +115,16 @@ class DiskSpec(_Strict):
         return Path(pools[self.pool]) / self.file
 
 
+IFNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")  # a Linux interface name (IFNAMSIZ)
+
+
 class NicSpec(_Strict):
-    type: Literal["none", "user", "tap"] = "none"
+    """A virtio NIC: none, QEMU's user network, an existing tap (`ifname`), or a tap the agent
+    makes on a host `bridge` (removed with its QEMU)."""
+
+    type: Literal["none", "user", "tap", "bridge"] = "none"
     ifname: str | None = None
+    bridge: str | None = None
 
     @model_validator(mode="after")
     def _ifname(self) -> NicSpec:
@@ -124,7 +132,51 @@ class NicSpec(_Strict):
             raise ValueError("a tap NIC needs ifname")
         if self.type != "tap" and self.ifname:
             raise ValueError(f"ifname only applies to type tap, not {self.type}")
+        if self.type == "bridge" and not self.bridge:
+            raise ValueError("a bridge NIC needs bridge (the host bridge's name, e.g. vmbr0)")
+        if self.type != "bridge" and self.bridge:
+            raise ValueError(f"bridge only applies to type bridge, not {self.type}")
+        for name in (self.ifname, self.bridge):
+            if name is not None and not IFNAME_RE.match(name):
+                raise ValueError(f"{name!r} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)")
         return self
+
+
+class BootSpec(_Strict):
+    """A direct kernel boot: `kernel` and `initrd` are file names in `pool` (default "default")
+    or absolute paths; `cmdline` is the kernel's command line."""
+
+    kernel: str
+    initrd: str | None = None
+    cmdline: str = ""
+    pool: str | None = None
+
+    @model_validator(mode="after")
+    def _files(self) -> BootSpec:
+        for key, value in (("kernel", self.kernel), ("initrd", self.initrd)):
+            if value is None or Path(value).is_absolute():
+                continue
+            if "/" in value or value in ("", ".", ".."):
+                raise ValueError(f"{key}: {value!r} must be a plain file name in the pool or an absolute path")
+        if "\n" in self.cmdline or len(self.cmdline) > 2048:
+            raise ValueError("cmdline must be one line of at most 2048 characters")
+        return self
+
+    def resolve(self, pools: Mapping[str, Path]) -> list[Path]:
+        """[kernel, initrd?] as absolute paths on this host."""
+        out = []
+        for value in (self.kernel, self.initrd):
+            if value is None:
+                continue
+            if Path(value).is_absolute():
+                out.append(Path(value))
+                continue
+            pool = self.pool or "default"
+            if pool not in pools:
+                raise SpecError(f"unknown storage pool {pool!r} for the kernel boot",
+                                f"use one of: {', '.join(sorted(pools)) or '(none configured)'}")
+            out.append(Path(pools[pool]) / value)
+        return out
 
 
 class TestGuestSpec(_Strict):
@@ -163,15 +215,17 @@ class TestGuestSpec(_Strict):
 
 
 class GuestSpec(_Strict):
-    """What the VM runs: exactly one of `test` (the test guest) or `boot_disk` (an index)."""
+    """What the VM runs: exactly one of `test` (the test guest), `boot_disk` (an index) or
+    `boot` (a kernel, initrd and command line)."""
 
     test: TestGuestSpec | None = None
     boot_disk: int | None = Field(None, ge=0)
+    boot: BootSpec | None = None
 
     @model_validator(mode="after")
     def _one(self) -> GuestSpec:
-        if (self.test is None) == (self.boot_disk is None):
-            raise ValueError("give exactly one of test or boot_disk")
+        if [self.test, self.boot_disk, self.boot].count(None) != 2:
+            raise ValueError("give exactly one of test, boot_disk or boot")
         return self
 
 
@@ -181,7 +235,7 @@ class VMSpec(_Strict):
     vcpus: int = Field(1, ge=1, le=64)
     cpu: CPUSpec = Field(default_factory=CPUSpec)
     disks: list[DiskSpec] = Field(default_factory=list)
-    nic: NicSpec = Field(default_factory=NicSpec)
+    nic: NicSpec | list[NicSpec] = Field(default_factory=NicSpec)  # one NIC, or a list
     guest: GuestSpec  # declared last: its checks read memory and disks
 
     @field_validator("name")
@@ -214,9 +268,27 @@ class VMSpec(_Strict):
                                  f"{', or the 3 GiB limit' if memory > GUEST_ADDR_LIMIT else ''})")
         return v
 
+    @field_validator("nic")
+    @classmethod
+    def _nics(cls, v: NicSpec | list[NicSpec]) -> NicSpec | list[NicSpec]:
+        if isinstance(v, list) and len(v) > 8:
+            raise ValueError("at most 8 NICs")
+        return v
+
     @property
     def memory_bytes(self) -> int:
         return _size(self.memory, "memory")
+
+    @property
+    def nics(self) -> list[NicSpec]:
+        """The VM's NICs in order (type none left out); index i is QEMU's net<i>/nic<i>."""
+        listed = self.nic if isinstance(self.nic, list) else [self.nic]
+        return [n for n in listed if n.type != "none"]
+
+    @property
+    def bridges(self) -> list[str]:
+        """The host bridges this VM's NICs need."""
+        return [n.bridge for n in self.nics if n.type == "bridge" and n.bridge]
 
     @classmethod
     def load(cls, data: Any) -> VMSpec:
@@ -230,7 +302,8 @@ class VMSpec(_Strict):
 def describe_error(err: ValidationError) -> tuple[str, str]:
     """(cause, fix) for the first error of a `ValidationError`, naming the key like `guest.test.pace`."""
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"]]
+    # A union (nic: one or a list) adds its member's tag to the location: leave those out.
+    loc = [str(p) for p in first["loc"] if not _UNION_TAG_RE.match(str(p))]
     msg = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         msg = "unknown key"

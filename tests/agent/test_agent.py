@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-import urllib.request
 
 import pytest
 
@@ -46,7 +45,7 @@ def test_unknown_vm_and_bad_definition_are_clear(make_agent, tmp_path):
     a = make_agent("hv-a")
     with pytest.raises(ApiError) as err:
         a.api("POST", "vms/nope/start", {})
-    assert err.value.status == 404 and "unknown VM 'nope'" in err.value.body["error"]
+    assert err.value.status == 404 and err.value.code == "unknown-vm" and "unknown VM 'nope'" in err.value.cause
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: vm-x\nmemory: lots\nguest: {test: {}}\n")
     out = a.cli("vm", "define", str(bad))
@@ -55,17 +54,42 @@ def test_unknown_vm_and_bad_definition_are_clear(make_agent, tmp_path):
     assert len(lines) == 1 and "memory" in lines[0], out.stderr
 
 
-def test_bad_config_is_refused_with_file_and_key(tmp_path):
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_bad_config_is_refused_with_file_and_key(tmp_path, where):
+    """`quantavirt --config FILE agent` and `quantavirt agent --config FILE` (a systemd unit's form)."""
     import subprocess
 
     from ..agents import QUANTAVIRT
 
     cfg = tmp_path / "q.conf"
     cfg.write_text('[api]\nlisten = "127.0.0.1:9400"\nbogus = 1\n')
-    out = subprocess.run([*QUANTAVIRT, "--config", str(cfg), "agent"], capture_output=True, text=True, timeout=60)
+    argv = ["--config", str(cfg), "agent"] if where == "before" else ["agent", "--config", str(cfg)]
+    out = subprocess.run([*QUANTAVIRT, *argv], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert out.stderr.strip().count("\n") == 0
     assert str(cfg) in out.stderr and "api.bogus" in out.stderr and "unknown key" in out.stderr
+
+
+def test_api_errors_carry_status_and_reason_code(make_agent):
+    from qvplan.agent.client import AgentClient, AgentUnreachable
+
+    a = make_agent("hv-a")
+    a.api("POST", "vms", guest_vm("vm-1"))
+    cases = [("GET", "vms/vm-1/migrate", None, 404, "no-migration"),
+             ("POST", "vms/vm-1/migrate", {"dest": "127.0.0.9:9410", "flags": {"threads": 0}}, 400, "bad-request"),
+             ("POST", "vms/vm-1/migrate/cancel", {}, 409, "vm-state"),
+             ("POST", "vms", guest_vm("vm-1"), 409, "name-clash"),
+             ("POST", "vms", {"name": "vm-2", "memory": "lots"}, 400, "bad-request")]
+    for method, path, body, status, code in cases:
+        with pytest.raises(ApiError) as err:
+            a.api(method, path, body)
+        assert (err.value.status, err.value.code) == (status, code), (path, err.value)
+        assert err.value.cause and "\n" not in str(err.value)
+    port = a.api_port
+    a.stop()
+    with pytest.raises(AgentUnreachable) as gone:
+        AgentClient(f"{a.address}:{port}", timeout=5).get("host")
+    assert gone.value.code == "agent-unreachable" and f"{a.address}:{port}" in gone.value.cause
 
 
 def test_system_ping_shows_version_and_trust(make_agent):
@@ -85,8 +109,7 @@ def test_system_ping_shows_version_and_trust(make_agent):
 
 def test_sigterm_stops_the_agent_promptly_despite_an_open_event_stream(make_agent):
     agent = make_agent("hv-a")
-    stream = urllib.request.urlopen(f"http://{agent.address}:{agent.api_port}/api/v1/vms/anything/events",
-                                    timeout=30)
+    stream = agent.client.events("vms/anything/events")  # opened here, held open
     started = time.monotonic()
     agent.proc.send_signal(signal.SIGTERM)
     agent.proc.wait(15)

@@ -53,8 +53,7 @@ def test_out_of_resources_and_cpu_incompatible(make_agent):
     mutual_trust(a, c)
     with pytest.raises(ApiError) as err:
         a.api("POST", "vms/vm-2/migrate", {"dest": c.migration, "flags": {}})
-    body = err.value.body
-    assert body["code"] == "cpu-incompatible" and "amx-tile" in body["error"], body
+    assert err.value.code == "cpu-incompatible" and "amx-tile" in err.value.cause, err.value
     assert c.vm_names() == [] and b.vm_names() == []
 
 
@@ -77,8 +76,8 @@ def test_version_mismatch_under_each_policy(make_agent, policy, refused):
     if refused:
         with pytest.raises(ApiError) as err:
             a.api("POST", "vms/vm-1/migrate", body)
-        assert err.value.body["code"] == "version-mismatch", err.value.body
-        assert f"policy {policy}" in err.value.body["error"]
+        assert err.value.code == "version-mismatch", err.value
+        assert f"policy {policy}" in err.value.cause
         runs_only_on(a, b, "vm-1")
         return
     a.api("POST", "vms/vm-1/migrate", body)

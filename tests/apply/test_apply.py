@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,6 +119,13 @@ def test_apply_honours_limits_then_is_a_noop(lab, tmp_path):
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout + again.stderr
     replan = qvplan("plan", str(plan), "--var", var, "--detailed-exitcode")
     assert replan.returncode == 0, replan.stdout
+    # a saved plan under any name: the apply command `plan -out` prints is accepted as it is
+    saved = tmp_path / "evac.plan"
+    planned = qvplan("plan", str(plan), "--var", var, "-out", str(saved))
+    command = re.search(r"apply it with `qvplan (apply [^`]+)`", planned.stdout)
+    assert planned.returncode == 0 and command, planned.stdout + planned.stderr
+    applied = qvplan(*command.group(1).split(), "--auto-approve")
+    assert applied.returncode == 0 and "No changes" in applied.stdout, applied.stdout + applied.stderr
 
 
 LINK_CUT = """

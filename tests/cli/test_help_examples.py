@@ -18,8 +18,9 @@ from qvplan.cli.qvplan import main as qvplan
 def walk(command: click.Command, path: list[str]):
     yield path, command
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            yield from walk(sub, [*path, name])
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            yield from walk(command.get_command(ctx, name), [*path, name])
 
 
 COMMANDS = [(root, path) for root, name in ((qvplan, "qvplan"), (quantavirt, "quantavirt"))

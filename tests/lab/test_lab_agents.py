@@ -26,6 +26,10 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
         status = run(main, ["lab", "status", "--dir", str(lab_dir)])
         assert status.exit_code == 0, status.output
         assert f"hv-b     {subnet}.12" in status.output and " up    down " in status.output
+        third = subnet.split(".")[2]
+        assert f"VM network: 10.88.{third}.0/24 on {prefix}-vm0 (up)" in status.output
+        assert f"client netns {prefix}-client at 10.88.{third}.2" in status.output
+        assert "CPU of the lab's processes:" in status.output
     finally:
         down = run(main, ["lab", "down", "--dir", str(lab_dir)])
     assert down.exit_code == 0 and "removed" in down.output

@@ -125,7 +125,7 @@ def test_running_vm_is_refused_with_one_line(pair):
     run = a.cli("vm", "migrate", "vm-1", "--dest", b.migration, "--offline")
     assert run.returncode == 1
     assert run.stderr.strip() == ("Error: VM 'vm-1' is running — stop it first, "
-                                  "or drop --offline for a live migration")
+                                  "or drop --offline for a live migration (reason: vm-state)")
     assert a.vm("vm-1")["state"] == "running"
     assert b.vm_names() == []
 
@@ -233,7 +233,7 @@ def test_dest_pool_absolute_and_uncreated_disks_and_a_clash(pair):
     (a.root / "images" / "vm-2.raw").write_bytes(b"not yours")
     with pytest.raises(ApiError) as err:
         b.api("POST", "vms/vm-2/migrate", {"dest": a.migration, "flags": {"offline": True}})
-    assert "already exists on the destination" in err.value.body["error"]
+    assert "already exists on the destination" in err.value.cause
     assert b.vm("vm-2")["state"] == "defined" and "vm-2" not in a.vm_names()
     assert (a.root / "images" / "vm-2.raw").read_bytes() == b"not yours"
 

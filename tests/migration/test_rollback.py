@@ -97,7 +97,7 @@ def test_insecure_is_refused_by_pqc_required_destination(pair):
         a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"insecure": True}})
         raise AssertionError("plaintext migration was accepted")
     except ApiError as err:
-        assert "pqc_required" in err.body["error"]
+        assert "pqc_required" in err.cause
     runs_only_on(a, b, "vm-1")
 
 

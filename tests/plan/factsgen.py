@@ -3,7 +3,8 @@
     hv-a: {free: 4G, total: 8G, vendor: GenuineIntel, flags: [sse4_2], version: 0.1.0,
            trusted: [hv-b]  (default: every other host), shared: [/mnt/nfs],
            vms: {web-01: {memory: 1G, state: running, cpu: host | {model, features}, disks: [...]}},
-           storage_checks: {...}, reachable: {...}, pools: {default: 10G}}
+           storage_checks: {...}, reachable: {...}, pools: {default: 10G}, bridges: [vmbr0]}
+    (a VM's `bridges: [vmbr0]` gives it one bridged NIC per name)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def host(name: str, all_hosts: list[str], c: dict[str, Any]) -> dict[str, Any]:
             "disks": [{"path": d["path"], "format": "qcow2", "size": parse_size(d.get("size", "1G")),
                        "pool": d.get("pool", "default"), "shared": d.get("shared", False)}
                       for d in v.get("disks", [])],
+            **({"spec": {"nic": [{"type": "bridge", "bridge": b} for b in v["bridges"]]}} if "bridges" in v else {}),
         })
     return {
         "name": name, "version": c.get("version", "0.1.0"), "qemu_version": "7.2.22", "accelerator": "tcg",
@@ -49,6 +51,7 @@ def host(name: str, all_hosts: list[str], c: dict[str, Any]) -> dict[str, Any]:
         "vms": vms,
         "storage_checks": c.get("storage_checks", {}),
         "reachable": c.get("reachable", {h: True for h in all_hosts if h != name}),
+        **({"bridges": c["bridges"]} if "bridges" in c else {}),
     }
 
 

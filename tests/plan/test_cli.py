@@ -167,3 +167,33 @@ def test_schema_is_json_schema() -> None:
     schema = json.loads(out)
     assert code == 0 and schema["title"] == "qvplan migration plan"
     assert {"vms", "hosts", "trust", "limits", "defaults", "use"} <= set(schema["properties"])
+
+
+def test_saved_plan_is_known_by_its_content_whatever_its_name(lab: dict[str, Path]) -> None:
+    import re
+    import subprocess
+    import sys
+
+    from qvplan.apply.source import PlanSource
+
+    saved = lab["dir"] / "evac.plan"  # not .json
+    planned = subprocess.run([sys.executable, "-m", "qvplan.cli.qvplan", "plan", str(ROOT / "plans/demo.yaml"),
+                              "--facts", str(lab["before"]), "--var", f"inventory={lab['inv']}", "-out", str(saved)],
+                             capture_output=True, text=True, timeout=120)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    command = re.search(r"apply it with `qvplan (apply [^`]+)`", planned.stdout).group(1).split()
+    assert command == ["apply", str(saved)]
+    # what that apply command loads: the saved plan itself, not a YAML plan named evac.plan
+    source = PlanSource.load(command[1], {}, [])
+    assert source.saved is not None and source.loaded is None and set(source.hosts) == set(HOSTS)
+    code, out = run("show", str(saved))
+    assert code == 0 and "~ vm-3  hv-b → hv-c" in out
+    copy = lab["dir"] / "plan.yaml"  # even named like a plan file
+    copy.write_text(saved.read_text())
+    assert PlanSource.load(str(copy), {}, []).saved is not None
+    code, out = run("plan", str(copy), "--facts", str(lab["before"]))
+    assert code == 1 and out.strip().splitlines() == [
+        f"Error: {copy} is a saved plan, not a plan file — apply it with `qvplan apply {copy}` "
+        f"or print it with `qvplan show {copy}`"]
+    code, out = run("show", str(ROOT / "plans/demo.yaml"))
+    assert code == 1 and "is not a saved plan" in out and "qvplan plan" in out

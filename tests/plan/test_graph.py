@@ -53,10 +53,45 @@ def test_order_breaks_ties_by_plan_order() -> None:
 
 def test_memory_floor_counts_frees_from_the_next_wave() -> None:
     mem = HostMemory(free=1000)
-    mem.grow(3)
-    mem.taken[0] = 800  # a move in wave 1 brings 800 here
-    mem.freed[0] = 500  # a move in wave 1 takes 500 away (gone from wave 2 on)
-    assert mem.floor(2) == [200, 700, 700]
+    mem.take(0, 800)  # a move in wave 1 brings 800 here
+    mem.release(0, 500)  # a move in wave 1 takes 500 away (gone from wave 2 on)
+    assert [mem.floor(w) for w in range(3)] == [200, 700, 700]
+    assert mem.earliest(0, 200) == 0 and mem.earliest(0, 201) == 1 and mem.earliest(0, 701) == 1
+    mem.take(3, 600)  # a move in wave 4 brings 600: waves 1-3 may not spend what wave 4 needs
+    assert [mem.floor(w) for w in range(5)] == [100, 100, 100, 100, 100] and mem.final() == 100
+    mem.release(4, 400)
+    assert [mem.floor(w) for w in range(7)] == [100, 100, 100, 100, 100, 500, 500]
+    assert mem.earliest(2, 300) == 5 and mem.earliest(6, 500) == 6
+
+
+def test_memory_floor_matches_the_wave_by_wave_definition() -> None:
+    """The sparse floor equals min over later waves of free − taken so far + freed before."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        free, mem, taken, freed = rng.randrange(0, 50), HostMemory(0), [0] * 12, [0] * 12
+        mem.free = free
+        for _ in range(rng.randrange(0, 6)):
+            w, n = rng.randrange(0, 10), rng.randrange(1, 20)
+            if rng.random() < 0.5:
+                mem.take(w, n)
+                taken[w] += n
+            else:
+                mem.release(w, n)
+                freed[w] += n
+        avail, running, before = [], free, 0
+        for w in range(12):
+            running -= taken[w]
+            avail.append(running + before)
+            before += freed[w]
+        floor = [min(avail[w:]) for w in range(12)]
+        assert [mem.floor(w) for w in range(12)] == floor
+        for need in range(-5, 60, 7):
+            for first in range(12):
+                fits = [w for w in range(first, 12) if floor[w] >= need]
+                if fits and mem.final() >= need:
+                    assert mem.earliest(first, need) == fits[0]
 
 
 def test_yaml_lines_per_key_path() -> None:
@@ -66,7 +101,7 @@ def test_yaml_lines_per_key_path() -> None:
 
 
 def test_move_flags_are_migrate_flags() -> None:
-    """Apply hands `move.flags` to the migrate API: the names and units of qvplan.migration.flags."""
+    """Apply hands `move.flags` to the migrate API: the names and units of qvplan.contract.flags."""
     import pytest
 
     flags_mod = pytest.importorskip("qvplan.contract.flags")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qvplan.remote import AgentAPIError, AgentUnreachable, HostConnection, HostUnreachable, fan_out
+from qvplan.remote import AgentError, AgentUnreachable, HostConnection, HostUnreachable, fan_out
 
 SERVER = Path(__file__).with_name("http_server.py")
 
@@ -68,7 +68,7 @@ async def test_api_and_sse_through_the_tunnel(lab) -> None:
                     await asyncio.sleep(0.1)
             assert reply == {"name": "fake", "version": "0.0.0", "echo": "a b"}
             assert await conn.api("POST", "echo", {"k": [1, 2]}) == {"got": {"k": [1, 2]}}
-            with pytest.raises(AgentAPIError, match="hv-c: GET fail: unknown VM nope — list VMs") as err:
+            with pytest.raises(AgentError, match="hv-c: GET fail: unknown VM nope — list VMs") as err:
                 await conn.api("GET", "fail")
             assert err.value.status == 404
             events = [e async for e in conn.events("vms/x/migrate/events")]

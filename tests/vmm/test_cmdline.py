@@ -81,3 +81,25 @@ def test_socket_path_too_long() -> None:
     with pytest.raises(QemuError, match="too long for a Unix socket"):
         build_command(VMSpec.load({"name": "c", "guest": {"test": {}}}), RunPaths(Path("/x" * 60)),
                       accel="tcg", pool_paths=POOLS)
+
+
+def test_kernel_boot_resolves_in_the_pool_or_takes_an_absolute_path() -> None:
+    argv = argv_of({"name": "lx", "guest": {"boot": {"kernel": "vmlinuz", "initrd": "/img/initrd.img",
+                                                     "cmdline": "console=ttyS0 qv.ip=10.88.0.21/24"}}})
+    assert values(argv, "-kernel") == ["/pool/vmlinuz"] and values(argv, "-initrd") == ["/img/initrd.img"]
+    assert values(argv, "-append") == ["console=ttyS0 qv.ip=10.88.0.21/24"]
+    assert "-blockdev" not in argv  # no test-guest disk
+    with pytest.raises(Exception, match="unknown storage pool 'images'"):
+        argv_of({"name": "lx", "guest": {"boot": {"kernel": "vmlinuz", "pool": "images"}}})
+
+
+def test_bridged_nics_get_stable_taps_and_macs() -> None:
+    from qvplan.vmm.taps import tap_name
+
+    argv = argv_of({"name": "web-01", "nic": [{"type": "bridge", "bridge": "vmbr0"}, {"type": "user"}],
+                    "guest": {"test": {}}})
+    tap = tap_name("web-01", 0)
+    assert len(tap) <= 15 and tap == tap_name("web-01", 0) != tap_name("web-02", 0)
+    assert values(argv, "-netdev") == [f"tap,id=net0,ifname={tap},script=no,downscript=no", "user,id=net1"]
+    macs = [d.split("mac=")[1].split(",")[0] for d in values(argv, "-device") if d.startswith("virtio-net")]
+    assert macs == [mac_address("web-01"), mac_address("web-01", 1)] and macs[0] != macs[1]

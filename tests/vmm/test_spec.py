@@ -42,8 +42,8 @@ def test_defaults() -> None:
     (spec(memory="8M"), "memory: memory 8M must be a whole number of MiB, at least 16M"),
     (spec(vcpus=0), "vcpus: Input should be greater than or equal to 1"),
     (spec(cpu={"features": ["sse4.2!"]}), "cpu.features: 'sse4.2!' is not a CPU feature"),
-    (spec(guest={}), "guest: give exactly one of test or boot_disk"),
-    (spec(guest={"test": {}, "boot_disk": 0}), "guest: give exactly one of test or boot_disk"),
+    (spec(guest={}), "guest: give exactly one of test, boot_disk or boot"),
+    (spec(guest={"test": {}, "boot_disk": 0}), "guest: give exactly one of test, boot_disk or boot"),
     (spec(guest={"boot_disk": 1}), "guest.boot_disk: 1 is not a disk index (the VM has 0 disks)"),
     (spec(memory="32M", guest={"test": {"working_set": "32M"}}),
      "guest.test.working_set: 32M from 16M ends at 48.0 MiB, past the VM's memory (32.0 MiB)"),
@@ -70,3 +70,24 @@ def test_unknown_pool_is_a_clear_error() -> None:
     vm = VMSpec.load(spec(disks=[{"pool": "fast", "file": "a.qcow2"}]))
     with pytest.raises(SpecError, match="unknown storage pool 'fast' — use one of: default"):
         vm.disks[0].resolve({"default": Path("/p")})
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"nic": {"type": "bridge"}}, "nic: a bridge NIC needs bridge"),
+    ({"nic": {"type": "user", "bridge": "br0"}}, "bridge only applies to type bridge"),
+    ({"nic": {"type": "bridge", "bridge": "a-name-far-too-long"}}, "is not an interface name"),
+    ({"guest": {"boot": {"kernel": "sub/vmlinuz"}}}, "must be a plain file name"),
+    ({"guest": {"test": {}, "boot": {"kernel": "vmlinuz"}}}, "exactly one of test, boot_disk or boot"),
+])
+def test_bad_nics_and_boots_name_the_key(data: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        VMSpec.load({"name": "x", "guest": {"test": {}}, **data})
+
+
+def test_nic_list_and_single_nic_round_trip() -> None:
+    one = VMSpec.load({"name": "a", "nic": {"type": "user"}, "guest": {"test": {}}})
+    two = VMSpec.load({"name": "a", "nic": [{"type": "bridge", "bridge": "vmbr0"}, {"type": "none"}],
+                       "guest": {"boot": {"kernel": "vmlinuz", "cmdline": "quiet"}}})
+    assert [n.type for n in one.nics] == ["user"] and one.bridges == []
+    assert [n.type for n in two.nics] == ["bridge"] and two.bridges == ["vmbr0"]
+    assert VMSpec.load(two.model_dump(mode="json")) == two

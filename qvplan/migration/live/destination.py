@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 from ...contract import rules
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
+from ...contract.network import missing_network
 from ...contract.reasons import Reason
+from ...errors import QVError
 from ...pqc import SecureChannel
 from ...vmm import VMSpec
 from ..incoming import INCOMING_FILES, INCOMING_MARK, record_incoming_files
@@ -35,7 +37,7 @@ from ..storage import exports
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, accept_stream
 
 if TYPE_CHECKING:
-    from ...host import Host
+    from ...host.context import Host
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)
@@ -52,14 +54,27 @@ class Incoming:
 
 
 def verdict(spec: VMSpec, flags: MigrateFlags, request: dict[str, Any], facts: dict[str, Any],
-            reachable: Callable[[str], bool]) -> rules.Refusal | None:
+            reachable: Callable[[str], bool], boot_files: list[str] | None = None) -> rules.Refusal | None:
     """The rule book's verdict on an incoming VM: the source's version and CPU (as the request
-    carries them) against this host's facts, under the plan's policies; its shared disks."""
+    carries them) against this host's facts, under the plan's policies; its shared disks, the
+    bridges its NICs join, the files of its kernel boot."""
     policies = rules.Policies.model_validate(request.get("policies") or {})
     source = {"version": request.get("version"), "cpu": request.get("cpu")}
     shared = [] if flags.storage_migrate else [str(d.get("path")) for d in request.get("disks", [])]
     return (rules.judge(spec.cpu.model_dump(), spec.memory_bytes, source, facts, policies)
-            or rules.check_shared_disks(shared, reachable))
+            or rules.check_shared_disks(shared, reachable)
+            or missing_network(spec.model_dump(mode="json"), facts.get("bridges"))
+            or rules.check_boot_files(boot_files or [], reachable))
+
+
+def boot_files(host: Host, spec: VMSpec) -> list[str]:
+    """The kernel boot's files as this host resolves them ([] without a kernel boot)."""
+    if spec.guest.boot is None:
+        return []
+    try:
+        return [str(p) for p in spec.guest.boot.resolve(host.pools)]
+    except QVError as err:
+        raise refused(Reason.STORAGE_NOT_FOUND, err.cause, err.fix) from None
 
 
 def preflight(host: Host, channel: SecureChannel,
@@ -80,7 +95,7 @@ def preflight(host: Host, channel: SecureChannel,
     if spec.name in host.registry.vms:
         raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
-    problem = verdict(spec, flags, request, host_facts(host), os.path.exists)
+    problem = verdict(spec, flags, request, host_facts(host), os.path.exists, boot_files(host, spec))
     if problem:
         raise refusal_error(problem)
     if flags.storage_migrate:

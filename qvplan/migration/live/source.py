@@ -21,7 +21,7 @@ from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
 
 if TYPE_CHECKING:
-    from ...host import Host
+    from ...host.context import Host
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)
@@ -295,6 +295,7 @@ class SourceMigration(MigrationJob):
             message = {"resumed_at": None}
         if message.get("resumed_at") and self._stop_at:
             self.status.pause = max(0.0, message["resumed_at"] - self._stop_at)
+            self.status.stopped_at, self.status.resumed_at = self._stop_at, message["resumed_at"]
         final = await self.vm.proc.qmp.execute("query-migrate")
         self.status.update_from_qemu(final if final.get("status") == "completed" else info)
         self._publish_passes(self.status.iteration)

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from ...contract import rules
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
+from ...contract.network import missing_network
 from ...contract.reasons import Reason
 from ...pqc import SecureChannel
 from ...units import format_size
@@ -38,7 +39,7 @@ from ..incoming import INCOMING_FILES, INCOMING_MARK, remove_incoming_files
 from .disks import DiskSink, WireError, is_chunk
 
 if TYPE_CHECKING:
-    from ...host import Host
+    from ...host.context import Host
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,13 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
         raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
     policies = rules.Policies.model_validate(request.get("policies") or {})
+    from ...vmm.taps import bridges
+    from ..live.destination import boot_files
+
     problem = (rules.check_version(str(request.get("version", "?")), host.version, policies.version)
-               or rules.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu, policies.cpu))
+               or rules.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu, policies.cpu)
+               or missing_network(spec.model_dump(mode="json"), bridges())
+               or rules.check_boot_files(boot_files(host, spec), os.path.exists))
     if problem:
         raise refusal_error(problem)
     info = {d.get("index"): d for d in request.get("disks", []) if isinstance(d, dict)}

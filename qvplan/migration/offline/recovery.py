@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ..peer import ask as ask_peer
 
 if TYPE_CHECKING:
-    from ...host import Host
+    from ...host.context import Host
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from .disks import CHUNK, DiskSource, allocated
 from .status import OfflineStatus
 
 if TYPE_CHECKING:
-    from ...host import Host
+    from ...host.context import Host
     from ...host.registry import VM
 
 log = logging.getLogger(__name__)
