@@ -4,7 +4,7 @@
 
 VENV     := .venv
 PY       := $(VENV)/bin/python
-DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl cpio e2fsprogs
+DEB_PKGS := qemu-system-x86 qemu-utils openssh-server iproute2 binutils tcpdump curl cpio e2fsprogs prometheus chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 GUEST    := guest/build/testguest.img
 LINUX    := guest/build/linux

@@ -33,7 +33,7 @@ class Agent:
     async def start(self) -> None:
         await self.host.registry.load()
         await self.migration.recover()
-        app = build_app(self.host, extensions=[self.migration.add_routes])
+        app = build_app(self.host, extensions=[self.migration.add_routes, self.migration.add_observe_routes])
         # Open event streams would hold shutdown for aiohttp's default 60 s; a client reconnects anyway.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
         await self._runner.setup()

@@ -50,6 +50,9 @@ class MigrationListener:
             )
         except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError) as err:
             refusals.warning(f"refused:{source}", "migration connection from %s refused: %s", peer, err)
+            code = getattr(err, "code", None) or (
+                "handshake-timeout" if isinstance(err, TimeoutError) else "connection-reset")
+            self.host.events.publish("host", "handshake-refused", code=code)  # counted by the metrics
             writer.close()
             return
         finally:

@@ -227,6 +227,9 @@ class Executor:
                     await asyncio.sleep(delay)
                     continue
                 break
+        with contextlib.suppress(Exception):  # the move's passes, for the apply report's chart (report.py)
+            api = await self.conn(source)
+            self.journal.write("passes", **(await api.api("GET", f"vms/{vm}/migrate/passes", timeout=30)))
         result.figures = {k: status.get(k) for k in FIGURES}
         result.ok = status.get("state") == "COMPLETED"
         result.error = None if result.ok else (status.get("error") or last.get("error") or "failed")

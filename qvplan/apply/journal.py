@@ -10,6 +10,8 @@ Kinds of line, each with "time" (epoch seconds) and "kind":
   phase   vm, phase, percent
   end     a move's outcome: vm, source, dest, ok, error, figures (transferred, iteration, ...)
   skip    vm, reason
+  plan    the plan the apply walks (Plan.to_dict: moves, checks, waves, settings incl. --target)
+  passes  a move's passes from its source agent (migration/recent.py), for the report's chart
   done    ok, placement {vm: host}
 A resumed apply appends to the journal it resumes, so one file tells the whole story.
 """

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from ..errors import QVError
 from ..plan.model import Plan
+from ..plan.targets import Selection
 from .executor import ApplyResult, Executor, MoveResult, ready_moves
 from .journal import Journal, JournalState
 from .lock import HostLocks, owner
@@ -33,6 +34,7 @@ class ApplyRequest:
     var_files: list[str] = field(default_factory=list)
     resume: str | None = None      # a journal to continue
     break_lock: bool = False
+    selection: Selection = field(default_factory=Selection)  # --target / --limit (plan/targets.py)
 
 
 class Frontend(Protocol):
@@ -79,6 +81,7 @@ async def run_apply(req: ApplyRequest, ui: Frontend) -> Outcome:
     state = JournalState.read(req.resume) if req.resume else None
     plan_file, variables, var_files = _resolve(req, state)
     source = PlanSource.load(plan_file, variables, var_files)
+    source.selection = req.selection or Selection(**((state.header.get("selection") if state else None) or {}))
     if state is not None and state.header.get("plan_hash") != source.plan_hash:
         raise ResumeError(f"{plan_file} is not the plan the interrupted apply ran (plan hash "
                           f"{str(state.header.get('plan_hash'))[:15]}… in the journal, {source.plan_hash[:15]}… now)",
@@ -116,9 +119,10 @@ async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, 
     if state is None:
         ex.journal = Journal.create(plan_file, plan_hash=source.plan_hash, facts_hash=plan.facts_hash,
                                     variables=variables, var_files=var_files, saved=source.saved is not None,
-                                    hosts=sorted(source.targets))
+                                    hosts=sorted(source.targets), selection=source.selection.to_dict())
         ui.journal = ex.journal.path
         ui.board.say(f"journal: {ex.journal.path}")
+    ex.journal.write("plan", plan=plan.to_dict())  # what the apply report shows of the plan and its checks
     ui.board.plan_more(len(moves))
     result = await ex.apply(plan, moves, followed, skip)
     return Outcome("applied", plan, result, ex.journal.path, followed)

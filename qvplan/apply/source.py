@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from ..plan.graph import locate
 from ..plan.loader import LoadedPlan
 from ..plan.model import Action, Check, Plan, Status, Wave
 from ..plan.saved import SavedPlan, check_fresh, is_saved_plan
+from ..plan.targets import Selection, select
 from ..remote import HostTarget, gather_facts
 from .executor import targets_of
 
@@ -31,6 +32,7 @@ class PlanSource:
     var_files: list[str]
     loaded: LoadedPlan | None = None  # a plan file, loaded without facts
     saved: SavedPlan | None = None
+    selection: Selection = field(default_factory=Selection)  # --target / --limit, applied to every plan made
 
     @classmethod
     def load(cls, file: str, variables: dict[str, Any], var_files: list[str]) -> PlanSource:
@@ -74,6 +76,10 @@ class PlanSource:
         return dict(found)
 
     def plan(self, facts: Facts, resuming: bool = False) -> Plan:
+        """The plan against `facts`, with only the --target/--limit moves."""
+        return select(self._plan(facts, resuming), self.selection)
+
+    def _plan(self, facts: Facts, resuming: bool = False) -> Plan:
         """The plan against `facts`. A saved plan must still be fresh — unless resuming, when its
         moves are checked against where each VM is now instead."""
         if self.saved is None:

@@ -52,6 +52,7 @@ class LazyGroup(OneLineErrors):
     def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = dict(lazy or {})
+        self.example_path = ""  # "qvplan", "quantavirt vm": where examples.py looks its commands up
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
@@ -60,8 +61,12 @@ class LazyGroup(OneLineErrors):
         if cmd_name in self.lazy and cmd_name not in self.commands:
             import importlib
 
+            from .examples import attach
+
             module, attr = self.lazy[cmd_name].split(":")
-            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, cmd_name)
+            attach(command, f"{self.example_path} {cmd_name}")  # its --help ends with an example
         return super().get_command(ctx, cmd_name)
 
 
@@ -70,8 +75,12 @@ def entry_point(lazy: dict[str, str]) -> Callable[[Callable[..., Any]], LazyGrou
     from .. import __version__
 
     def wrap(fn: Callable[..., Any]) -> LazyGroup:
+        from .examples import attach
+
         fn = click.version_option(__version__, "--version", message="%(version)s")(fn)
-        return click.group(cls=LazyGroup, lazy=lazy, context_settings={"help_option_names": ["-h", "--help"]})(fn)
+        group = click.group(cls=LazyGroup, lazy=lazy, context_settings={"help_option_names": ["-h", "--help"]})(fn)
+        attach(group, fn.__module__.rsplit(".", 1)[-1])  # qvplan.cli.qvplan → "qvplan"
+        return group
 
     return wrap
 

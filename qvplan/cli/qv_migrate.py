@@ -139,11 +139,28 @@ def follow_offline(events: Iterator[dict[str, Any]]) -> dict[str, Any]:
 @click.command("migrate-status")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Draw the passes (bytes, dirty vs transfer rate, remaining, throttle) to FILE.png or FILE.svg, "
+                   "with the data beside it as FILE.svg.json.")
 @click.pass_context
-def migrate_status(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Show a migration's live figures, or its outcome."""
-    status = local.agent_client(ctx).get(f"vms/{name}/migrate")
+def migrate_status(ctx: click.Context, name: str, as_json: bool, plot: str | None) -> None:
+    """Show a migration's live figures, or its outcome (--plot: its passes as a chart)."""
+    if plot:
+        from pathlib import Path
+
+        from ..charts import chart_format
+
+        chart_format(Path(plot))  # a bad suffix is refused before anything is asked
+    client = local.agent_client(ctx)
+    status = client.get(f"vms/{name}/migrate")
+    passes = client.get(f"vms/{name}/migrate/passes") if plot else None
     click.echo(json.dumps(status, indent=2) if as_json else _render(status))
+    if plot and passes is not None:
+        from ..charts import write_chart
+
+        data = write_chart(passes, Path(plot))
+        if not as_json:
+            click.echo(f"Chart:           {plot} (data: {data})")
 
 
 @click.command("migrate-cancel")

@@ -130,18 +130,29 @@ def _report(outcome: Outcome, as_json: bool) -> None:
               help="Take the hosts' locks even from an apply this machine cannot check (only if it is gone).")
 @click.option("--junit", "junit_file", type=click.Path(dir_okay=False), help="Write one JUnit test case per move.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final report as JSON.")
+@click.option("--target", "targets", multiple=True, metavar="VM",
+              help="Apply only this VM's move and the moves it comes after: (repeatable).")
+@click.option("--limit", "limit", multiple=True, metavar="HOST",
+              help="Apply only the moves from or to this host (repeatable).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="Write DIR/report.html: plan, checks, timeline, charts, outcomes, journal (self-contained).")
 def apply(plan_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...], auto_approve: bool,
-          resume: str | None, break_lock: bool, junit_file: str | None, as_json: bool) -> None:
+          resume: str | None, break_lock: bool, junit_file: str | None, as_json: bool,
+          targets: tuple[str, ...], limit: tuple[str, ...], report_dir: str | None) -> None:
     """Carry out a plan: every move through the source host's agent, with automatic rollback.
 
     One apply at a time per host: each host is locked for the whole apply (a killed apply's
     lock clears itself). `--resume JOURNAL` continues an interrupted apply: moves it left
     running are followed to their end, the plan is made again from the facts as they are now,
-    and no VM is moved twice.
+    and no VM is moved twice. `--target VM` / `--limit HOST` apply part of the plan; the moves
+    left out are listed, not moved.
     """
     if not plan_file and not resume:
         raise click.UsageError("give a PLAN, or --resume JOURNAL")
-    req = ApplyRequest(plan_file, _variables(var), list(var_files), resume, break_lock)
+    from ..plan.targets import Selection
+
+    req = ApplyRequest(plan_file, _variables(var), list(var_files), resume, break_lock,
+                       Selection(list(targets), list(limit)))
     ui = Frontend(as_json, auto_approve)
     try:
         outcome = asyncio.run(_run(req, ui))
@@ -158,6 +169,11 @@ def apply(plan_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...
         sys.exit(130)
     if junit_file and outcome.result is not None:
         write_junit(junit_file, outcome.result)
+    if report_dir and outcome.journal:
+        from ..apply.report import write_report
+
+        page = write_report(outcome.journal, report_dir)
+        click.echo(f"Report: {page}", err=as_json)
     with contextlib.suppress(BrokenPipeError):
         _report(outcome, as_json)
     sys.exit(0 if outcome.ok else 1)

@@ -85,9 +85,16 @@ def validate(plan_file: str, var: tuple[str, ...], var_files: tuple[str, ...], f
 @click.option("-out", "--out", "out_file", type=click.Path(dir_okay=False),
               help="Save the plan and its facts for apply.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0: no changes, 1: error, 2: changes.")
+@click.option("--target", "targets", multiple=True, metavar="VM",
+              help="Only this VM's move and the moves it comes after: (repeatable).")
+@click.option("--limit", "limit", multiple=True, metavar="HOST",
+              help="Only the moves from or to this host (repeatable).")
 def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_files: tuple[str, ...],
-             as_json: bool, out_file: str | None, detailed_exitcode: bool) -> None:
+             as_json: bool, out_file: str | None, detailed_exitcode: bool, targets: tuple[str, ...],
+             limit: tuple[str, ...]) -> None:
     """Show what applying PLAN would move, every check, and the schedule (a dry run)."""
+    from ..plan.targets import Selection, select
+
     _plan_file(plan_file)
     variables = _variables(var)
     try:
@@ -98,6 +105,7 @@ def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_f
             doc = live_facts({n: h.model_dump() for n, h in first.hosts.items()},
                              first.spec.prerequisites.shared_storage)
         plan = make_plan(load_plan(plan_file, variables, list(var_files), doc.hosts), doc.hosts)
+        plan = select(plan, Selection(list(targets), list(limit)))
     except PlanError as err:
         _fail(err, as_json)
         return
@@ -116,8 +124,15 @@ def plan_cmd(plan_file: str, facts_file: str | None, var: tuple[str, ...], var_f
 @click.command()
 @click.argument("saved_file", metavar="FILE", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the saved plan as JSON.")
-def show(saved_file: str, as_json: bool) -> None:
-    """Print a plan saved with `qvplan plan -out FILE`."""
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), metavar="DIR",
+              help="FILE is an apply journal (.jsonl): write DIR/report.html from it.")
+def show(saved_file: str, as_json: bool, report_dir: str | None) -> None:
+    """Print a plan saved with `qvplan plan -out FILE`, or render an apply's journal as a report."""
+    if report_dir:
+        from ..apply.report import write_report
+
+        click.echo(f"Report: {write_report(saved_file, report_dir)}")
+        return
     saved = load_saved(saved_file)
     if as_json:
         click.echo(json.dumps({**saved_summary(saved), "plan": saved.plan.to_dict()}, indent=2, default=str))

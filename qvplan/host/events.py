@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 Event = dict[str, Any]
@@ -21,6 +22,12 @@ class EventHub:
         self._listeners: dict[str, set[asyncio.Queue[Event]]] = {}
         self._backlog = backlog
         self._last: dict[str, Event] = {}
+        self._observers: list[Callable[[Event], None]] = []
+
+    def observe(self, callback: Callable[[Event], None]) -> None:
+        """Call `callback` with every event of every topic, synchronously as it is published
+        (metrics, the pass history): it must be quick and must not raise."""
+        self._observers.append(callback)
 
     def publish(self, topic: str, kind: str, **fields: Any) -> Event:
         event: Event = {"event": kind, "topic": topic, "time": time.time(), **fields}
@@ -30,6 +37,11 @@ class EventHub:
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
             queue.put_nowait(event)
+        for callback in self._observers:
+            try:
+                callback(event)
+            except Exception:  # an observer's bug must not break a migration
+                logging.getLogger(__name__).exception("event observer failed on %s", kind)
         return event
 
     def last(self, topic: str) -> Event | None:

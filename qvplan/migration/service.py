@@ -18,6 +18,7 @@ from .live import destination as live_dest
 from .live import recovery as live_recovery
 from .offline import destination as offline_dest
 from .offline import recovery as offline_recovery
+from .recent import RecentMigrations
 
 log = logging.getLogger(__name__)
 STOP_WAIT = 20.0  # seconds a stopping agent gives its migrations to roll back before the journal takes over
@@ -29,6 +30,8 @@ class MigrationService:
         self.journal = journal_for(host.state_dir)
         self.outgoing: dict[str, MigrationJob] = {}  # by VM name: its latest migration from here
         self.incoming: dict[str, live_dest.Incoming] = {}  # by session: live migrations coming in
+        self.recent = RecentMigrations(self.outgoing)  # the last migrations' passes (charts, reports)
+        host.events.observe(self.recent.on_event)
 
     def operations(self) -> dict[str, Operation]:
         """What a peer may ask on :9410 (after the PQC handshake)."""
@@ -43,6 +46,12 @@ class MigrationService:
 
     def add_routes(self, app: web.Application) -> None:
         api.add_routes(app, self.host, self.outgoing, self.journal)
+
+    def add_observe_routes(self, app: web.Application) -> None:
+        """`/metrics` and the pass history (observe_api.py); the read-only listener's, once it exists."""
+        from . import observe_api
+
+        observe_api.add_routes(app, self.host, self.outgoing, self.recent)
 
     async def recover(self) -> None:
         """At agent start, after the registry loaded: settle what a stop left half done (the rule

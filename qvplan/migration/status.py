@@ -8,6 +8,7 @@ from typing import Any
 
 from ..contract.events import PHASE_NAMES as PHASES
 from ..units import format_duration, format_rate, format_size
+from .passes import PassHistory
 
 
 @dataclass
@@ -46,6 +47,9 @@ class MigrationStatus:
     _mono_started: float = field(default_factory=time.monotonic, repr=False)
     _mono_finished: float | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.history = PassHistory()  # per pass: the true dirty rate (passes.py); not a field: kept out of as_dict
+
     @property
     def elapsed(self) -> float:
         # monotonic: a clock jump neither fires nor stretches --timeout (started/finished are for people)
@@ -71,10 +75,15 @@ class MigrationStatus:
             if not self.forced_stop_and_copy:  # QEMU's passes after a forced stop are not iterations
                 self.iteration = max(self.iteration, int(ram.get("dirty-sync-count", 0)))
             page = int(ram.get("page-size", 4096))
-            self.dirty_rate = float(ram.get("dirty-pages-rate", 0)) * page
+            self.history.paused = self.forced_stop_and_copy or info.get("status") in ("device", "pre-switchover")
+            self.history.observe(info, time.time())
+            ours = self.history.dirty_rate()  # QEMU's own figure lags a second, and is 0 in short passes
+            self.dirty_rate = float(ram.get("dirty-pages-rate", 0)) * page if ours is None else ours
             self.transfer_rate = float(ram.get("mbps", 0.0)) * 1e6 / 8
         self.cpu_throttle = max(self.cpu_throttle, int(info.get("cpu-throttle-percentage", 0)))
-        if "expected-downtime" in info:
+        if (estimate := self.history.expected_downtime()) is not None:
+            self.expected_downtime = estimate
+        elif "expected-downtime" in info:
             self.expected_downtime = info["expected-downtime"] / 1000
         if "downtime" in info:
             self.downtime = info["downtime"] / 1000
@@ -100,6 +109,8 @@ class MigrationStatus:
         out["elapsed"] = self.elapsed
         out["phase_name"] = PHASES[self.phase]
         out["storage"] = self.storage_line() if self.storage_total else None  # the Storage line
+        last = self.history.last_closed
+        out["last_pass"] = last.as_dict() if last else None  # the latest finished pass (passes.py)
         return out
 
     def render(self) -> str:

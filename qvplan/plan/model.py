@@ -145,7 +145,8 @@ class Plan:
 
     @property
     def complete(self) -> bool:
-        return all(m.action is not Action.UNKNOWN and m.status is Status.READY for m in self.moves)
+        return all(m.action is not Action.UNKNOWN and m.status is Status.READY for m in self.moves) and not (
+            self.settings.get("selection") or {}).get("left_out")  # --target/--limit left moves for later
 
     def move(self, vm: str) -> Move:
         index = self.__dict__.get("_by_vm")

@@ -71,7 +71,9 @@ def schedule_lines(plan: Plan) -> list[str]:
     for m in plan.changes:
         if m.status is Status.SKIPPED:
             lines.append(f"skipped: {m.vm} ({m.reason})")
-    return lines
+    from .targets import left_out_lines
+
+    return lines + left_out_lines(plan)
 
 
 def summary(plan: Plan) -> str:
@@ -82,7 +84,8 @@ def summary(plan: Plan) -> str:
     skipped = sum(m.status is Status.SKIPPED for m in moves)
     unknown = sum(m.action is Action.UNKNOWN for m in plan.moves)
     text = f"Plan: {len(moves)} to move, {len(plan.unchanged)} unchanged"
-    for n, what in ((blocked, "blocked"), (skipped, "skipped"), (unknown, "not found")):
+    left = len((plan.settings.get("selection") or {}).get("left_out") or [])  # --target/--limit
+    for n, what in ((blocked, "blocked"), (skipped, "skipped"), (unknown, "not found"), (left, "left out")):
         if n:
             text += f", {n} {what}"
     failures = len(plan.failed_checks)

@@ -207,6 +207,7 @@ class SourceMigration(MigrationJob):
         with qmp.listener(("STOP",)) as listener:
             async for event in listener:
                 self._stop_at = event_time(event)
+                self.status.history.stopped(self._stop_at)  # passes from here dirty nothing (passes.py)
 
     async def _follow_passes(self) -> None:
         """A `pass` event per QEMU dirty-sync pass, with fresh figures (short passes fall between polls)."""
@@ -214,6 +215,7 @@ class SourceMigration(MigrationJob):
         with qmp.listener(("MIGRATION_PASS",)) as listener:
             async for event in listener:
                 number = int(event.get("data", {}).get("pass", 0))
+                self.status.history.synced(number, event_time(event))  # the pass's true start (passes.py)
                 with contextlib.suppress(Exception):
                     self.status.update_from_qemu(await qmp.execute("query-migrate"))
                 if self.status.forced_stop_and_copy:

@@ -29,6 +29,23 @@ STREAM_BUFFER = 1 << 20
 CHANNEL_SOCKET_BUFFER = 1 << 20
 
 
+class Traffic:
+    """Bytes of QEMU streams this process carried through PQC channels (the agent's metrics)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.received = 0
+
+    def add(self, sent: int = 0, received: int = 0) -> None:
+        with self._lock:  # two relay threads per stream add at once
+            self.sent += sent
+            self.received += received
+
+
+TRAFFIC = Traffic()
+
+
 def _thread(fn: Callable[[], None], name: str) -> asyncio.Future[None]:
     """Run `fn` on a thread of its own (never the default pool: a migration needs up to 2 per
     stream, all at once), as a future of the running loop."""
@@ -64,10 +81,12 @@ def _local_to_channel(local: socket.socket, remote: socket.socket, channel: Secu
     seal = channel.sealer.seal
     if first:
         remote.sendall(seal(first))
+        TRAFFIC.add(sent=len(first))
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     while n := local.recv_into(buf):
         remote.sendall(seal(view[:n]))
+        TRAFFIC.add(sent=n)
     remote.sendall(channel.sealer.seal_end())
 
 
@@ -83,6 +102,7 @@ def _channel_to_local(remote: socket.socket, local: socket.socket, channel: Secu
             if rtype != DATA:
                 raise ConnectionError(f"unexpected record type {rtype:#04x} in a stream")
             local.sendall(payload)
+            TRAFFIC.add(received=len(payload))
         with opener.get_buffer(CHUNK) as space:
             n = remote.recv_into(space)
         if not n:
