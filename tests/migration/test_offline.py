@@ -339,7 +339,7 @@ def test_two_moves_into_one_pool_with_the_same_disk_file_name(make_agent, tmp_pa
         c.api("POST", "vms/vm-2/migrate", {"dest": b.migration, "flags": {"offline": True}})
         status = wait_outcome(c, "vm-2")
     except ApiError as err:
-        status = err.body
+        status = err.as_dict()
     assert status.get("code") == "name-clash" and "data.qcow2" in status["error"], status
     assert c.vm("vm-2")["state"] == "defined" and sha256(second) == second_sum
     assert wait_outcome(a, "vm-1")["state"] == "COMPLETED"
