@@ -37,6 +37,7 @@ EXAMPLES: dict[str, str] = {
     "quantavirt vm migrate": "quantavirt vm migrate web-01 --dest 10.0.0.12:9410 --pqc --bandwidth 1G",
     "quantavirt vm migrate-status": "quantavirt vm migrate-status web-01 --plot web-01.svg",
     "quantavirt vm migrate-cancel": "quantavirt vm migrate-cancel web-01",
+    "quantavirt vm migrate-settle": "quantavirt vm migrate-settle web-01 --resume-here",
     "quantavirt system": "quantavirt system ping --host 10.0.0.12:9410",
     "quantavirt system ping": "quantavirt system ping --host 10.0.0.12:9410",
     "quantavirt system storage-check": "quantavirt system storage-check --host 10.0.0.12:9410 --path /mnt/nfs/vms",

@@ -102,8 +102,10 @@ async def _resume_here(journal: Journal, vm: VM, session: str, status: Migration
 
 async def _release_here(host: Host, journal: Journal, vm: VM, session: str, status: MigrationStatus | None,
                         delete_disks: bool, by: str = "destination") -> str:
-    release_source(host, journal, vm, session, delete_disks)
+    # QEMU first: it holds the disks, and a re-attached QEMU is recognised by its run directory,
+    # which forgetting the VM removes.
     await stop_source_qemu(vm)
+    release_source(host, journal, vm, session, delete_disks)
     journal.set(session, "released", settled_by=by)
     if status is not None:
         status.doubt = None

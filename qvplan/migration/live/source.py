@@ -351,9 +351,9 @@ class SourceMigration(MigrationJob):
         self._publish_passes(self.status.iteration)
         # Release the source VM before the outcome is visible: whoever sees COMPLETED must find
         # the VM on the destination only.
+        await recovery.stop_source_qemu(self.vm)  # first: it holds the disks and lives in the run dir
         recovery.release_source(self.host, self.journal, self.vm, self.session,
                                 self.flags.storage_migrate and self.flags.delete_source_disks)
-        await recovery.stop_source_qemu(self.vm)
         self.journal.set(self.session, "released")
         self._completed()
 
