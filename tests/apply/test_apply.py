@@ -23,6 +23,7 @@ import pytest
 
 from qvplan.apply.journal import read_journal
 from qvplan.apply.lock import HostLocks, LockError, boot_id, owner
+from qvplan.apply.report import most_at_once
 from qvplan.lab.testing import lab_session
 from qvplan.remote import load_inventory
 
@@ -40,15 +41,6 @@ def lab(tmp_path_factory):
 
 def qvplan(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*QVPLAN, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def most_at_once(spans: list[tuple[float, float]]) -> int:
-    edges = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
-    now = best = 0
-    for _, step in edges:
-        now += step
-        best = max(best, now)
-    return best
 
 
 def journal_of(folder: Path) -> Path:
