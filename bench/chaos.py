@@ -287,13 +287,7 @@ def main() -> int:
                     violations.append(f"#{i + 1} {label}: {result}")
         finally:
             for agent in (pair.a, pair.b):
-                try:
-                    for vm in agent.api("GET", "vms", timeout=10):
-                        if vm["state"] == "running":
-                            agent.api("POST", f"vms/{vm['name']}/stop", {}, timeout=20)
-                except Exception:
-                    pass
-                agent.stop()
+                agent.stop_with_vms()
     columns = ["moved", "stayed", "settled", "crashed", "VIOLATION"]
     print(f"\n{args.n} migrations, seed {args.seed}, {time.monotonic() - started:.0f}s")
     print(f"{'fault':<46}" + "".join(f"{c:>10}" for c in columns))

@@ -15,12 +15,12 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
+from tests.migration.helpers import wait_outcome
 
 FLAGS = {"threads": 1}
 
@@ -35,16 +35,6 @@ def usage(a: AgentProc) -> tuple[int, int]:
     rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                if line.startswith("VmRSS:"))
     return rss, len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-def wait_outcome(a: AgentProc, name: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = a.api("GET", f"vms/{name}/migrate")
-        if status["state"] != "MIGRATING":
-            return status
-        time.sleep(0.05)
-    raise RuntimeError("migration did not end")
 
 
 def pct(values: list[float], p: float) -> float:
@@ -67,7 +57,7 @@ def main() -> int:
             a.wait_markers("soak-1", 0)
             for here, there in ((a, b), (b, a)):  # warm-up: both agents load what a migration imports
                 here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
-                wait_outcome(here, "soak-1")
+                wait_outcome(here, "soak-1", poll=0.05)
             start_use = {x.name: usage(x) for x in (a, b)}
             failures: list[str] = []
             pauses: list[float] = []
@@ -75,7 +65,7 @@ def main() -> int:
             here, there = a, b
             for i in range(args.count):
                 here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
-                status = wait_outcome(here, "soak-1")
+                status = wait_outcome(here, "soak-1", poll=0.05)
                 if status["state"] != "COMPLETED":
                     failures.append(f"#{i + 1} {here.name}→{there.name}: {status['state']} {status.get('error')}")
                     continue

@@ -80,6 +80,17 @@ class AgentProc:
                 time.sleep(0.1)
         raise RuntimeError(f"agent {self.name} did not come up: {self.log_tail()}")
 
+    def stop_with_vms(self) -> None:
+        """Stop its running VMs (QEMU outlives its agent on purpose), then the agent."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                for vm in self.api("GET", "vms", timeout=10):
+                    if vm["state"] == "running":
+                        self.api("POST", f"vms/{vm['name']}/stop", {}, timeout=20)
+            except Exception:
+                pass
+        self.stop()
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -45,15 +45,7 @@ def make_agent(tmp_path: Path) -> Iterator:
 
     yield make
     for agent in started:
-        # Stop the VMs first: QEMU outlives its agent on purpose.
-        if agent.proc and agent.proc.poll() is None:
-            try:
-                for vm in agent.api("GET", "vms", timeout=10):
-                    if vm["state"] == "running":
-                        agent.api("POST", f"vms/{vm['name']}/stop", {}, timeout=20)
-            except Exception:
-                pass
-        agent.stop()
+        agent.stop_with_vms()
         _kill_leftover_qemus(agent.state)
 
 

@@ -7,13 +7,13 @@ import time
 from ..agents import guest_vm
 
 
-def wait_outcome(agent, name: str, timeout: float = 120) -> dict:
+def wait_outcome(agent, name: str, timeout: float = 120, poll: float = 0.2) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = agent.api("GET", f"vms/{name}/migrate")
         if status["state"] != "MIGRATING":
             return status
-        time.sleep(0.2)
+        time.sleep(poll)
     raise AssertionError(f"migration of {name} did not end")
 
 
