@@ -17,7 +17,8 @@ class Build:
     facts: Facts | None  # None: offline validation, only the checks that need no facts
     moves: dict[str, Move] = field(default_factory=dict)
     checks: dict[str, Check] = field(default_factory=dict)
-    deps: dict[str, set[str]] = field(default_factory=dict)  # node → nodes it waits for
+    # A move waits for its own checks (in `checks`) and for the moves it comes `after:` (here, by VM name).
+    after: dict[str, set[str]] = field(default_factory=dict)
     order: list[str] = field(default_factory=list)  # move VMs in graph order
     waves: list[Wave] = field(default_factory=list)
     trust_exchange: set[tuple[str, str]] = field(default_factory=set)
@@ -31,8 +32,6 @@ class Build:
         self.checks[check.id] = check
         if not check.ok:
             self.failures.setdefault(vm, []).append(check)
-        self.deps.setdefault(f"check:{check.id}", set())
-        self.deps.setdefault(f"move:{vm}", set()).add(f"check:{check.id}")
         return check
 
     def trusted(self, host: str) -> frozenset[str]:

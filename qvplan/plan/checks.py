@@ -68,20 +68,20 @@ def check_trust(src: str, dst: str, facts: dict[str, dict[str, Any]], exchange: 
     Returns the result and the key imports apply must do: (importing host, host whose key).
     `trusted(host)` gives a host's trusted fingerprints (the planner keeps them per host)."""
     trusted = trusted or (lambda host: trusted_fingerprints(facts[host]))
+    fps = {src: fingerprint(facts[src]), dst: fingerprint(facts[dst])}
     for host in (src, dst):
-        want, got = pinned.get(host), fingerprint(facts[host])
+        want, got = pinned.get(host), fps[host]
         if want is not None and want != got:
             return fail(f"untrusted host: {host}'s key is {got}, trust.pinned expects {want}",
                         "verify the host (reinstalled? impostor?) and update trust.pinned", Reason.UNTRUSTED_HOST), []
     if insecure and _d(facts[dst].get("migration")).get("pqc_required"):
         return fail(f"{dst} requires PQC (pqc_required = true) but the move is insecure",
                     "drop insecure: true", Reason.PQC_REQUIRED), []
-    missing = [(a, b) for a, b in ((src, dst), (dst, src))
-               if fingerprint(facts[b]) is None or fingerprint(facts[b]) not in trusted(a)]
+    missing = [(a, b) for a, b in ((src, dst), (dst, src)) if fps[b] is None or fps[b] not in trusted(a)]
     if not missing:
         return ok(f"{src} ⇄ {dst} trusted"), []
     if exchange:
-        unknown = [b for _, b in missing if fingerprint(facts[b]) is None]
+        unknown = [b for _, b in missing if fps[b] is None]
         if unknown:
             return fail(f"untrusted host: {unknown[0]} reports no key fingerprint", TRUST_FIX,
                         Reason.UNTRUSTED_HOST), []

@@ -1,7 +1,7 @@
 """The plan graph, built by a short ordered list of small transformers (see `TRANSFORMERS`).
 
-Nodes are `move:<vm>` and `check:<vm>:<kind>`; a move depends on its checks and on the moves it
-comes `after:`. Each transformer takes the `Build` and adds to it; each can be tested alone.
+Nodes are moves and checks; a move depends on its own checks (`Build.checks`) and on the moves it
+comes `after:` (`Build.after`). Each transformer takes the `Build` and adds to it; each can be tested alone.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def add_moves(b: Build) -> None:
         move = Move(vm=vm, source=None, dest=p.host, mode=p.mode, flags=flags, after=list(p.after),
                     index=i, where=b.plan.where.get(vm))
         b.moves[vm] = move
-        b.deps.setdefault(f"move:{vm}", set())
+        b.after[vm] = set()
         if b.facts is None:
             continue
         found = index.get(vm, [])
@@ -125,8 +125,7 @@ def add_after_edges(b: Build) -> None:
                                                  C.Reason.BAD_REQUEST),
                         b.plan.after_where.get(vm))
     for vm, targets in edges.items():
-        for a in targets:
-            b.deps[f"move:{vm}"].add(f"move:{a}")
+        b.after[vm].update(targets)
     for move in b.moves.values():
         if move.after and f"{move.vm}:after" not in b.checks and b.facts is not None \
                 and move.action is Action.MOVE:
@@ -151,18 +150,16 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def order_nodes(b: Build) -> None:
     """Topological order of the moves, ties broken by plan order. Checks wait for nothing, so
     the order of the move nodes alone over their `after:` edges is the order of the whole graph."""
-    moves = {node: {d for d in deps if d.startswith("move:")}
-             for node, deps in b.deps.items() if node.startswith("move:")}
-    ts = graphlib.TopologicalSorter(moves)
+    ts = graphlib.TopologicalSorter(b.after)
     ts.prepare()
-    heap = [(b.moves[n[5:]].index, n) for n in ts.get_ready()]
+    heap = [(b.moves[vm].index, vm) for vm in ts.get_ready()]
     heapq.heapify(heap)
     while heap:
-        _, node = heapq.heappop(heap)
-        b.order.append(node[5:])
-        ts.done(node)
+        _, vm = heapq.heappop(heap)
+        b.order.append(vm)
+        ts.done(vm)
         for n in ts.get_ready():
-            heapq.heappush(heap, (b.moves[n[5:]].index, n))
+            heapq.heappush(heap, (b.moves[n].index, n))
 
 
 def transformers() -> list[Callable[[Build], None]]:

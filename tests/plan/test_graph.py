@@ -34,7 +34,7 @@ def test_add_checks_only_for_moves() -> None:
     add_checks(b)
     assert sorted(c.kind for c in b.checks.values()) == sorted(
         ["host", "state", "trust", "version", "cpu", "storage", "network"])
-    assert b.deps["move:vm-1"] == {f"check:vm-1:{c.kind}" for c in b.checks.values()}
+    assert {c.move for c in b.checks.values()} == {"vm-1"} and b.after == {"vm-1": set(), "vm-2": set()}
 
 
 def test_cycles_are_all_found_and_cut() -> None:
