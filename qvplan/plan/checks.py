@@ -145,8 +145,13 @@ def _checked(checks: dict[str, Any], path: str) -> Any:
     """The storage check for `path`, or for the deepest checked folder holding it."""
     if path in checks:
         return checks[path]
-    holders = [p for p in checks if isinstance(p, str) and _under(path, [p])]
-    return checks[max(holders, key=len)] if holders else None
+    folder = path.rstrip("/")
+    while "/" in folder:  # the folders holding it, deepest first (a check may be keyed with a trailing /)
+        folder = folder.rsplit("/", 1)[0]
+        for key in (folder or "/", folder + "/"):
+            if key in checks:
+                return checks[key]
+    return None
 
 
 def find_pool(dst_facts: dict[str, Any], wanted: str) -> tuple[str, dict[str, Any]] | None:

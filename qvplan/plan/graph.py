@@ -137,8 +137,8 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     """Every cycle graphlib finds, removing each one's edges until the rest sorts."""
     found = []
     while True:
-        try:
-            graphlib.TopologicalSorter(edges).prepare()
+        try:  # only VMs that wait for another can be on a cycle
+            graphlib.TopologicalSorter({vm: after for vm, after in edges.items() if after}).prepare()
             return found
         except graphlib.CycleError as err:
             cycle = list(reversed(err.args[1]))  # graphlib lists it against the edge direction

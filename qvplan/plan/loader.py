@@ -18,6 +18,7 @@ from ..errors import QVError
 from ..inventory import HostEntry, read_inventory
 from .diagnostics import Diagnostic, PlanError
 from .facts import Facts
+from .gcpause import gc_paused
 from .modules import expand_modules
 from .schema import Placement, PlanSpec
 from .source import SCHEMA_FIX, Located, parse_yaml, pydantic_diagnostics, render
@@ -133,7 +134,12 @@ def load_plan(path: str | Path, variables: dict[str, Any] | None = None, var_fil
 def load_plan_text(text: str, file: str = "<plan>", variables: dict[str, Any] | None = None,
                    facts: Facts | None = None, base: Path | None = None) -> LoadedPlan:
     """Text → `LoadedPlan`, or `PlanError` with every problem found."""
+    with gc_paused():
+        return _load_plan_text(text, file, variables, facts, base)
 
+
+def _load_plan_text(text: str, file: str, variables: dict[str, Any] | None, facts: Facts | None,
+                    base: Path | None) -> LoadedPlan:
     base = base or Path.cwd()
     values = {**plan_vars(text, file, base), **(variables or {})}
     located = parse_yaml(render(text, values, file), file)

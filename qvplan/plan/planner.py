@@ -7,6 +7,7 @@ from typing import Any
 
 from .build import Build
 from .facts import Facts, facts_hash
+from .gcpause import gc_paused
 from .graph import transformers
 from .loader import LoadedPlan, load_plan
 from .model import Plan
@@ -15,8 +16,9 @@ from .model import Plan
 def make_plan(loaded: LoadedPlan, facts: Facts | None) -> Plan:
     """Run every transformer over a fresh Build and freeze the result into a `Plan`."""
     b = Build(loaded, facts)
-    for step in transformers():
-        step(b)
+    with gc_paused():
+        for step in transformers():
+            step(b)
     spec = loaded.spec
     by_kind_then_order = sorted(b.checks.values(), key=lambda c: b.moves[c.move].index)
     return Plan(

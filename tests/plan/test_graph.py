@@ -110,3 +110,34 @@ def test_move_flags_are_migrate_flags() -> None:
     add_moves(b)
     flags = flags_mod.MigrateFlags(**b.moves["vm-1"].flags)
     assert (flags.bandwidth, flags.max_downtime, flags.timeout) == (10 << 30, 0.05, 600.0)
+
+
+def test_storage_check_of_the_deepest_checked_folder_holds() -> None:
+    from qvplan.plan.checks import _checked
+    checks = {"/mnt/nfs": True, "/mnt/nfs/cold/": False, "/": True}
+    assert _checked(checks, "/mnt/nfs/cold/vm.qcow2") is False
+    assert _checked(checks, "/mnt/nfs/vm.qcow2") is True
+    assert _checked(checks, "/srv/vm.qcow2") is True
+    assert _checked({"/mnt/nfs": True}, "/mnt/nfsx/vm.qcow2") is None
+
+
+def test_planning_pauses_the_cyclic_gc_and_gives_it_back() -> None:
+    import gc
+
+    import pytest
+
+    from qvplan.plan import make_plan
+    from qvplan.plan.diagnostics import PlanError
+    from qvplan.plan.gcpause import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # an inner pause does not switch it back on early
+    assert gc.isenabled()
+    make_plan(load_plan_text(HOSTS + "vms: {vm-1: hv-b}", "p.yaml", {}, None), None)
+    with pytest.raises(PlanError):
+        load_plan_text("vms: [", "p.yaml", {}, None)
+    assert gc.isenabled()
