@@ -1,7 +1,8 @@
 """The one client of an agent's HTTP API: requests, server-sent events, and typed errors.
 
-Everything that talks to an agent goes through here: the host CLI and the tests over TCP,
-`qvplan` (remote/connection.py) over a Unix socket that SSH forwards to the host's API. One
+Everything that talks to an agent goes through here: the host CLI and the tests over the agent's
+control socket (a Unix socket: every route), `qvplan` (remote/connection.py) over a local Unix
+socket that SSH forwards to that control socket; the spec's read-only TCP API takes GETs. One
 convention for all of them: paths under `/api/v1/`, JSON both ways, an error answer
 `{error, fix, code}` raised as `AgentError` with the HTTP status and the server's reason code,
 and events as `event:`/`data:` blocks decoded into one dict each.
@@ -25,7 +26,8 @@ from . import http11
 if TYPE_CHECKING:
     import aiohttp
 
-START_AGENT = "start it with `quantavirt agent` or check [api] listen in the config"
+START_AGENT = "start it with `quantavirt agent`, or check [api] socket in the config"
+NOT_ADMITTED = "run as root, or as a member of the group quantavirt (the control socket's group)"
 
 
 class AgentError(QVError):
@@ -131,7 +133,10 @@ class AgentClient:
 
         return split_hostport(str(self.address))
 
-    def _unreachable(self, err: BaseException) -> AgentUnreachable:
+    def _unreachable(self, err: BaseException) -> AgentError:
+        if isinstance(err, PermissionError):  # the control socket's mode keeps this user out
+            return AgentError(f"not allowed to use the quantavirt agent's control socket {self.name}",
+                              NOT_ADMITTED, code=Reason.FORBIDDEN)
         why = "did not answer in time" if isinstance(err, TimeoutError) else (
             getattr(err, "strerror", None) or str(err) or type(err).__name__)
         return AgentUnreachable(f"cannot reach the quantavirt agent at {self.name}: {why}", START_AGENT)
