@@ -194,21 +194,22 @@ class AgentClient:
 
 
 class AsyncAgentClient:
-    """The same API on aiohttp, to the agent at `address` (HOST:PORT): over TCP, or through
-    `connector` (e.g. a Unix socket that SSH forwards to that address on the host).
+    """The same API on aiohttp, to the agent at `address`: HOST:PORT over TCP, or with `unix` a
+    local Unix socket (the control socket, or one that SSH forwards to a host's control socket;
+    `address` then only names it in errors).
 
     Errors start with `name` (e.g. the host's name); `route` tells how the address is reached
     (e.g. " (through SSH)"). Use `async with`, or `close()` when done.
     """
 
-    def __init__(self, address: str, *, connector: aiohttp.BaseConnector | None = None,
-                 name: str | None = None, route: str = "", fix: str = START_AGENT) -> None:
+    def __init__(self, address: str, *, unix: str | None = None, name: str | None = None, route: str = "",
+                 fix: str = START_AGENT) -> None:
         self.address = address
-        self.base = f"http://{address}"
+        self.base = "http://localhost" if unix else f"http://{address}"
+        self.unix = unix
         self.name = name or address
         self.route = route
         self.fix = fix
-        self._connector = connector
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AsyncAgentClient:
@@ -221,7 +222,8 @@ class AsyncAgentClient:
         if self._session is None:
             import aiohttp
 
-            self._session = aiohttp.ClientSession(connector=self._connector)
+            connector = aiohttp.UnixConnector(path=self.unix) if self.unix else None
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def close(self) -> None:
