@@ -23,8 +23,10 @@ from aiohttp import web
 from ..contract.reasons import Reason
 from ..errors import QVError
 from ..host.http import Handler, Middleware, error_response
+from ..pqc.gate import RateLimitedLog
 
 log = logging.getLogger(__name__)
+refusals = RateLimitedLog(log)
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -91,7 +93,7 @@ def admission_middleware(admission: Admission) -> Middleware:
                                           "connect to [api] socket", code=Reason.FORBIDDEN))
         peer = peer_of(sock)
         if not admission.admits(peer):
-            log.warning("control socket: refused uid %d (pid %d)", peer.uid, peer.pid)
+            refusals.warning(f"uid:{peer.uid}", "control socket: refused uid %d (pid %d)", peer.uid, peer.pid)
             return error_response(not_admitted(peer, admission.group))
         if request.body_exists and request.content_type != "application/json":
             return error_response(QVError(f"a request body of type {request.content_type!r}",

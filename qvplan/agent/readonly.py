@@ -9,14 +9,25 @@ localhost (DNS rebinding: a page on evil.example whose name now points at 127.0.
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 
 from ..addresses import split_hostport
 from ..contract.reasons import FIXES, Reason
 from ..errors import QVError
 from ..host.http import Handler, Middleware, error_response
+from ..pqc.gate import RateLimitedLog
 
 READ_METHODS = ("GET", "HEAD")
+log = logging.getLogger(__name__)
+refusals = RateLimitedLog(log)  # a page or a local user may knock as often as it likes
+
+
+def refuse(request: web.Request, err: QVError) -> web.Response:
+    refusals.warning(f"{err.code}:{request.method}", "read-only api: refused %s %s (%s): %s", request.method,
+                     request.path[:200], err.code, err.cause)
+    return error_response(err)
 
 
 def allowed_hosts(listen: str) -> frozenset[str]:
@@ -35,13 +46,13 @@ def guard(listen: str) -> Middleware:
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if "Origin" in request.headers:
-            return error_response(QVError("the agent API does not answer web pages (the request has an Origin)",
+            return refuse(request, QVError("the agent API does not answer web pages (the request has an Origin)",
                                           "use curl or the quantavirt CLI, not a browser", code=Reason.FORBIDDEN))
         if request.headers.get("Host", "").lower() not in hosts:
-            return error_response(QVError(f"Host {request.headers.get('Host', '(none)')!r} is not this agent's",
+            return refuse(request, QVError(f"Host {request.headers.get('Host', '(none)')[:100]!r} is not this agent's",
                                           f"address it as {sorted(hosts)[0]} or localhost", code=Reason.FORBIDDEN))
         if request.method not in READ_METHODS:
-            return error_response(QVError(f"{request.method} {request.path}: the TCP API is read-only",
+            return refuse(request, QVError(f"{request.method} {request.path[:200]}: the TCP API is read-only",
                                           FIXES[Reason.READ_ONLY_API], code=Reason.READ_ONLY_API))
         return await handler(request)
 
