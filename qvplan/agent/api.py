@@ -25,9 +25,10 @@ from .readonly import copy_read_routes, guard
 RouteAdder = Callable[[web.Application], None]
 
 
-def read_only_app(control: web.Application, listen: str) -> web.Application:
-    """The TCP API: the control API's GET routes, guarded against browsers and changes."""
-    app = web.Application(middlewares=[guard(listen), errors_as_json])
+def read_only_app(control: web.Application, listen: str, names: tuple[str, ...] = ()) -> web.Application:
+    """The TCP API: the control API's GET routes, guarded against browsers and changes; `names`
+    are this host's own names, which a `Host` header may carry besides its address."""
+    app = web.Application(middlewares=[guard(listen, names), errors_as_json])
     copy_read_routes(control, app)
     return app
 

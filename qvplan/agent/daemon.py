@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
 from aiohttp import web
 
@@ -37,7 +38,7 @@ class Agent:
         await self.migration.recover()
         config = self.host.config
         control = build_app(self.host, extensions=[self.migration.add_routes, self.migration.add_observe_routes])
-        read_only = read_only_app(control, config.api.listen)
+        read_only = read_only_app(control, config.api.listen, (config.host.name, socket.gethostname()))
         sock = bind_control_socket(config.api.socket, config.api.group)
         host, port = config.api_address
         # Open event streams would hold shutdown for aiohttp's default 60 s; a client reconnects anyway.

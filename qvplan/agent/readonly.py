@@ -30,18 +30,20 @@ def refuse(request: web.Request, err: QVError) -> web.Response:
     return error_response(err)
 
 
-def allowed_hosts(listen: str) -> frozenset[str]:
-    """The `Host` values the listener answers: its own HOST:PORT and localhost (with or without it)."""
+def allowed_hosts(listen: str, names: tuple[str, ...] = ()) -> frozenset[str]:
+    """The `Host` values the listener answers: its own HOST:PORT, localhost (with or without the
+    port), and this host's own `names` with the port (`[host] name`, the hostname: what a
+    Prometheus target names it by). A rebinding page's name is none of these."""
     host, port = split_hostport(listen)
     own = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    names = {own, "localhost", f"localhost:{port}"}
+    names = {own, "localhost", f"localhost:{port}", *(f"{n}:{port}" for n in names if n)}
     if host in ("0.0.0.0", "::"):
         names |= {f"127.0.0.1:{port}", f"[::1]:{port}"}
     return frozenset(n.lower() for n in names)
 
 
-def guard(listen: str) -> Middleware:
-    hosts = allowed_hosts(listen)
+def guard(listen: str, names: tuple[str, ...] = ()) -> Middleware:
+    hosts = allowed_hosts(listen, names)
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -50,7 +52,7 @@ def guard(listen: str) -> Middleware:
                                           "use curl or the quantavirt CLI, not a browser", code=Reason.FORBIDDEN))
         if request.headers.get("Host", "").lower() not in hosts:
             return refuse(request, QVError(f"Host {request.headers.get('Host', '(none)')[:100]!r} is not this agent's",
-                                          f"address it as {sorted(hosts)[0]} or localhost", code=Reason.FORBIDDEN))
+                                          f"address it as {listen} or localhost", code=Reason.FORBIDDEN))
         if request.method not in READ_METHODS:
             return refuse(request, QVError(f"{request.method} {request.path[:200]}: the TCP API is read-only",
                                           FIXES[Reason.READ_ONLY_API], code=Reason.READ_ONLY_API))

@@ -135,7 +135,7 @@ def test_tcp_api_reads_for_everyone_and_changes_nothing(make_agent, drop: Path) 
     # what the spec promises on TCP, to anyone on the host
     for path in ("/api/v1/host", "/api/v1/vms", "/api/v1/vms/vm-1", "/metrics"):
         assert curl(base + path).status == 200, path
-    for host in ("localhost", f"localhost:{agent.api_port}"):
+    for host in ("localhost", f"localhost:{agent.api_port}", f"hv-a:{agent.api_port}"):  # hv-a: its own name
         assert curl(base + "/api/v1/vms", headers={"Host": host}).status == 200, host
     # ...but not to a web page: an Origin, or a Host that is not this listener (DNS rebinding)
     for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Host": "evil.example"},
