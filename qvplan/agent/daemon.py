@@ -39,15 +39,17 @@ class Agent:
         config = self.host.config
         control = build_app(self.host, extensions=[self.migration.add_routes, self.migration.add_observe_routes])
         read_only = read_only_app(control, config.api.listen, (config.host.name, socket.gethostname()))
-        sock = bind_control_socket(config.api.socket, config.api.group)
         host, port = config.api_address
         # Open event streams would hold shutdown for aiohttp's default 60 s; a client reconnects anyway.
-        for app in (control, read_only):
+        for app in (read_only, control):
             runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
             await runner.setup()
             self._runners.append(runner)
-        await web.SockSite(self._runners[0], sock).start()
-        await web.TCPSite(self._runners[1], host, port, reuse_address=True).start()
+        # TCP first: a second agent started on the same config fails there, before it could take
+        # the running agent's control socket path over.
+        await web.TCPSite(self._runners[0], host, port, reuse_address=True).start()
+        sock = bind_control_socket(config.api.socket, config.api.group)
+        await web.SockSite(self._runners[1], sock).start()
         await self.listener.start()
         log.info("agent %s up: control %s, api %s (read-only), migration %s", config.host.name, config.api.socket,
                  config.api.listen, config.migration.listen)
