@@ -58,7 +58,7 @@ class AgentProc:
 
     @property
     def socket(self) -> Path:
-        return self.control_dir / "api.sock"
+        return self.control_dir / "quantavirt" / "api.sock"  # its folder made by the agent, as /run/quantavirt
 
     @property
     def config(self) -> Path:

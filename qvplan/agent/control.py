@@ -119,7 +119,9 @@ def bind_control_socket(path: str, group: str) -> socket.socket:
     wider mode; a stale socket from a crashed agent is replaced, anything else at `path` is not.
     """
     target = Path(path)
-    target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    if not target.parent.exists():
+        target.parent.mkdir(parents=True)
+        target.parent.chmod(0o755)  # as /run/libvirt: walkable (the agent's umask is 077); the socket's mode decides
     if target.is_symlink() or (target.exists() and not target.is_socket()):
         raise QVError(f"{target} exists and is not a socket", "remove it, or set [api] socket to another path",
                       code=Reason.BAD_REQUEST)

@@ -86,6 +86,7 @@ def test_control_socket_admits_root_and_its_group_only(make_agent, drop: Path) -
     st = sock.stat()
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o660
     assert (st.st_uid, st.st_gid) == (0, grp.getgrnam(CONTROL_GROUP).gr_gid)
+    assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o755  # made by the agent (umask 077), walkable
 
     # 1. As deployed: the kernel does not even let nobody connect.
     for method, path, body in attacks(tmp_path):
