@@ -3,8 +3,11 @@ as root reads them, its QEMU processes, its trusted keys, files an attack would 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,15 +38,16 @@ class Answer:
         return data.get("code") if isinstance(data, dict) else None
 
 
-def as_user(argv: list[str], group: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """Run `argv` as nobody (with `group` as its group when given): a real unprivileged process."""
-    prefix = ["runuser", "-u", ATTACKER, *(["-g", group] if group else []), "--"]
+def as_user(argv: list[str], group: str | None = None, timeout: float = 30,
+            user: str = ATTACKER) -> subprocess.CompletedProcess[str]:
+    """Run `argv` as `user` (nobody; with `group` as its group when given): a real unprivileged process."""
+    prefix = ["runuser", "-u", user, *(["-g", group] if group else []), "--"]
     return subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=timeout)
 
 
 def curl(url: str, method: str = "GET", body: Any = None, *, unix: Path | None = None,
          headers: dict[str, str] | None = None, content_type: str = "application/json",
-         group: str | None = None) -> Answer:
+         group: str | None = None, user: str = ATTACKER) -> Answer:
     argv = ["curl", "-sS", "--max-time", "20", "-X", method, "-o", "-", "-w", "\n%{http_code}"]
     if unix is not None:
         argv += ["--unix-socket", str(unix)]
@@ -52,7 +56,7 @@ def curl(url: str, method: str = "GET", body: Any = None, *, unix: Path | None =
                  body if isinstance(body, str) else json.dumps(body)]
     for name, value in (headers or {}).items():
         argv += ["-H", f"{name}: {value}"]
-    done = as_user([*argv, url], group=group)
+    done = as_user([*argv, url], group=group, user=user)
     text, _, status = done.stdout.rpartition("\n")
     return Answer(done.returncode, int(status) if status.isdigit() else 0, text)
 
@@ -81,3 +85,16 @@ def snapshot(agent: AgentProc) -> dict[str, Any]:
         "vm_dirs": sorted(p.name for p in (agent.state / "vms").iterdir()) if (agent.state / "vms").exists() else [],
         "trusted": sorted((p.name, p.read_bytes()) for p in trusted.glob("*")) if trusted.exists() else [],
     }
+
+
+@contextlib.contextmanager
+def member_of(group: str) -> Iterator[str]:
+    """A system user the test creates, with `group` as a supplementary group (as an operator
+    added with `usermod -aG`); removed afterwards."""
+    name = f"qvt{uuid.uuid4().hex[:8]}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "-G", group, name],
+                   check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)

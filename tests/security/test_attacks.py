@@ -22,7 +22,7 @@ from qvplan.contract.ports import CONTROL_GROUP
 from qvplan.pqc import HostIdentity
 
 from ..agents import AgentProc, guest_vm
-from .outside import curl, snapshot
+from .outside import curl, member_of, snapshot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="attacks a root agent as nobody: needs root")
 NOBODY = pwd.getpwnam("nobody").pw_uid
@@ -95,13 +95,16 @@ def test_control_socket_admits_root_and_its_group_only(make_agent, drop: Path) -
     assert_unchanged(agent, before, tmp_path)
 
     # 2. A member of the group is an operator: it reads and steers VMs, but HMP and trust are root's.
-    member = curl("http://localhost/api/v1/vms", unix=sock, group=CONTROL_GROUP)
-    assert member.status == 200 and [v["name"] for v in member.json] == ["vm-1"]
-    for method, path, body in attacks(tmp_path):
-        if "/monitor" in path or "/pqc/" in path:
-            answer = curl(f"http://localhost{path}", method, body, unix=sock, group=CONTROL_GROUP)
-            assert (answer.status, answer.code) == (403, "forbidden"), (path, answer)
-            assert "root" in answer.json["error"]
+    #    (nobody with the group as its own, and a user the test adds to it as a supplementary group)
+    with member_of(CONTROL_GROUP) as operator:
+        for who in ({"group": CONTROL_GROUP}, {"user": operator}):
+            member = curl("http://localhost/api/v1/vms", unix=sock, **who)
+            assert member.status == 200 and [v["name"] for v in member.json] == ["vm-1"], (who, member)
+            for method, path, body in attacks(tmp_path):
+                if "/monitor" in path or "/pqc/" in path:
+                    answer = curl(f"http://localhost{path}", method, body, unix=sock, **who)
+                    assert (answer.status, answer.code) == (403, "forbidden"), (who, path, answer)
+                    assert "root" in answer.json["error"]
     assert_unchanged(agent, before, tmp_path)
 
     # 3. A socket opened to everyone by mistake: the credential check (SO_PEERCRED) still says no.
