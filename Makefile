@@ -36,6 +36,13 @@ qemu-user:
 	@getent passwd $(QEMU_USER) >/dev/null || \
 		$(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin $(QEMU_USER)
 
+# Root and this group may use the agent's control socket (/run/quantavirt/api.sock, mode 0660).
+API_GROUP := quantavirt
+.PHONY: api-group
+setup: api-group
+api-group:
+	@getent group $(API_GROUP) >/dev/null || $(SUDO) groupadd --system $(API_GROUP)
+
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml

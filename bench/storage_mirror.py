@@ -139,7 +139,8 @@ class Agents:
 
     def __init__(self, base: Path, source_image: Path) -> None:
         net = 200 + os.getpid() % 50
-        self.agents = [AgentProc(name, f"127.0.{net}.{i + 2}", base / name, 0, 0)
+        # allow_monitor: the bench pauses the guest with HMP `stop` (root, on the control socket)
+        self.agents = [AgentProc(name, f"127.0.{net}.{i + 2}", base / name, 0, 0, api_extra={"allow_monitor": True})
                        for i, name in enumerate(("hv-a", "hv-b"))]
         for agent in self.agents:
             agent.api_port, agent.mig_port = free_port(agent.address), free_port(agent.address)

@@ -6,7 +6,8 @@ hosts:
     address: 10.77.0.11
     ssh: {user: root, port: 22, key: /run/qvplan-lab/id_ed25519, known_hosts: /run/qvplan-lab/known_hosts}
     migration: "10.77.0.11:9410"
-    api: "127.0.0.1:9400"          # optional: the agent API as seen on the host itself
+    api: "127.0.0.1:9400"          # optional: the agent's read-only API as seen on the host itself
+    control: /run/quantavirt/api.sock  # optional: its control socket, which qvplan reaches over SSH
 ```
 `known_hosts` is a file (strict host key checking against it), `none` (no checking: labs only),
 or absent (the user's ~/.ssh/known_hosts, strict). Relative paths are relative to the inventory
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .contract.ports import API_LISTEN, MIGRATION_PORT
+from .contract.ports import API_LISTEN, CONTROL_SOCKET, MIGRATION_PORT
 from .errors import UsageError
 
 
@@ -53,7 +54,8 @@ class HostEntry(BaseModel):
     ssh: SSHOptions = Field(default_factory=SSHOptions)
     migration: str | None = Field(None, description=f"host:port peers use for migration "
                                                     f"(default address:{MIGRATION_PORT})")
-    api: str = Field(API_LISTEN, description="the agent API as seen on the host itself")
+    api: str = Field(API_LISTEN, description="the agent's read-only API as seen on the host itself")
+    control: str = Field(CONTROL_SOCKET, pattern=r"^/", description="the agent's control socket on the host")
 
     @property
     def migration_address(self) -> str:
@@ -138,4 +140,6 @@ def dump_inventory(targets: dict[str, HostTarget]) -> str:
         entry["ssh"].pop("connect_timeout", None)
         if entry.get("api") == API_LISTEN:
             entry.pop("api")
+        if entry.get("control") == CONTROL_SOCKET:
+            entry.pop("control")
     return yaml.safe_dump({"hosts": hosts}, sort_keys=False)

@@ -1,16 +1,21 @@
 """Real `quantavirt agent` processes on loopback addresses, for integration tests.
 
 Each agent gets its own config, state directory, API port and migration port, on its own
-127.0.0.x address, so two of them are two hosts as far as migration is concerned.
+127.0.0.x address, so two of them are two hosts as far as migration is concerned, and its own
+control socket in its own directory (short, under /tmp: a Unix socket path has 107 bytes), which
+`client` and `api` use: they can do everything, as root on the control socket can.
+`read_only` is the spec's TCP API (GETs only).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +47,18 @@ class AgentProc:
     proc: subprocess.Popen[bytes] | None = None
     env: dict[str, str] = field(default_factory=dict)
     log_level: str = "debug"
+    control_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qv-ctl-")))
+    api_extra: dict[str, Any] = field(default_factory=dict)  # more [api] keys (e.g. allow_monitor)
+
+    def __post_init__(self) -> None:
+        # Others may walk to the socket (not list the dir): the socket's own mode and the agent's
+        # credential check are what keep them out, as in /run/quantavirt.
+        self.control_dir.chmod(0o711)
+        self.env.setdefault("QUANTAVIRT_TEST_ROUTES", "1")  # the tests' narrow disk routes (agent/testroutes.py)
+
+    @property
+    def socket(self) -> Path:
+        return self.control_dir / "quantavirt" / "api.sock"  # its folder made by the agent, as /run/quantavirt
 
     @property
     def config(self) -> Path:
@@ -59,7 +76,7 @@ class AgentProc:
         self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(AgentConfig.model_validate({
             "host": {"name": self.name, "state_dir": str(self.state), "memory": self.memory},
-            "api": {"listen": f"{self.address}:{self.api_port}"},
+            "api": {"listen": f"{self.address}:{self.api_port}", "socket": str(self.socket), **self.api_extra},
             "migration": {"listen": self.migration, "pqc_required": True},
             "storage": {"pools": {"default": str(self.root / "images")}},
         }).to_toml())
@@ -103,12 +120,22 @@ class AgentProc:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    def remove_control_dir(self) -> None:
+        """Once the agent is gone for good (the fixture's end)."""
+        shutil.rmtree(self.control_dir, ignore_errors=True)
+
     def log_tail(self, n: int = 30) -> str:
         path = self.root / "agent.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:]) if path.exists() else ""
 
     @property
     def client(self) -> AgentClient:
+        """The control socket, as root: every route."""
+        return AgentClient(unix=str(self.socket), timeout=120, name=self.name)
+
+    @property
+    def read_only(self) -> AgentClient:
+        """The spec's TCP API: GETs only."""
         return AgentClient(f"{self.address}:{self.api_port}", timeout=120, name=self.name)
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 120) -> Any:

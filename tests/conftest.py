@@ -47,6 +47,7 @@ def make_agent(tmp_path: Path) -> Iterator:
     for agent in started:
         agent.stop_with_vms()
         _kill_leftover_qemus(agent.state)
+        agent.remove_control_dir()
 
 
 def _kill_leftover_qemus(state: Path) -> None:

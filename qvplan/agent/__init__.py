@@ -1,1 +1,1 @@
-"""The host daemon: HTTP API (:9400), migration listener (:9410), VM registry, events."""
+"""The host daemon: the control socket (every change), the read-only API (:9400), the migration listener (:9410)."""

@@ -1,7 +1,8 @@
 """The one client of an agent's HTTP API: requests, server-sent events, and typed errors.
 
-Everything that talks to an agent goes through here: the host CLI and the tests over TCP,
-`qvplan` (remote/connection.py) over a Unix socket that SSH forwards to the host's API. One
+Everything that talks to an agent goes through here: the host CLI and the tests over the agent's
+control socket (a Unix socket: every route), `qvplan` (remote/connection.py) over a local Unix
+socket that SSH forwards to that control socket; the spec's read-only TCP API takes GETs. One
 convention for all of them: paths under `/api/v1/`, JSON both ways, an error answer
 `{error, fix, code}` raised as `AgentError` with the HTTP status and the server's reason code,
 and events as `event:`/`data:` blocks decoded into one dict each.
@@ -25,7 +26,8 @@ from . import http11
 if TYPE_CHECKING:
     import aiohttp
 
-START_AGENT = "start it with `quantavirt agent` or check [api] listen in the config"
+START_AGENT = "start it with `quantavirt agent`, or check [api] socket in the config"
+NOT_ADMITTED = "run as root, or as a member of the group quantavirt (the control socket's group)"
 
 
 class AgentError(QVError):
@@ -131,7 +133,10 @@ class AgentClient:
 
         return split_hostport(str(self.address))
 
-    def _unreachable(self, err: BaseException) -> AgentUnreachable:
+    def _unreachable(self, err: BaseException) -> AgentError:
+        if isinstance(err, PermissionError):  # the control socket's mode keeps this user out
+            return AgentError(f"not allowed to use the quantavirt agent's control socket {self.name}",
+                              NOT_ADMITTED, code=Reason.FORBIDDEN)
         why = "did not answer in time" if isinstance(err, TimeoutError) else (
             getattr(err, "strerror", None) or str(err) or type(err).__name__)
         return AgentUnreachable(f"cannot reach the quantavirt agent at {self.name}: {why}", START_AGENT)
@@ -189,21 +194,22 @@ class AgentClient:
 
 
 class AsyncAgentClient:
-    """The same API on aiohttp, to the agent at `address` (HOST:PORT): over TCP, or through
-    `connector` (e.g. a Unix socket that SSH forwards to that address on the host).
+    """The same API on aiohttp, to the agent at `address`: HOST:PORT over TCP, or with `unix` a
+    local Unix socket (the control socket, or one that SSH forwards to a host's control socket;
+    `address` then only names it in errors).
 
     Errors start with `name` (e.g. the host's name); `route` tells how the address is reached
     (e.g. " (through SSH)"). Use `async with`, or `close()` when done.
     """
 
-    def __init__(self, address: str, *, connector: aiohttp.BaseConnector | None = None,
-                 name: str | None = None, route: str = "", fix: str = START_AGENT) -> None:
+    def __init__(self, address: str, *, unix: str | None = None, name: str | None = None, route: str = "",
+                 fix: str = START_AGENT) -> None:
         self.address = address
-        self.base = f"http://{address}"
+        self.base = "http://localhost" if unix else f"http://{address}"
+        self.unix = unix
         self.name = name or address
         self.route = route
         self.fix = fix
-        self._connector = connector
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AsyncAgentClient:
@@ -216,7 +222,8 @@ class AsyncAgentClient:
         if self._session is None:
             import aiohttp
 
-            self._session = aiohttp.ClientSession(connector=self._connector)
+            connector = aiohttp.UnixConnector(path=self.unix) if self.unix else None
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def close(self) -> None:

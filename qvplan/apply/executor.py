@@ -17,6 +17,7 @@ from typing import Any
 from ..contract.events import OUTCOMES
 from ..contract.reasons import Reason
 from ..contract.rules import Policies
+from ..errors import QVError
 from ..plan.facts import drop_none
 from ..plan.model import Move, Plan
 from ..remote import AgentError, AgentUnreachable, HostConnection, HostTarget, RemoteError
@@ -133,12 +134,16 @@ class Executor:
         return self.targets[host].migration_address
 
     async def exchange_trust(self, plan: Plan) -> None:
+        """Import each key the plan showed, and only that one: a host whose key changed since
+        planning is refused (`key-changed`), and a name already trusted with another key is never
+        overwritten (the importing agent refuses it)."""
         for importer, holder in plan.trust_exchange:
             ident = await (await self.conn(holder)).api("GET", "pqc/identity")
+            key, fp = planned_key(plan, holder, ident)
             await (await self.conn(importer)).api(
-                "POST", "pqc/trust", {"name": holder, "public_key": ident["public_key"], "force": True})
-            self.board.say(f"trust: {importer} imported {holder}'s key ({ident['fingerprint']})")
-            self.journal.write("trust", importer=importer, holder=holder, fingerprint=ident["fingerprint"])
+                "POST", "pqc/trust", {"name": holder, "public_key": key, "fingerprint": fp})
+            self.board.say(f"trust: {importer} imported {holder}'s key ({fp})")
+            self.journal.write("trust", importer=importer, holder=holder, fingerprint=fp)
 
     # -- one migration -----------------------------------------------------------------------
 
@@ -357,6 +362,32 @@ class Executor:
         placement = await self.placement()
         self.journal.write("done", ok=all(m.ok for m in results), placement=placement)
         return ApplyResult(results, placement)
+
+
+def planned_key(plan: Plan, holder: str, identity: Any) -> tuple[str, str]:
+    """`holder`'s public key (base64) and fingerprint from its identity document, if that is the
+    key the plan showed for it; else `KeyChanged`. The fingerprint is worked out here from the key,
+    not taken from the document."""
+    import base64
+
+    from ..pqc import fingerprint
+
+    want = (plan.settings.get("trust_keys") or {}).get(holder)
+    if not want:
+        raise KeyChanged(f"the plan shows no key of {holder} to import", "plan again with `qvplan plan`")
+    key = identity.get("public_key") if isinstance(identity, dict) else None
+    try:
+        got = fingerprint(base64.b64decode(str(key), validate=True)) if isinstance(key, str) else None
+    except ValueError:
+        got = None
+    if got != want:
+        raise KeyChanged(f"{holder}'s key is {got or 'unreadable'}, not {want} as planned; nothing imported",
+                         f"verify {holder} (reinstalled? impostor?), then plan again")
+    return str(key), got
+
+
+class KeyChanged(QVError):
+    code = Reason.KEY_CHANGED.value
 
 
 def ready_moves(plan: Plan) -> list[Move]:

@@ -1,6 +1,6 @@
 """What host-side commands need from the local host: its config, state, identity, agent.
 
-Cheap on purpose: the agent client and the config file's `[api] listen` need only the stdlib, so
+Cheap on purpose: the agent client and the config file's `[api] socket` need only the stdlib, so
 `quantavirt vm list` starts without pydantic or aiohttp; the validated config is built only by
 commands that need more of it.
 """
@@ -32,11 +32,11 @@ def state_dir(ctx: click.Context) -> Path:
 
 
 def agent_client(ctx: click.Context, timeout: float = 60.0) -> AgentClient:
-    """The local agent's API, at the config's `[api] listen`."""
+    """The local agent's control API, at the config's `[api] socket` (root or the quantavirt group)."""
     from ..agent.client import AgentClient
-    from ..host.configfile import api_listen
+    from ..host.configfile import api_socket
 
-    return AgentClient(api_listen(ctx.find_root().obj.get("config")), timeout=timeout)
+    return AgentClient(unix=api_socket(ctx.find_root().obj.get("config")), timeout=timeout)
 
 
 def identity_and_trust(ctx: click.Context) -> tuple[HostIdentity, TrustStore]:

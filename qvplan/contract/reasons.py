@@ -47,6 +47,11 @@ class Reason(StrEnum):
     NO_MIGRATION = "no-migration"  # the API knows no migration of that VM
     BAD_REQUEST = "bad-request"
     AGENT_UNREACHABLE = "agent-unreachable"
+    # who may steer a host (issue 12): the control socket and the read-only TCP API
+    READ_ONLY_API = "read-only-api"  # a change asked of the TCP API: it only reads
+    FORBIDDEN = "forbidden"  # a caller the control socket (or the TCP API's Host/Origin rule) does not admit
+    MONITOR_DISABLED = "monitor-disabled"  # HMP passthrough: root only, and only with [api] allow_monitor
+    KEY_CHANGED = "key-changed"  # a peer's key differs from the one trusted or planned: never overwritten
     ERROR = "error"
 
 
@@ -60,6 +65,7 @@ FIXES: dict[Reason, str] = {
     Reason.OUT_OF_RESOURCES: "free memory on the destination or pick another host",
     Reason.NOT_CONVERGING: "enable auto-converge, increase bandwidth, or reduce VM write load",
     Reason.HANDSHAKE_TIMEOUT: "check `quantavirt pqc status` on both hosts, verify firmware",
+    Reason.READ_ONLY_API: "send changes to the control socket ([api] socket): the quantavirt CLI or qvplan over SSH",
 }
 
 

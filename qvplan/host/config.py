@@ -12,9 +12,9 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..addresses import split_hostport
-from ..contract.ports import API_LISTEN, MIGRATION_LISTEN
+from ..contract.ports import API_LISTEN, CONTROL_GROUP, MIGRATION_LISTEN
 from ..paths import state_dir
-from .configfile import ConfigError, read, to_toml
+from .configfile import ConfigError, default_socket, read, to_toml
 
 
 class _Section(BaseModel):
@@ -33,7 +33,13 @@ class HostSection(_Section):
 
 
 class ApiSection(_Section):
+    """The agent's two doors: the read-only TCP API (`listen`) and the control socket (`socket`,
+    mode 0660, owned by `group`) for everything that changes state."""
+
     listen: str = API_LISTEN
+    socket: str = Field(default_factory=default_socket, pattern=r"^/")
+    group: str = CONTROL_GROUP  # members may use the control socket; a missing group leaves it root's
+    allow_monitor: bool = False  # HMP passthrough (POST …/monitor) for root on the control socket
     _check = field_validator("listen")(_hostport)
 
 

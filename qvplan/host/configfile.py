@@ -7,12 +7,13 @@ read just the one key they need (`[api] listen`) without building the model.
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from ..contract.ports import API_LISTEN
+from ..contract.ports import API_LISTEN, CONTROL_SOCKET
 from ..contract.reasons import Reason
 from ..errors import QVError
 from ..paths import config_path
@@ -47,6 +48,25 @@ def api_listen(path: str | Path | None = None) -> str:
     if not isinstance(listen, str):
         raise ConfigError(f"{file}: [api.listen] must be a HOST:PORT string", "fix or remove that key")
     return listen
+
+
+def default_socket() -> str:
+    """The control socket's default path: /run/quantavirt/api.sock for a root agent; a user's
+    agent keeps it in that user's runtime directory (it cannot create /run/quantavirt)."""
+    if os.geteuid() == 0:
+        return CONTROL_SOCKET
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/quantavirt-{os.getuid()}"
+    return str(Path(runtime) / "quantavirt" / "api.sock")
+
+
+def api_socket(path: str | Path | None = None) -> str:
+    """`[api] socket` of the config (the local agent's control socket), without validating the rest."""
+    file, data = read(path)
+    api = data.get("api", {})
+    sock = api.get("socket", default_socket()) if isinstance(api, dict) else None
+    if not isinstance(sock, str) or not sock.startswith("/"):
+        raise ConfigError(f"{file}: [api.socket] must be an absolute path", "fix or remove that key")
+    return sock
 
 
 def _key(name: str) -> str:

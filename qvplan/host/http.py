@@ -14,10 +14,12 @@ from ..vmm.spec import describe_error
 from .events import Event
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 # The HTTP status of an error answer, from its reason code (409 for any other refusal).
-STATUS_OF: dict[str, int] = {Reason.UNKNOWN_VM: 404, Reason.NO_MIGRATION: 404, Reason.BAD_REQUEST: 400}
+STATUS_OF: dict[str, int] = {Reason.UNKNOWN_VM: 404, Reason.NO_MIGRATION: 404, Reason.BAD_REQUEST: 400,
+                             Reason.FORBIDDEN: 403, Reason.MONITOR_DISABLED: 403, Reason.READ_ONLY_API: 405}
 
 
 def error_response(err: QVError) -> web.Response:

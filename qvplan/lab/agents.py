@@ -29,7 +29,7 @@ def config_text(host: LabHost) -> str:
     state = host.file("state")
     return AgentConfig.model_validate({
         "host": {"name": host.name, "state_dir": str(state)},
-        "api": {"listen": host.api},
+        "api": {"listen": host.api, "socket": host.control},
         "migration": {"listen": host.migration_listen, "advertise": host.migration, "pqc_required": True},
         "storage": {"pools": {"default": str(state / "images"), "images": str(host.path.parent / "images")}},
     }).to_toml()

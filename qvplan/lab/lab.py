@@ -142,7 +142,8 @@ class Lab:
     def target(self, host: LabHost) -> HostTarget:
         ssh = SSHOptions(user=self.spec.user, port=host.ssh_port, key=str(self.spec.key),
                          known_hosts=str(self.spec.known_hosts), connect_timeout=5)
-        return HostTarget(name=host.name, address=host.address, ssh=ssh, migration=host.migration, api=host.api)
+        return HostTarget(name=host.name, address=host.address, ssh=ssh, migration=host.migration, api=host.api,
+                          control=host.control)
 
     def targets(self) -> dict[str, HostTarget]:
         return {h.name: self.target(h) for h in self.hosts}
@@ -209,8 +210,8 @@ class Lab:
             for conn in conns:
                 for peer, ident in idents.items():
                     if peer != conn.name:
-                        await conn.api("POST", "pqc/trust",
-                                       {"name": peer, "public_key": ident["public_key"], "force": True})
+                        await conn.api("POST", "pqc/trust", {"name": peer, "public_key": ident["public_key"],
+                                                             "fingerprint": ident["fingerprint"]})
         finally:
             for conn in conns:
                 await conn.close()

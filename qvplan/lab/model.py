@@ -66,6 +66,17 @@ class LabHost:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    @property
+    def control(self) -> str:
+        """The agent's control socket: in the host's dir (hosts share one filesystem), or, when
+        that path is too long for a Unix socket, in a short dir named after it."""
+        sock = self.file("api.sock")
+        if len(str(sock)) <= 100:
+            return str(sock)
+        import hashlib
+
+        return f"/tmp/qvlab-{hashlib.sha256(self.dir.encode()).hexdigest()[:12]}/api.sock"
+
 
 @dataclass(frozen=True)
 class LabSpec:

@@ -1,5 +1,6 @@
 """What operators watch, as routes of the agent API: `GET /metrics` (Prometheus) and
 `GET /api/v1/vms/NAME/migrate/passes` (a recent migration's passes, for charts and reports).
+Both are GETs, so the read-only TCP listener serves them too (agent/readonly.py).
 
 prometheus_client is imported here, when the agent adds the routes, never by the CLI.
 """
@@ -11,7 +12,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from ..host.http import error_response
+from ..contract.reasons import Reason
+from ..errors import QVError
 from .recent import RecentMigrations
 
 if TYPE_CHECKING:
@@ -36,8 +38,8 @@ def add_routes(app: web.Application, host: Host, jobs: Mapping[str, MigrationJob
         name = request.match_info["name"]
         document = recent.document(name)
         if document is None:
-            return error_response(404, f"no recent migration of {name!r} from this host",
-                                  f"start one with `quantavirt vm migrate {name} --dest HOST:9410`")
+            raise QVError(f"no recent migration of {name!r} from this host",
+                          f"start one with `quantavirt vm migrate {name} --dest HOST:9410`", code=Reason.NO_MIGRATION)
         return web.json_response(document)
 
     app.add_routes(routes)

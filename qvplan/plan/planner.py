@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import checks as C
 from .build import Build
 from .facts import Facts, facts_hash
 from .gcpause import gc_paused
@@ -29,7 +30,10 @@ def make_plan(loaded: LoadedPlan, facts: Facts | None) -> Plan:
         facts_hash=facts_hash(facts) if facts is not None else None,
         settings={"on_failure": spec.on_failure, "limits": spec.limits.model_dump(),
                   "prerequisites": spec.prerequisites.model_dump(),
-                  "hosts": {name: h.model_dump() for name, h in loaded.hosts.items()}},
+                  "hosts": {name: h.model_dump() for name, h in loaded.hosts.items()},
+                  # the keys apply's trust exchange may import: the ones this plan shows, nothing else
+                  "trust_keys": {holder: spec.trust.pinned.get(holder) or C.fingerprint((facts or {}).get(holder) or {})
+                                 for _, holder in sorted(b.trust_exchange)}},
         trust_exchange=sorted(b.trust_exchange),
         capacity=b.capacity(),
     )

@@ -110,7 +110,9 @@ def render_plan(plan: Plan) -> str:
                    f"{lim.get('per_host_inbound')} in):")
         out += [f"  {line}" for line in sched] + [""]
     if plan.trust_exchange:
-        out.append("Trust: apply imports keys: " + ", ".join(f"{a} ← {b}" for a, b in plan.trust_exchange))
+        keys = plan.settings.get("trust_keys") or {}
+        out.append("Trust: apply imports keys: " + ", ".join(f"{a} ← {b} ({keys.get(b, 'key not planned')})"
+                                                             for a, b in plan.trust_exchange))
         out.append("")
     out.append(summary(plan))
     return "\n".join(out)

@@ -1,9 +1,11 @@
 """One SSH connection to one host: run commands, copy files, and talk to the agent API through it.
 
-The agent API only listens on the host's loopback. We reach it by forwarding a Unix socket in a
-private (0700) temp dir to the API's TCP port over the SSH connection, and talk to it with the
-agent client (qvplan/agent/client.py) over that socket — so no local TCP port is opened that other
-local users could use, and SSE streams work as they do locally.
+The agent's control API is a Unix socket on the host (`control:` of the inventory, the agent's
+`[api] socket`), root's and the quantavirt group's. We reach it by forwarding a Unix socket in a
+private (0700) temp dir here to that socket over the SSH connection (the SSH user's credentials
+are what the agent checks), and talk to it with the agent client (qvplan/agent/client.py) over
+that socket — so no TCP port is opened on either side that other local users could use, and SSE
+streams work as they do locally.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 
 import asyncssh
 
-from ..addresses import split_hostport
 from ..agent.client import AgentUnreachable, AsyncAgentClient
 from ..inventory import HostTarget
 from .errors import HostUnreachable, RemoteCommandError
@@ -168,18 +169,16 @@ class HostConnection:
     async def agent(self) -> AsyncAgentClient:
         """The agent API client, through a Unix socket that this SSH connection forwards."""
         if self._agent is None:
-            import aiohttp
-
-            host, port = split_hostport(self.target.api)
             self._sock_dir = Path(tempfile.mkdtemp(prefix="qvssh-"))  # mode 0700
             sock = self._sock_dir / "api.sock"
             try:
-                self._forward = await self.ssh.forward_local_path_to_port(str(sock), host, port)
+                self._forward = await self.ssh.forward_local_path(str(sock), self.target.control)
             except (OSError, asyncssh.Error) as err:
-                raise AgentUnreachable(f"{self.name}: cannot forward the agent API {self.target.api}: "
-                                       f"{describe_ssh_error(err, self.target)}", FIX_AGENT) from None
-            self._agent = AsyncAgentClient(self.target.api, connector=aiohttp.UnixConnector(path=str(sock)),
-                                           name=self.name, route=" (through SSH)", fix=FIX_AGENT)
+                raise AgentUnreachable(f"{self.name}: cannot forward the agent's control socket "
+                                       f"{self.target.control}: {describe_ssh_error(err, self.target)}",
+                                       FIX_AGENT) from None
+            self._agent = AsyncAgentClient(self.target.control, unix=str(sock), name=self.name,
+                                           route=" (through SSH)", fix=FIX_AGENT)
         return self._agent
 
     async def api(self, method: str, path: str, json: Any = None, *, timeout: float = 30.0) -> Any:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..agent.client import AgentError, AgentUnreachable
+from ..contract.ports import CONTROL_GROUP
 from ..vmm.confine import QEMU_USER, USERADD
 from . import hashes
 from .connection import HostConnection
@@ -60,7 +61,7 @@ def default_config(conn: HostConnection, opts: ProvisionOptions) -> str:
     t = conn.target
     return AgentConfig.model_validate({
         "host": {"name": t.name, "state_dir": opts.state_dir},
-        "api": {"listen": t.api},
+        "api": {"listen": t.api, "socket": t.control},
         "migration": {"advertise": t.migration_address, "pqc_required": True},
     }).to_toml()
 
@@ -128,6 +129,16 @@ async def ensure_qemu_user(conn: HostConnection) -> None:
         last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
         raise ProvisionError(f"{conn.name}: cannot create the QEMU user {QEMU_USER}: {last[0]}",
                              f"create it on the host: {USERADD}")
+
+
+async def ensure_api_group(conn: HostConnection) -> None:
+    """The control socket's group (members may steer the agent): create it when missing (idempotent)."""
+    cmd = f'[ "$(id -u)" != 0 ] || getent group {CONTROL_GROUP} >/dev/null || groupadd --system {CONTROL_GROUP}'
+    done = await conn.run(["sh", "-c", cmd], timeout=60)
+    if not done.ok:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
+        raise ProvisionError(f"{conn.name}: cannot create the group {CONTROL_GROUP}: {last[0]}",
+                             f"create it on the host: groupadd --system {CONTROL_GROUP}")
 
 
 async def systemd_available(conn: HostConnection) -> bool:
@@ -218,6 +229,7 @@ async def ensure_agent(conn: HostConnection, opts: ProvisionOptions | None = Non
             await conn.write_file(opts.config, default_config(conn, opts))
             status.configured = True
         await ensure_qemu_user(conn)
+        await ensure_api_group(conn)
         detached = await start_agent(conn, opts)
         status.started = True
         await wait_agent(conn, opts, detached)

@@ -1,7 +1,8 @@
 """A small real HTTP server for transport tests: JSON, an error, and an SSE stream.
 
-Run inside a lab host: `python http_server.py HOST PORT`. It is not the agent: it lets the SSH
-tunnel be tested on its own (the agent's API is tested in tests/agent).
+Run on a lab host: `python http_server.py SOCKET` (a Unix socket path, as the agent's control
+socket is). It is not the agent: it lets the SSH tunnel be tested on its own (the agent's API is
+tested in tests/agent).
 """
 
 from __future__ import annotations
@@ -39,4 +40,4 @@ async def events(request: web.Request) -> web.StreamResponse:
 app = web.Application()
 app.add_routes([web.get("/api/v1/host", host), web.get("/api/v1/fail", fail), web.post("/api/v1/echo", post),
                 web.get("/api/v1/vms/x/migrate/events", events)])
-web.run_app(app, host=sys.argv[1], port=int(sys.argv[2]), print=None)
+web.run_app(app, path=sys.argv[1], print=None)

@@ -56,8 +56,9 @@ async def test_sftp_put(lab, tmp_path: Path) -> None:
 
 async def test_api_and_sse_through_the_tunnel(lab) -> None:
     host = lab.host("hv-c")
-    server = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, str(SERVER), "127.0.0.1", "9499"])
-    target = lab.target(host).model_copy(update={"api": "127.0.0.1:9499"})
+    sock = host.file("fake-api.sock")
+    server = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, str(SERVER), str(sock)])
+    target = lab.target(host).model_copy(update={"control": str(sock)})
     try:
         async with HostConnection(target) as conn:
             for _ in range(100):  # wait for the server inside the namespace
@@ -78,7 +79,7 @@ async def test_api_and_sse_through_the_tunnel(lab) -> None:
         server.kill()
         server.wait()
     async with HostConnection(target) as conn:
-        with pytest.raises(AgentUnreachable, match=r"hv-c: agent API 127.0.0.1:9499 \(through SSH\): nothing answers"):
+        with pytest.raises(AgentUnreachable, match=rf"hv-c: agent API {sock} \(through SSH\): nothing answers"):
             await conn.api("GET", "host")
 
 

@@ -81,7 +81,9 @@ async def test_exec_migration_over_qmp_runs_nothing(tmp_path: Path) -> None:
 @root_only
 def test_agent_qemu_runs_unprivileged_and_its_monitor_cannot_spawn(make_agent, tmp_path: Path) -> None:
     marker = tmp_path / "pwned-by-hmp"
-    agent = make_agent("hv-a")
+    agent = make_agent("hv-a", start=False)
+    agent.api_extra = {"allow_monitor": True}  # an operator who turned the passthrough on: QEMU still spawns nothing
+    agent.start()
     agent.api("POST", "vms", guest_vm("vm-1", memory="64M", working_set="4M"))
     agent.api("POST", "vms/vm-1/start", {})
     pid = int((agent.state / "vms/vm-1/run/qemu.pid").read_text())

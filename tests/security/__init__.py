@@ -1,0 +1,1 @@
+"""Issue 12's attacks on a root agent, run for real as the unprivileged user `nobody`."""
