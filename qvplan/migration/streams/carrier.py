@@ -81,8 +81,8 @@ class StreamCarrier:
         try:
             channel = await self._open(operation)
             if channel.peer_fingerprint != self.pin:
+                self.refusal = self.refusal or mismatch(operation, channel, self.pin)  # before QEMU sees the close
                 await channel.close()
-                self.refusal = self.refusal or mismatch(operation, channel, self.pin)
                 raise StreamRefused(self.refusal.cause)
             await channel.send_json({"op": operation, "session": self.session})
             reply = await channel.recv_json()
