@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from qvplan.migration.faults import ENV as PAUSE_ENV
 from qvplan.pqc import HostIdentity, TrustStore, open_channel
 
 from ..agents import ApiError, guest_vm, mutual_trust
@@ -79,21 +80,21 @@ def test_a_trusted_host_that_is_not_the_destination_meant_is_refused(make_agent)
 
 
 def test_a_data_channel_from_another_trusted_host_is_refused_by_the_destination(make_agent) -> None:
-    a, b, c = make_agent("hv-a"), make_agent("hv-b"), make_agent("hv-c")
+    a = make_agent("hv-a", start=False)
+    a.env[PAUSE_ENV] = "source-before-commit"  # the session stays open on b while c knocks
+    a.start()
+    b, c = make_agent("hv-b"), make_agent("hv-c")
     mutual_trust(a, b)
     b.trust(c)  # c is trusted by b, but is not the source of a's session
     c.trust(b)
-    start_guest(a, memory="64M", working_set="16M")
-    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"bandwidth": "2M", "threads": 1}})
-    session = None
-    deadline = time.monotonic() + 30
-    while session is None and time.monotonic() < deadline:
-        status = a.api("GET", "vms/vm-1/migrate")
-        assert status["state"] == "MIGRATING", status
-        if status["phase"] >= 2:
-            session = status["session"]
+    start_guest(a, memory="64M", working_set="2M")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {}})
+    paused = a.state / "faults" / "source-before-commit.reached"
+    deadline = time.monotonic() + 60
+    while not paused.exists():
+        assert time.monotonic() < deadline, a.api("GET", "vms/vm-1/migrate")
         time.sleep(0.1)
-    assert session
+    session = a.api("GET", "vms/vm-1/migrate")["session"]
 
     async def intrude() -> dict:
         channel = await open_channel(*hostport(b), identity=HostIdentity.load_or_create(c.state),
@@ -107,6 +108,7 @@ def test_a_data_channel_from_another_trusted_host_is_refused_by_the_destination(
     reply = asyncio.run(intrude())
     assert reply["ok"] is False and reply["code"] == MISMATCH, reply
     assert "not from this session's peer" in b.log_tail(200)  # b's own log, not its answer
+    (a.state / "faults" / "source-before-commit.go").touch()
     status = wait_outcome(a, "vm-1")  # the real session is untouched by the intruder
     assert status["state"] == "COMPLETED", status
     runs_only_on(b, a, "vm-1")

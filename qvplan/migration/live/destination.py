@@ -362,6 +362,9 @@ async def handle_data(journal: Journal, sessions: dict[str, Incoming], channel: 
                       request: dict[str, Any]) -> None:
     """A data stream of a session (`migrate-data` or `storage-data`), relayed into QEMU."""
     incoming = sessions.get(str(request.get("session", "")))
+    if incoming is not None and channel.peer_fingerprint != incoming.peer_fingerprint:
+        await accept_stream({}, channel, request["op"], pin=incoming.peer_fingerprint)  # refuses it: pinned
+        return
     if incoming is None or incoming.state(journal) != "loading":
         await channel.send_json({"ok": False, "error": "no such migration session"})
         return
