@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +92,14 @@ def confined() -> Iterator[None]:
         raise refused(Reason(err.code), err.cause, err.fix) from None
 
 
+def reachable(host: Host, path: str) -> bool:
+    """Does a path a peer named exist here? Only looked up inside the pools and shared roots."""
+    try:
+        return os.path.exists(pools.confine(path, host.registry.roots.all()))
+    except pools.PathError:
+        return False
+
+
 def boot_files(host: Host, spec: VMSpec) -> list[str]:
     """The kernel boot's files as this host resolves them ([] without a kernel boot)."""
     if spec.guest.boot is None:
@@ -120,7 +129,8 @@ def preflight(host: Host, channel: SecureChannel,
     if not flags.storage_migrate:
         with confined():  # its disks stay where they are: they must be this host's to reach
             pools.check_spec(spec, host.registry.roots)
-    problem = verdict(spec, flags, request.model_dump(), host_facts(host), os.path.exists, boot_files(host, spec))
+    problem = verdict(spec, flags, request.model_dump(), host_facts(host), partial(reachable, host),
+                      boot_files(host, spec))
     if problem:
         raise refusal_error(problem)
     if flags.storage_migrate:
