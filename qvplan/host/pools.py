@@ -14,7 +14,9 @@ and kernel boot, every spec a peer sends (live, storage, offline), `--dest-pool`
 Names a peer sends for files in a pool are one path component (`file_name`). Modes and `shared`
 flags a peer sends are never used: `is_shared` says from this host's config whether a path is on
 shared storage. Components that do not exist yet (a disk created at first start) pass: nothing
-is there to follow, and the walk runs again when the agent opens the file.
+is there to follow, and the walk runs again right before QEMU starts (registry.start). Between
+that walk and the open only someone who can write inside the pool (root: new pools are 0700)
+could swap a component.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def confine(path: str | os.PathLike[str], roots: Iterable[Path], what: str = "pa
     Returns the path below the root's real directory."""
     text = os.fspath(path)
     if "\0" in text or not text.startswith("/"):
-        raise PathError(f"{what} {text!r} is not an absolute path", FIX)
+        raise PathError(f"{what} {text!r} is not an absolute path (without NUL)", FIX)
     given = Path(text)
     if ".." in given.parts:
         raise PathError(f"{what} {text} contains '..'", FIX)
