@@ -126,7 +126,7 @@ def test_a_data_channel_answered_by_another_trusted_host_ends_the_migration(make
     assert "hv-c" in status["error"] and "not from this session's peer" in status["error"], status
     assert relay.connections >= 2
     assert a.vm("vm-1")["state"] == "running"
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60  # generous: a loaded host is slow to stop a QEMU
     while b.vm_names() and time.monotonic() < deadline:  # b discards its side
         time.sleep(0.2)
     assert b.vm_names() == [] and c.vm_names() == []
