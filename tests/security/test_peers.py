@@ -120,7 +120,9 @@ def test_a_data_channel_answered_by_another_trusted_host_ends_the_migration(make
     mutual_trust(a, c)
     start_guest(a, memory="64M", working_set="2M")
     relay = SwitchProxy(a.address, hostport(b), hostport(c))  # control to b, every data channel to c
-    a.api("POST", "vms/vm-1/migrate", {"dest": relay.address, "flags": {}})  # phase 1 passes, with b
+    # One migration stream (no multifd): with several, QEMU 7.2 was seen to leave the source's RAM
+    # inconsistent after its channels quit early (a rollback matter, reported; not pinning's).
+    a.api("POST", "vms/vm-1/migrate", {"dest": relay.address, "flags": {"threads": 1}})  # phase 1 passes, with b
     status = wait_outcome(a, "vm-1")
     assert status["state"] == "FAILED" and status["code"] == MISMATCH, status
     assert "hv-c" in status["error"] and "not from this session's peer" in status["error"], status
