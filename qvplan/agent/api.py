@@ -102,7 +102,7 @@ def build_app(host: Host, extensions: Iterable[RouteAdder] = ()) -> web.Applicat
 
     @routes.get("/api/v1/storage-check")
     async def storage(request: web.Request) -> web.Response:
-        return web.json_response(storage_check(request.query.get("path", "")))
+        return web.json_response(storage_check(request.query.get("path", ""), host.registry.roots))
 
     @routes.get("/api/v1/pqc/identity")
     async def identity(_: web.Request) -> web.Response:

@@ -77,4 +77,4 @@ class MigrationListener:
         await channel.send_json({"ok": True, **self.host.hello_extra(), "trusted_as": channel.peer_name})
 
     async def _storage_check(self, channel: SecureChannel, request: dict[str, Any]) -> None:
-        await channel.send_json({"ok": True, **storage_check(str(request.get("path", "")))})
+        await channel.send_json({"ok": True, **storage_check(str(request.get("path", "")), self.host.registry.roots)})

@@ -18,6 +18,7 @@ from ..contract.events import OUTCOMES
 from ..contract.reasons import Reason
 from ..contract.rules import Policies
 from ..errors import QVError
+from ..plan.checks import fingerprint as fingerprint_of
 from ..plan.facts import drop_none
 from ..plan.model import Move, Plan
 from ..remote import AgentError, AgentUnreachable, HostConnection, HostTarget, RemoteError
@@ -154,8 +155,12 @@ class Executor:
         try:
             api = await self.conn(source)
             if not label:  # a rollback-all move back was not planned: nothing to re-check it against
-                await self._recheck(move, source, dest)
-            body = {"dest": dest_address, "flags": move.flags, "policies": self._policies()}
+                dest_facts = await self._recheck(move, source, dest)
+            else:
+                dest_facts = await (await self.conn(dest)).api("GET", "host", timeout=30)
+            # Pinned: the destination must answer with the key its own agent reports over SSH.
+            flags = {**move.flags, "dest_fingerprint": fingerprint_of(dest_facts)}
+            body = {"dest": dest_address, "flags": flags, "policies": self._policies()}
             started = await api.api("POST", f"vms/{move.vm}/migrate", body, timeout=120)
             session = started.get("session") if isinstance(started, dict) else None
             if session:
@@ -171,8 +176,9 @@ class Executor:
         prerequisites = (self.plan.settings if self.plan else {}).get("prerequisites") or {}
         return {k: v for k, v in prerequisites.items() if k in Policies.model_fields}
 
-    async def _recheck(self, move: Move, source: str, dest: str) -> None:
-        """Refuse a move whose facts changed since planning (raises StaleMove)."""
+    async def _recheck(self, move: Move, source: str, dest: str) -> dict[str, Any]:
+        """Refuse a move whose facts changed since planning (raises StaleMove); the destination's
+        fresh facts."""
         assert self.plan is not None
         src_conn, dst_conn = await self.conn(source), await self.conn(dest)
         src_facts, dst_facts = await asyncio.gather(src_conn.api("GET", "host", timeout=30),
@@ -180,6 +186,7 @@ class Executor:
         stale = recheck(self.plan, move, {source: src_facts, dest: dst_facts})
         if stale is not None:
             raise stale
+        return dst_facts if isinstance(dst_facts, dict) else {}
 
     async def follow(self, vm: str, source: str, dest: str, session: str | None = None) -> MoveResult:
         """A migration an interrupted apply started: follow it to its outcome, start nothing."""

@@ -35,6 +35,8 @@ def _flags(**raw: object) -> MigrateFlags:
 @click.command()
 @click.argument("name")
 @click.option("--dest", required=True, help="Destination HOST:PORT (migration port, 9410 by default).")
+@click.option("--dest-host", help="The destination's name in this host's trust store: refuse any other key "
+                                 "(default: the entry named like --dest's host, if any).")
 @click.option("--pqc", is_flag=True, help="Encrypt with PQC (the default; kept for the spec's examples).")
 @click.option("--pqc-kem", type=click.Choice(["ML-KEM-768", "ML-KEM-1024"]), help="KEM (default ML-KEM-768).")
 @click.option("--insecure", is_flag=True, help="Send guest memory in plaintext (labs only).")

@@ -77,6 +77,12 @@ class MigrateFlags(BaseModel):
     dest_pool: str | None = None
     delete_source_disks: bool = False
     offline: bool = False
+    # The destination's name in the source's trust store: it must answer with that key, not just
+    # any trusted one (migration/peer.py). Default: the entry named like --dest's host, if any.
+    dest_host: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")] = None
+    # The key the destination must present, whatever its trust entry is called (qvplan apply sends
+    # the one the destination's own agent reports over SSH). Wins over dest_host.
+    dest_fingerprint: Annotated[str | None, Field(pattern=r"^SHA256:[A-Za-z0-9+/]{43}$")] = None
 
     @model_validator(mode="after")
     def _storage_flags(self) -> MigrateFlags:

@@ -40,6 +40,9 @@ class Reason(StrEnum):
     QEMU_FAILED = "qemu-failed"
     IN_DOUBT = "in-doubt"  # paused on the source: the destination may run it, unreachable to ask
     STORAGE_FAILED = "storage-failed"
+    # confinement: what a local user or a trusted peer may not make the agent do
+    PATH_OUTSIDE_POOLS = "path-outside-pools"  # a path outside the pools and shared roots, or through a symlink
+    PEER_MISMATCH = "peer-mismatch"  # a trusted host answered, but not the one meant (or not the session's)
     # apply and the API
     STALE = "stale"
     OTHER_HOSTS = "plan-for-other-hosts"
@@ -66,6 +69,8 @@ FIXES: dict[Reason, str] = {
     Reason.NOT_CONVERGING: "enable auto-converge, increase bandwidth, or reduce VM write load",
     Reason.HANDSHAKE_TIMEOUT: "check `quantavirt pqc status` on both hosts, verify firmware",
     Reason.READ_ONLY_API: "send changes to the control socket ([api] socket): the quantavirt CLI or qvplan over SSH",
+    Reason.PATH_OUTSIDE_POOLS: "put the file in one of the host's [storage] pools or shared roots",
+    Reason.PEER_MISMATCH: "check --dest is the host you meant and that its key is the one trusted under its name",
 }
 
 

@@ -39,7 +39,8 @@ class Host:
         self.provider_name = get_provider().name
         self.accel = detect_accel()
         self.events = EventHub()
-        self.registry = Registry(self.state_dir, self.pools, self.accel, self.events)
+        self.registry = Registry(self.state_dir, self.pools, self.accel, self.events,
+                                 shared=config.storage.shared)
         self.version = os.environ.get(VERSION_OVERRIDE) or __version__  # what peers and facts are told
 
     @property

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..contract.rules import free_memory
+from .pools import PathError, Roots, confine
 
 if TYPE_CHECKING:
     from .context import Host
@@ -30,9 +31,13 @@ def pool_facts(pools: dict[str, Path]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def storage_check(path: str) -> dict[str, Any]:
-    """Can this host read (and, for a directory, write) `path`? The reason when not."""
-    p = Path(path)
+def storage_check(path: str, roots: Roots) -> dict[str, Any]:
+    """Can this host read (and, for a file, write) `path`? The reason when not. Only paths inside
+    its pools and shared roots are looked at: for any other the answer says nothing about it."""
+    try:
+        p = confine(path, roots.all())
+    except PathError as err:
+        return {"path": path, "accessible": False, "reason": err.cause, "code": err.code}
     if not p.exists():
         return {"path": path, "accessible": False, "reason": "not found (is the shared storage mounted?)"}
     if not os.access(p, os.R_OK):

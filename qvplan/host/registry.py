@@ -20,6 +20,7 @@ from ..errors import QVError
 from ..vmm import QemuProcess, VMSpec
 from ..vmm.confine import Confinement
 from .events import EventHub
+from .pools import Roots, check_spec
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,12 @@ class VM:
 
 
 class Registry:
-    def __init__(self, state_dir: Path, pools: dict[str, Path], accel: str, events: EventHub) -> None:
+    def __init__(self, state_dir: Path, pools: dict[str, Path], accel: str, events: EventHub,
+                 shared: list[str] | None = None) -> None:
         self.root = state_dir / "vms"
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.pools = pools
+        self.roots = Roots.of(pools, shared or [])  # where a VM's files may be (host/pools.py)
         self.accel = accel
         self.events = events
         self.vms: dict[str, VM] = {}
@@ -150,10 +153,7 @@ class Registry:
         if spec.name in self.vms and not replace:
             raise VMError(f"VM {spec.name!r} is already defined", "undefine it first or pick another name",
                           code=Reason.NAME_CLASH)
-        for disk in spec.disks:
-            if disk.pool and disk.pool not in self.pools:
-                raise VMError(f"VM {spec.name!r}: unknown storage pool {disk.pool!r}",
-                              f"use one of: {', '.join(sorted(self.pools))}")
+        check_spec(spec, self.roots)  # no file outside the pools and shared roots, no symlink
         vm = VM(spec, self.root / spec.name)
         vm.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         (vm.dir / "vm.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
@@ -168,6 +168,7 @@ class Registry:
                 raise VMError(f"VM {name!r} is already running")
             if vm.busy and "incoming" not in start_args:  # only its migration starts a busy VM
                 raise VMError(f"VM {name!r} is {vm.busy}", "wait for the migration to finish or cancel it")
+            check_spec(vm.spec, self.roots)  # again: a symlink may have been planted since define
             self._ensure_disks(vm.spec)
             proc = self._process(vm)
             await proc.start(**start_args)

@@ -22,6 +22,7 @@ from .errors import (
     ChannelClosed,
     HandshakeTimeout,
     NoCommonKEM,
+    PeerMismatch,
     PQCError,
     ProtocolError,
     RecordError,
@@ -267,8 +268,9 @@ class _Busy(Exception):
 
 async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: TrustStore,
                        kem: str | Sequence[str] = "ML-KEM-768", hello_extra: dict[str, Any] | None = None,
-                       timeout: float = DEFAULT_TIMEOUT) -> SecureChannel:
-    """Connect to a migration listener and run the handshake as initiator."""
+                       timeout: float = DEFAULT_TIMEOUT, expect: str | None = None) -> SecureChannel:
+    """Connect to a migration listener and run the handshake as initiator. With `expect` (a
+    fingerprint) the responder must present that key, not just any trusted one (PeerMismatch)."""
     offers = [kem] if isinstance(kem, str) else list(kem)
     for name in offers:
         _kem_classes(name)  # refuse a name we do not implement before connecting
@@ -280,7 +282,7 @@ async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: T
                 reader, writer = await asyncio.open_connection(host, port)
                 _tune(writer)
                 try:
-                    channel = await _initiate(reader, writer, identity, trust, offers, extra)
+                    channel = await _initiate(reader, writer, identity, trust, offers, extra, expect)
                 except _Busy:  # the responder's handshake caps are full (a burst of channels): retry
                     writer.close()
                     writer = None
@@ -303,7 +305,8 @@ async def open_channel(host: str, port: int, *, identity: HostIdentity, trust: T
 
 
 async def _initiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, identity: HostIdentity,
-                    trust: TrustStore, offers: list[str], extra: dict[str, Any]) -> SecureChannel:
+                    trust: TrustStore, offers: list[str], extra: dict[str, Any],
+                    expect: str | None = None) -> SecureChannel:
     provider = identity.provider
     hello, _ = make_hello(identity, "initiator", extra, kems=offers)
     f1 = frame(HELLO, hello)
@@ -329,6 +332,12 @@ async def _initiate(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, 
                 f"Migration rejected: untrusted host {peer.fingerprint} ({peer.extra.get('host') or 'the peer'} "
                 "is not in this host's trust store)", IMPORT_FIX, peer_fingerprint=peer.fingerprint,
                 peer_version=peer.extra.get("version"), peer_host=peer.extra.get("host"))
+        if expect is not None and peer.fingerprint != expect:  # trusted, but not the host meant
+            raise PeerMismatch(
+                f"the responder is trusted as {name!r} ({peer.fingerprint}), not the host this channel was "
+                f"opened for ({expect})", "check the address is the host you meant",
+                peer_fingerprint=peer.fingerprint, peer_version=peer.extra.get("version"),
+                peer_host=peer.extra.get("host"))
         chosen = peer.body.get("kem")
         if chosen not in offers:
             raise NoCommonKEM(f"the responder chose {chosen!r}, which this host did not offer ({', '.join(offers)})",

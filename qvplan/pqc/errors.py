@@ -43,6 +43,13 @@ class UntrustedResponder(PQCError):
     reason = "untrusted host"
 
 
+class PeerMismatch(PQCError):
+    """A trusted host answered, but not the one the channel was opened for (its pinned fingerprint)."""
+
+    code = "peer-mismatch"
+    reason = "peer mismatch"
+
+
 class BadSignature(PQCError):
     """A handshake message is not signed by the identity key it claims."""
 
@@ -112,6 +119,7 @@ _REFUSALS: dict[str, type[PQCError]] = {
     NoCommonKEM.reason: NoCommonKEM,
     ProtocolError.reason: ProtocolError,
     HandshakeTimeout.reason: HandshakeTimeout,
+    PeerMismatch.reason: PeerMismatch,
 }
 
 

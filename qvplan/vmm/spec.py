@@ -44,6 +44,11 @@ def _size(value: str | int, what: str) -> int:
     return n
 
 
+def plain_name(name: str) -> bool:
+    """One path component: a file name inside a pool (host/pools.py checks it again, beneath the pool)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -94,7 +99,7 @@ class DiskSpec(_Strict):
             return self
         if self.file is None:
             raise ValueError("a disk needs file (in a pool) or path")
-        if "/" in self.file or self.file in (".", ".."):
+        if not plain_name(self.file):
             raise ValueError(f"file {self.file!r} must be a plain file name inside the pool")
         if self.pool is None:
             self.pool = "default"
@@ -154,9 +159,9 @@ class BootSpec(_Strict):
     @model_validator(mode="after")
     def _files(self) -> BootSpec:
         for key, value in (("kernel", self.kernel), ("initrd", self.initrd)):
-            if value is None or Path(value).is_absolute():
+            if value is None or Path(value).is_absolute():  # where it may be: host/pools.py's rule
                 continue
-            if "/" in value or value in ("", ".", ".."):
+            if not plain_name(value):
                 raise ValueError(f"{key}: {value!r} must be a plain file name in the pool or an absolute path")
         if "\n" in self.cmdline or len(self.cmdline) > 2048:
             raise ValueError("cmdline must be one line of at most 2048 characters")

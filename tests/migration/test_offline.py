@@ -214,7 +214,7 @@ def test_source_restarted_in_doubt_asks_the_destination(pair, tmp_path):
 
 def test_dest_pool_absolute_and_uncreated_disks_and_a_clash(pair):
     a, b = pair
-    elsewhere = a.root / "elsewhere" / "vm-2.raw"  # outside any pool, not shared
+    elsewhere = a.root / "images" / "elsewhere" / "vm-2.raw"  # a path disk (in a folder of the pool), not shared
     elsewhere.parent.mkdir(parents=True)
     with open(elsewhere, "wb") as f:
         f.truncate(64 * MIB)

@@ -189,7 +189,8 @@ def test_refusals_leave_the_vm_untouched(pair):
     disk_guest(a, size="64T")  # a sparse qcow2 whose virtual size no test machine has free
     cases = {
         "nope": "Migration rejected: storage pool nope not found on destination",
-        str(b.root / "missing-dir"): "not found on destination",
+        str(b.root / "images" / "missing-dir"): "not found on destination",
+        str(b.root / "elsewhere"): "outside this host's pools and shared roots",
         "default": "Migration rejected: destination pool default lacks room (needs 64.0 TiB,",
     }
     for pool, message in cases.items():

@@ -11,6 +11,7 @@ from qvplan.pqc import (
     BadSignature,
     HostIdentity,
     NoCommonKEM,
+    PeerMismatch,
     ProtocolError,
     ReorderedRecord,
     ReplayedRecord,
@@ -72,6 +73,25 @@ async def test_untrusted_responder_refused(tmp_path, hosts, responder) -> None:
     assert caught.value.peer_host == "impostor"
     theirs = await server.outcome()  # the initiator told the responder why, before any data
     assert isinstance(theirs, UntrustedResponder) and "hv-a 0.1.0 does not trust" in str(theirs)
+
+
+async def test_a_trusted_responder_that_is_not_the_one_expected_is_refused(tmp_path, hosts, responder) -> None:
+    a, b = hosts
+    other = make_host(tmp_path, "hv-c")
+    a.trusts(other)
+    other.trusts(a)
+    server = await responder(_drain, host=other)  # trusted by hv-a, but hv-a means hv-b
+    with pytest.raises(PeerMismatch) as caught:
+        await open_channel("127.0.0.1", server.port, identity=a.identity, trust=a.trust, hello_extra=a.extra,
+                           expect=b.identity.fingerprint)
+    assert caught.value.code == "peer-mismatch" and "'hv-c'" in caught.value.cause
+    theirs = await server.outcome()  # told why, before any data
+    assert isinstance(theirs, PeerMismatch)
+    good = await responder(_drain)
+    ch = await open_channel("127.0.0.1", good.port, identity=a.identity, trust=a.trust, hello_extra=a.extra,
+                            expect=b.identity.fingerprint)
+    assert ch.peer_fingerprint == b.identity.fingerprint
+    await ch.close()
 
 
 async def test_hello_signed_by_another_key(tmp_path, hosts, responder) -> None:

@@ -20,8 +20,9 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
 from ...contract.network import missing_network
 from ...contract.reasons import Reason
-from ...errors import QVError
+from ...host import pools
 from ...pqc import SecureChannel
 from ...vmm import VMSpec
 from ..faults import pause_at
@@ -59,6 +60,7 @@ class Incoming:
     images: list[Path] = field(default_factory=list)  # created here by a storage migration
     identities: dict[Path, tuple[int, int]] = field(default_factory=dict)  # image → (st_dev, st_ino) at creation
     storage: bool = False
+    peer_fingerprint: str | None = None  # its control channel's: every data channel must present it
     aborted: asyncio.Event = field(default_factory=asyncio.Event)  # a fence or the agent stopping
 
     def state(self, journal: Journal) -> str:
@@ -80,14 +82,30 @@ def verdict(spec: VMSpec, flags: MigrateFlags, request: dict[str, Any], facts: d
             or rules.check_boot_files(boot_files or [], reachable))
 
 
+@contextlib.contextmanager
+def confined() -> Iterator[None]:
+    """A path of a peer's spec outside this host's pools and shared roots (host/pools.py), or in
+    no pool of it: a phase-1 refusal with that code."""
+    try:
+        yield
+    except pools.PathError as err:
+        raise refused(Reason(err.code), err.cause, err.fix) from None
+
+
+def reachable(host: Host, path: str) -> bool:
+    """Does a path a peer named exist here? Only looked up inside the pools and shared roots."""
+    try:
+        return os.path.exists(pools.confine(path, host.registry.roots.all()))
+    except pools.PathError:
+        return False
+
+
 def boot_files(host: Host, spec: VMSpec) -> list[str]:
     """The kernel boot's files as this host resolves them ([] without a kernel boot)."""
     if spec.guest.boot is None:
         return []
-    try:
-        return [str(p) for p in spec.guest.boot.resolve(host.pools)]
-    except QVError as err:
-        raise refused(Reason.STORAGE_NOT_FOUND, err.cause, err.fix) from None
+    with confined():
+        return [str(p) for p in pools.boot_paths(spec.guest.boot, host.registry.roots)]
 
 
 def preflight(host: Host, channel: SecureChannel,
@@ -108,7 +126,11 @@ def preflight(host: Host, channel: SecureChannel,
     if spec.name in host.registry.vms:
         raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
-    problem = verdict(spec, flags, request.model_dump(), host_facts(host), os.path.exists, boot_files(host, spec))
+    if not flags.storage_migrate:
+        with confined():  # its disks stay where they are: they must be this host's to reach
+            pools.check_spec(spec, host.registry.roots)
+    problem = verdict(spec, flags, request.model_dump(), host_facts(host), partial(reachable, host),
+                      boot_files(host, spec))
     if problem:
         raise refusal_error(problem)
     if flags.storage_migrate:
@@ -138,7 +160,7 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
     vm.busy = "incoming"
     (vm.dir / INCOMING_MARK).write_text(request.session)
     incoming = Incoming(request.session, vm, {MIGRATE_DATA: str(vm.run_dir / "incoming.sock")},
-                        storage=placement is not None)
+                        storage=placement is not None, peer_fingerprint=channel.peer_fingerprint)
     sessions[incoming.session] = incoming
     replied = False
     try:
@@ -350,11 +372,14 @@ async def handle_data(journal: Journal, sessions: dict[str, Incoming], channel: 
                       request: dict[str, Any]) -> None:
     """A data stream of a session (`migrate-data` or `storage-data`), relayed into QEMU."""
     incoming = sessions.get(str(request.get("session", "")))
+    if incoming is not None and channel.peer_fingerprint != incoming.peer_fingerprint:
+        await accept_stream({}, channel, request["op"], pin=incoming.peer_fingerprint)  # refuses it: pinned
+        return
     if incoming is None or incoming.state(journal) != "loading":
         await channel.send_json({"ok": False, "error": "no such migration session"})
         return
     started = time.monotonic()
-    await accept_stream(incoming.sockets, channel, request["op"])
+    await accept_stream(incoming.sockets, channel, request["op"], pin=incoming.peer_fingerprint)
     log.debug("%s stream for %s done after %.1fs", request["op"], incoming.vm.name, time.monotonic() - started)
 
 

@@ -84,7 +84,10 @@ class SourceMigration(MigrationJob):
     async def _setup(self) -> None:
         """Phase 1: handshake, the destination's checks, QEMU listening there, our sockets here."""
         log.info("migrating %s to %s: phase 1 (setup)", self.vm.name, self.dest)
-        self.control = await open_peer(self.host, self.dest, "migrate", self.flags.pqc_kem)
+        self.control = await open_peer(self.host, self.dest, "migrate", self.flags.pqc_kem,
+                                       dest_host=self.flags.dest_host,
+                                       pin=self.flags.dest_fingerprint)
+        self.carrier.pin = self.control.peer_fingerprint  # every data channel must be this host too
         log.debug("control channel to %s up (%s)", self.dest, self.control.kem)
         if self.control.peer_fingerprint == self.host.identity.fingerprint:
             raise failure(Reason.SAME_HOST, "Migration rejected: destination is the source host", "pick another --dest")
@@ -254,6 +257,7 @@ class SourceMigration(MigrationJob):
             state = info.get("status")
             if state in ENDINGS and state != "completed":
                 qemu_says = f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}"
+                self.carrier.check()
                 if self.carrier.broken:  # QEMU failed because our relay lost the destination
                     raise self._reset(f"{self.carrier.broken}; {qemu_says}")
                 raise failure(Reason.QEMU_FAILED, qemu_says, "see the VM's qemu.log on both hosts")
@@ -307,6 +311,7 @@ class SourceMigration(MigrationJob):
         return channel_failure(ConnectionResetError(detail), self.dest)
 
     def _check_limits(self) -> None:
+        self.carrier.check()  # a data channel answered by another host than the control channel's
         if self._cancel_reason:
             raise failure(Reason.CANCELLED, f"Migration {self._cancel_reason}")
         if self.status.elapsed > self.flags.timeout:

@@ -33,6 +33,7 @@ from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.flags import MigrateFlags
 from ...contract.network import missing_network
 from ...contract.reasons import Reason
+from ...host import pools
 from ...pqc import SecureChannel
 from ...units import format_size
 from ...vmm import VMSpec
@@ -49,6 +50,7 @@ IDLE_TIMEOUT = 60.0  # longest wait for the source's next record
 STAGING_PREFIX = ".qv-incoming-"
 SESSION_RE = re.compile(r"^[0-9a-f]{32}$")
 ROOM_FIX = "free space in the destination pool, pick another pool with --dest-pool, or another host"
+DISK_MODE = 0o600
 
 
 @dataclass
@@ -93,21 +95,24 @@ def check_room(needs: Iterable[tuple[Path, int]], free: Callable[[Path], int]) -
     return None
 
 
-def _pool_named(host: Host, wanted: str) -> str:
-    """--dest-pool: a pool name, or the directory of a pool."""
-    if wanted in host.pools:
-        return wanted
-    for name, path in host.pools.items():
-        if Path(wanted).resolve() == Path(path).resolve():
-            return name
-    raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination (no pool {wanted!r})",
-                  f"use one of its pools: {', '.join(sorted(host.pools)) or '(none configured)'}")
+def _pool_named(host: Host, wanted: str) -> tuple[str | None, Path]:
+    """--dest-pool: a pool name, or a directory in a pool (host/pools.py)."""
+    try:
+        return pools.destination(host.registry.roots, wanted)
+    except pools.PathError as err:
+        if err.code == Reason.PATH_OUTSIDE_POOLS:
+            raise refused(Reason.PATH_OUTSIDE_POOLS, err.cause, err.fix) from None
+        raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination (no pool {wanted!r})",
+                      f"use one of its pools: {', '.join(sorted(host.pools)) or '(none configured)'}") from None
 
 
-def _retarget(disk: DiskSpec, pool: str | None) -> DiskSpec:
-    if pool is None:
+def _retarget(disk: DiskSpec, where: tuple[str | None, Path] | None) -> DiskSpec:
+    if where is None:
         return disk
-    name = disk.file if disk.file is not None else Path(str(disk.path)).name
+    pool, directory = where
+    name = pools.file_name(disk.file if disk.file is not None else Path(str(disk.path)).name)
+    if pool is None:
+        return DiskSpec(path=str(directory / name), size=disk.size, format=disk.format)
     return DiskSpec(pool=pool, file=name, size=disk.size, format=disk.format)
 
 
@@ -125,7 +130,7 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
                       "undefine it there or rename the VM")
     policies = rules.Policies.model_validate(request.get("policies") or {})
     from ...vmm.taps import bridges
-    from ..live.destination import boot_files
+    from ..live.destination import boot_files, confined
 
     problem = (rules.check_version(str(request.get("version", "?")), host.version, policies.version)
                or rules.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu, policies.cpu)
@@ -138,19 +143,30 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
     landing = Landing(spec, session)
     disks: list[DiskSpec] = []
     needs: dict[int, tuple[Path, int]] = {}
+    roots = host.registry.roots
     for i, disk in enumerate(spec.disks):
         about = info.get(i, {})
-        if about.get("shared"):
-            shared_problem = rules.check_shared_disks([str(about.get("path"))], os.path.exists)
+        # Shared or not is this host's config's word (its shared roots), never the peer's flag.
+        if disk.path is not None and pools.is_shared(Path(disk.path), roots):
+            shared_problem = rules.check_shared_disks([disk.path], os.path.exists)
             if shared_problem:
                 raise refusal_error(shared_problem)
             disks.append(disk)
             continue
-        disk = _retarget(disk, pool)
+        if about.get("shared"):
+            if disk.path is not None:
+                with confined():  # nowhere this host may reach: say so, not whether it exists
+                    pools.confine(disk.path, roots.all(), f"disk {i} path")
+            raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination (disk {i} is on shared "
+                          "storage at the source, not under a shared root here)",
+                          "mount it here and list it in [storage] shared, or copy it: pass --dest-pool")
+        with confined():
+            disk = _retarget(disk, pool)
         if disk.pool is not None and disk.pool not in host.pools:
             raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination (no pool {disk.pool!r})",
                           "add the pool to [storage] pools there, or pass --dest-pool")
-        final = disk.resolve(host.pools)
+        with confined():
+            final = pools.disk_path(disk, roots, f"disk {i}")
         disks.append(disk)
         if final.exists() or any(t.final == final for t in landing.targets):
             raise refused(Reason.NAME_CLASH, f"disk {final} already exists on the destination",
@@ -159,8 +175,9 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
             continue  # never created on the source: created here at first start
         if not final.parent.is_dir():
             raise refused(Reason.STORAGE_NOT_FOUND, f"Storage not found on destination ({final.parent})")
+        # The peer's file mode is not used: a landed disk is private (QEMU gets it by fd).
         landing.targets.append(Target(i, final, final.parent / f"{STAGING_PREFIX}{session}" / final.name,
-                                      int(about["size"]), int(about["data"]), int(about.get("mode", 0o644)) & 0o777))
+                                      int(about["size"]), int(about["data"]), DISK_MODE))
         dev = os.stat(final.parent).st_dev
         where, need = needs.get(dev, (final.parent, 0))
         needs[dev] = (where, need + int(about.get("allocated", about["data"])))
@@ -168,6 +185,8 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
     if problem:
         raise problem
     landing.spec = spec.model_copy(update={"disks": disks})
+    with confined():
+        pools.check_spec(landing.spec, roots)  # and the kernel boot's files
     return landing
 
 

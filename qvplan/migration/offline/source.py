@@ -126,7 +126,9 @@ class OfflineMigration(MigrationJob):
         from ...vmm import cpu_facts
 
         cpu = await asyncio.to_thread(cpu_facts, self.host.accel)  # may ask QEMU the first time
-        self.channel = await open_peer(self.host, self.dest, "offline-migrate", self.flags.pqc_kem)
+        self.channel = await open_peer(self.host, self.dest, "offline-migrate", self.flags.pqc_kem,
+                                       dest_host=self.flags.dest_host,
+                                       pin=self.flags.dest_fingerprint)
         await self.channel.send_json({
             "op": "offline-receive", "session": self.session, "version": self.host.version,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),

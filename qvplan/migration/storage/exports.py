@@ -1,11 +1,13 @@
 """The destination's side of a storage migration: where the disks go, room for them, the new
 (empty) images, and the NBD exports the source mirrors into.
 
-`--dest-pool` names one of the destination's `[storage] pools`, or an existing directory there
+`--dest-pool` names one of the destination's `[storage] pools`, or an existing directory in one
 (the spec's `--dest-pool /var/lib/quantavirt/images/`); without it the disks go to the pool
 named `default`. A directory that is a configured pool's path counts as that pool, so the VM's
-definition keeps `pool: NAME, file: FILE`; any other directory gives `path: DIR/FILE` disks.
-Every disk keeps its file name, virtual size and format. Nothing existing is ever overwritten.
+definition keeps `pool: NAME, file: FILE`; a directory below a pool gives `path: DIR/FILE` disks;
+anything outside the pools, or reached through a symlink, is refused (host/pools.py).
+Every disk keeps its file name (one path component), virtual size and format. Nothing existing
+is ever overwritten.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from qemu.qmp import QMPClient
 
 from ...contract.errors import refused
 from ...contract.reasons import Reason
+from ...host import pools as confined
 from ...units import format_size
 from ...vmm import DiskSpec, VMSpec, create_disk
 from .mirror import node
 
 log = logging.getLogger(__name__)
 DEFAULT_POOL = "default"
-POOL_FIX = "pass --dest-pool with a pool of the destination's [storage] pools or an existing directory there"
+POOL_FIX = "pass --dest-pool with a pool of the destination's [storage] pools or an existing directory in one"
 ROOM_FIX = "free space in that pool or pick another --dest-pool"
 
 
@@ -47,12 +50,11 @@ def resolve_pool(pools: Mapping[str, Path], dest_pool: str | None) -> tuple[str 
     if wanted in pools:
         return wanted, Path(pools[wanted])
     if Path(wanted).is_absolute():
-        directory = Path(wanted)
-        for name, path in pools.items():
-            if _same_dir(Path(path), directory):
-                return name, Path(path)
-        if directory.is_dir():
-            return None, directory
+        try:  # a pool's directory, or one inside a pool (host/pools.py: no symlink, nothing outside)
+            return confined.destination(confined.Roots.of(pools), wanted)
+        except confined.PathError as err:
+            if err.code == Reason.PATH_OUTSIDE_POOLS:
+                raise refused(Reason.PATH_OUTSIDE_POOLS, err.cause, POOL_FIX) from None
     raise refused(Reason.STORAGE_NOT_FOUND, f"storage pool {wanted} not found on destination", POOL_FIX)
 
 
@@ -74,8 +76,11 @@ def place(spec: VMSpec, disks: list[dict[str, Any]], pools: Mapping[str, Path], 
                       f"{format_size(free)} free)", ROOM_FIX)
     new_disks, images, seen = [], [], set()
     for disk, old in zip(disks, spec.disks, strict=True):
-        name = str(disk["file"])
-        path = directory / name
+        try:  # a name from the peer: one component, no symlink in the pool under it
+            name = confined.file_name(disk["file"], f"disk {len(seen)} file name")
+            path = confined.confine(directory / name, [directory], f"disk {name}")
+        except confined.PathError as err:
+            raise refused(Reason.PATH_OUTSIDE_POOLS, err.cause, err.fix) from None
         if path.exists() or name in seen:
             raise refused(Reason.NAME_CLASH, f"disk {name} already exists in destination pool {label}",
                           "remove it there, or pick another --dest-pool")
@@ -122,8 +127,3 @@ async def unexport(qmp: QMPClient) -> None:
     """Before the guest resumes: no one but the guest writes its disks. Closes every export."""
     await qmp.execute("nbd-server-stop")
 
-
-def _same_dir(a: Path, b: Path) -> bool:
-    with contextlib.suppress(OSError):
-        return a.resolve() == b.resolve()
-    return False

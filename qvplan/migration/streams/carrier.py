@@ -22,6 +22,8 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from ...contract.errors import MigrationError, failure
+from ...contract.reasons import Reason
 from ...pqc import SecureChannel
 from .relay import STREAM_BUFFER, relay
 
@@ -48,6 +50,10 @@ class StreamCarrier:
         self._servers: list[asyncio.AbstractServer] = []
         self._relays: set[asyncio.Task[None]] = set()
         self.broken: str | None = None  # why the first carried stream broke, if one did
+        # Pinning: the fingerprint the session's control channel presented. A data channel whose
+        # peer is anyone else (even a trusted host) carries nothing, and ends the migration.
+        self.pin: str | None = None
+        self.refusal: MigrationError | None = None
 
     async def serve(self, sock: Path, operation: str) -> None:
         """Listen on `sock`; each connection QEMU makes is carried with `operation`."""
@@ -74,6 +80,10 @@ class StreamCarrier:
         self._relays.add(task)
         try:
             channel = await self._open(operation)
+            if channel.peer_fingerprint != self.pin:
+                self.refusal = self.refusal or mismatch(operation, channel, self.pin)  # before QEMU sees the close
+                await channel.close()
+                raise StreamRefused(self.refusal.cause)
             await channel.send_json({"op": operation, "session": self.session})
             reply = await channel.recv_json()
             if not reply or not reply.get("ok"):
@@ -88,6 +98,11 @@ class StreamCarrier:
         finally:
             self._relays.discard(task)
 
+    def check(self) -> None:
+        """Raise the pinning refusal once a data channel met the wrong host."""
+        if self.refusal is not None:
+            raise self.refusal
+
     def close(self) -> None:
         for server in self._servers:
             server.close()
@@ -95,8 +110,20 @@ class StreamCarrier:
             task.cancel()
 
 
-async def accept_stream(sockets: dict[str, str], channel: SecureChannel, operation: str) -> None:
-    """Destination side: connect to the local QEMU socket for `operation` and relay into it."""
+def mismatch(operation: str, channel: SecureChannel, pin: str | None) -> MigrationError:
+    return failure(Reason.PEER_MISMATCH, f"Migration rejected: a {operation} channel came from {channel.peer_name} "
+                   f"({channel.peer_fingerprint}), not from this session's peer ({pin or 'none yet'})")
+
+
+async def accept_stream(sockets: dict[str, str], channel: SecureChannel, operation: str,
+                        pin: str | None = None) -> None:
+    """Destination side: connect to the local QEMU socket for `operation` and relay into it, if
+    the channel comes from the host of the session's control channel (`pin`)."""
+    if channel.peer_fingerprint != pin:
+        why = mismatch(operation, channel, pin)
+        log.warning("%s", why.cause)
+        await channel.send_json({"ok": False, **why.as_dict()})
+        return
     target = sockets.get(operation)
     if target is None:
         await channel.send_json({"ok": False, "error": f"no {operation} socket in this session"})
