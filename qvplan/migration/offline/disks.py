@@ -149,7 +149,8 @@ class _Digest:
 class DiskSource:
     """Reads one image chunk by chunk into records, hashing as it reads. Not thread-safe: one
     `next_record` at a time (it may run in a worker thread). A record lives in one of RING
-    buffers, reused two calls later: send it before asking for the one after next."""
+    buffers, overwritten RING calls later: send it before then (source.py sends each one while
+    the next is read)."""
 
     def __init__(self, path: Path, *, compress: bool, chunk: int = CHUNK) -> None:
         self.path = path
