@@ -47,6 +47,8 @@ def _flags(**raw: object) -> MigrateFlags:
 @click.option("--auto-converge/--no-auto-converge", default=None, help="Throttle vCPUs to converge (default on).")
 @click.option("--compress", is_flag=True, default=None, help="zstd-compress pages in transit.")
 @click.option("--threads", type=int, help="Parallel transfer channels (default 4).")
+@click.option("--xbzrle-cache", help="Send re-dirtied pages as deltas against a cache of this size, e.g. 512M "
+                                     "(one channel; default off).")
 @click.option("--storage-migrate", is_flag=True, default=None, help="Copy local disks too.")
 @click.option("--dest-pool", help="Destination pool name or existing directory for --storage-migrate or "
                                  "--offline (default: its pool named default).")

@@ -52,8 +52,13 @@ def _downtime(v: Any) -> Any:
     return v
 
 
+def _cache(v: Any) -> Any:
+    return _units(parse_size, v, "xbzrle cache") if isinstance(v, str) else v
+
+
 Bandwidth = Annotated[int, BeforeValidator(_bandwidth),
                       Field(ge=0, description="bytes/s, e.g. 10G; 0 or 'unlimited' = unlimited")]
+CacheSize = Annotated[int, BeforeValidator(_cache), Field(ge=0, description="bytes, e.g. 256M; 0 = xbzrle off")]
 Timeout = Annotated[float, BeforeValidator(_timeout), Field(gt=0, description="seconds, e.g. 600 or 10m")]
 Downtime = Annotated[float, BeforeValidator(_downtime),
                      Field(gt=0, description="seconds; a bare number is ms, e.g. 300ms")]
@@ -72,6 +77,9 @@ class MigrateFlags(BaseModel):
     auto_converge: bool = True
     compress: bool = False
     threads: Annotated[int, Field(ge=1, le=64)] = 4
+    # Not in the spec (off by default): QEMU's xbzrle sends a page sent before as its XOR delta
+    # against a cache of sent pages; one channel only (QEMU's multifd channels bypass xbzrle).
+    xbzrle_cache: CacheSize = 0
     insecure: Annotated[bool, Field(description="plaintext migration (refused where pqc_required)")] = False
     storage_migrate: bool = False
     dest_pool: str | None = None
@@ -83,6 +91,20 @@ class MigrateFlags(BaseModel):
     # The key the destination must present, whatever its trust entry is called (qvplan apply sends
     # the one the destination's own agent reports over SSH). Wins over dest_host.
     dest_fingerprint: Annotated[str | None, Field(pattern=r"^SHA256:[A-Za-z0-9+/]{43}$")] = None
+
+    @model_validator(mode="after")
+    def _xbzrle_flags(self) -> MigrateFlags:
+        if self.xbzrle_cache:
+            if self.xbzrle_cache < 4096 or self.xbzrle_cache & (self.xbzrle_cache - 1):
+                raise ValueError("--xbzrle-cache must be a power of two of at least 4K, e.g. 256M (QEMU's rule)")
+            if self.compress:
+                raise ValueError("--xbzrle-cache and --compress exclude each other (zstd runs on multifd "
+                                 "channels, which bypass xbzrle): pick one")
+            if "threads" in self.model_fields_set and self.threads > 1:
+                raise ValueError("--xbzrle-cache needs one channel (QEMU's multifd channels bypass xbzrle): "
+                                 "drop --threads or pass --threads 1")
+            self.threads = 1  # the default 4 would make it multifd
+        return self
 
     @model_validator(mode="after")
     def _storage_flags(self) -> MigrateFlags:
@@ -129,6 +151,7 @@ class MigrateFlags(BaseModel):
             "auto-converge": self.auto_converge,
             "multifd": self.multifd,
             "pause-before-switchover": self.storage_migrate,
+            "xbzrle": bool(self.xbzrle_cache),
         }
         return [{"capability": k, "state": v} for k, v in caps.items()]
 
@@ -141,6 +164,8 @@ class MigrateFlags(BaseModel):
         if self.auto_converge:
             params["cpu-throttle-initial"] = THROTTLE_INITIAL
             params["cpu-throttle-increment"] = self.throttle_increment
+        if self.xbzrle_cache:
+            params["xbzrle-cache-size"] = self.xbzrle_cache
         if self.multifd:
             params["multifd-channels"] = self.threads
             params["multifd-compression"] = "zstd" if self.compress else "none"
@@ -156,7 +181,7 @@ class MigrateFlags(BaseModel):
 
 # The flags a plan sets per VM or in `defaults:` (storage and mode have their own keys there).
 PLAN_FLAGS = ("pqc_kem", "bandwidth", "timeout", "max_iterations", "max_downtime", "auto_converge",
-              "compress", "threads", "insecure")
+              "compress", "threads", "xbzrle_cache", "insecure")
 SPEC_DEFAULTS: dict[str, Any] = {name: MigrateFlags.model_fields[name].default for name in PLAN_FLAGS}
 
 FlagOverrides: type[BaseModel] = create_model(

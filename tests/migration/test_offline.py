@@ -7,10 +7,13 @@ code — so the disk digest check is tested on the records themselves.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import resource
 import shutil
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +21,16 @@ from pathlib import Path
 import pytest
 
 from qvplan.migration.offline.destination import check_room
-from qvplan.migration.offline.disks import HEADER, ChecksumMismatch, DiskSink, DiskSource, WireError, data_extents
+from qvplan.migration.offline.disks import (
+    HEADER,
+    RAW,
+    RING,
+    ChecksumMismatch,
+    DiskSink,
+    DiskSource,
+    WireError,
+    data_extents,
+)
 
 from ..agents import ApiError, guest_vm, mutual_trust
 from .helpers import migrate, start_guest, wait_outcome
@@ -252,7 +264,7 @@ def sparse_file(path: Path) -> Path:
 
 
 def copy_records(src: Path, dst: Path, compress: bool, tamper=None, data_delta: int = 0) -> DiskSink:
-    source = DiskSource(src, compress=compress)
+    source = DiskSource(src, compress=compress, chunk=MIB)  # several chunks per extent
     sink = DiskSink(dst, source.size)
     try:
         n = 0
@@ -310,6 +322,65 @@ def test_malformed_chunks_are_refused(tmp_path):
         copy_records(src, tmp_path / "a.img", True, tamper=garble_zstd)
     with pytest.raises(WireError, match="does not fit"):
         copy_records(src, tmp_path / "b.img", False, tamper=beyond_end)
+
+
+def test_digest_is_sha256_of_the_chunks_as_documented_while_buffers_are_reused(tmp_path):
+    """The source hashes in a thread while its read buffers go round; the test recomputes the
+    digest with hashlib from the file itself, and compares the bytes that landed."""
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    src.write_bytes(os.urandom(24 * MIB + 4096))
+    source = DiskSource(src, compress=False)
+    sink = DiskSink(dst, source.size)
+    records = []
+    while (item := source.next_record()) is not None:  # read far ahead of any send: the ring must hold
+        records.append(sink.submit(item[0]))
+    assert len(records) > RING  # every buffer was reused at least once
+    assert all(f.result() > 0 for f in records)
+    expected = hashlib.sha256()
+    data = src.read_bytes()
+    for offset in range(0, len(data), source.chunk):
+        piece = data[offset:offset + source.chunk]
+        expected.update(struct.pack(">QQ", offset, len(piece)) + piece)
+    expected.update(struct.pack(">Q", len(data)))
+    digest = source.digest()
+    assert digest == expected.hexdigest()
+    sink.finish(digest, len(data))
+    source.close()
+    sink.close()
+    assert sha256(dst) == sha256(src)
+
+
+def test_after_a_bad_chunk_the_sink_writes_nothing(tmp_path):
+    sink = DiskSink(tmp_path / "dst.img", 16 * MIB)
+    bad = sink.submit(HEADER.pack(RAW, 8 * MIB, MIB) + b"\x01" * MIB)
+    good_but_before = sink.submit(HEADER.pack(RAW, 0, MIB) + b"\x02" * MIB)  # out of order after the bad one
+    with pytest.raises(WireError):
+        good_but_before.result()
+    assert bad.result() == MIB  # the first was fine; the second goes backwards, so it and all after fail
+    later = sink.submit(HEADER.pack(RAW, 9 * MIB, MIB) + b"\x03" * MIB)
+    with pytest.raises(WireError):
+        later.result()
+    sink.close()
+    with open(tmp_path / "dst.img", "rb") as f:
+        f.seek(9 * MIB)
+        assert f.read(MIB) == bytes(MIB)  # nothing of the later record landed
+
+
+def test_a_short_write_fails_the_disk_instead_of_landing_a_hole(tmp_path):
+    """A file-size limit makes the kernel write part of a chunk (then EFBIG): the sink must not
+    count the chunk as written (the old code took pwrite's short count for a whole chunk)."""
+    sink = DiskSink(tmp_path / "dst.img", 8 * MIB)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MIB + MIB // 2, hard))  # Python ignores SIGXFSZ
+    try:
+        with pytest.raises(OSError) as err:
+            sink.write(HEADER.pack(RAW, MIB, MIB) + os.urandom(MIB))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert err.value.errno == errno.EFBIG
+    assert sink.written == 0
+    assert (tmp_path / "dst.img").stat().st_blocks * 512 == MIB // 2  # the kernel did write half of it
+    sink.close()
 
 
 def test_room_is_checked_per_filesystem():

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import shutil
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT = 60.0  # longest wait for the source's next record
+WRITE_AHEAD = 2  # chunk records received but not yet written, per disk
 STAGING_PREFIX = ".qv-incoming-"
 SESSION_RE = re.compile(r"^[0-9a-f]{32}$")
 ROOM_FIX = "free space in the destination pool, pick another pool with --dest-pool, or another host"
@@ -260,21 +262,26 @@ def _message(record: bytes) -> dict[str, Any]:
 
 
 async def _receive(channel: SecureChannel, landing: Landing) -> None:
-    """Every disk, in order; each chunk is written in a worker thread while the next one arrives."""
+    """Every disk, in order; chunks are written (and hashed) by the sink's threads while the next
+    ones arrive, at most WRITE_AHEAD of them queued."""
     for target in landing.targets:
         start = _message(await _next(channel))
         if start.get("disk") != target.index:
             raise WireError(f"expected disk {target.index}, source sent {start}")
         sink = target.sink = await asyncio.to_thread(DiskSink, target.staged, target.size, target.mode)
-        writing: asyncio.Future[int] | None = None
+        writing: deque[asyncio.Future[int]] = deque()
         try:
             while is_chunk(record := await _next(channel)):
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(asyncio.to_thread(sink.write, record))
+                if len(writing) >= WRITE_AHEAD:
+                    await writing.popleft()  # a bad chunk raises here, and the sink writes nothing after it
+                writing.append(asyncio.wrap_future(sink.submit(record)))
+            while writing:
+                await writing.popleft()
         finally:
-            if writing is not None:  # never leave a thread writing to a descriptor about to close
-                await writing
+            # Never leave a thread writing to a descriptor about to close; the first error is raised.
+            for pending in writing:
+                with contextlib.suppress(Exception):
+                    await pending
         end = _message(record)
         if end.get("disk_end") != target.index:
             raise WireError(f"disk {target.index} ended with {end}")

@@ -168,8 +168,8 @@ class OfflineMigration(MigrationJob):
                 self.status.add_copied(data, len(record))
                 self._check()
                 await self._pace(started)
-            await self.channel.send_json({"disk_end": disk.index, "sha256": source.digest(),
-                                          "data": source.data_bytes})
+            digest = await asyncio.to_thread(source.digest)  # waits for the hash thread to catch up
+            await self.channel.send_json({"disk_end": disk.index, "sha256": digest, "data": source.data_bytes})
         self._publish("progress")
         await self._await_dest("received")
 
