@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ...pqc import SecureChannel
-from .relay import STREAM_BUFFER, relay
+from .relay import STREAM_BUFFER, Flow, relay
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,15 @@ class StreamCarrier:
         self._servers: list[asyncio.AbstractServer] = []
         self._relays: set[asyncio.Task[None]] = set()
         self.broken: str | None = None  # why the first carried stream broke, if one did
+        self._flows: list[tuple[str, Flow]] = []  # every stream carried, ended ones too (their bytes count)
+
+    def in_flight(self, operation: str = MIGRATE_DATA) -> int:
+        """Bytes QEMU wrote to `operation`'s streams that have not left this host yet."""
+        return sum(flow.in_flight() for op, flow in self._flows if op == operation)
+
+    def carried(self, operation: str = MIGRATE_DATA) -> int:
+        """Payload bytes of `operation`'s streams handed to the channels' sockets so far."""
+        return sum(flow.handed for op, flow in self._flows if op == operation)
 
     async def serve(self, sock: Path, operation: str) -> None:
         """Listen on `sock`; each connection QEMU makes is carried with `operation`."""
@@ -78,7 +87,9 @@ class StreamCarrier:
             reply = await channel.recv_json()
             if not reply or not reply.get("ok"):
                 raise StreamRefused(f"destination refused a {operation} stream: {reply}")
-            await relay(channel, reader, writer)
+            flow = Flow()
+            self._flows.append((operation, flow))
+            await relay(channel, reader, writer, flow)
         except Exception as err:
             # QEMU sees its socket close and fails the stream (migration or NBD requests); the
             # state machine notices that through QMP.
