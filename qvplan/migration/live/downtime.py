@@ -12,10 +12,14 @@ bandwidth it measured on its own socket. That estimate misses two costs of ours:
   real pause took beyond what its limit allowed (`CommitCosts`), and the next sessions keep
   that much back.
 
-    target = max_downtime × (1 − MARGIN) − overhead − in_flight / rate
-    limit  = target × min(1, rate / qemu_rate)         clamped to [FLOOR × max_downtime, max_downtime]
+    limit = max_downtime × (1 − MARGIN) − overhead − in_flight / rate
+            clamped to [FLOOR × max_downtime, max_downtime]
 
-The last factor covers QEMU believing its socket faster than the relays behind it carry.
+`rate` is what the relays carried over the last second. The destination keeps its queues short
+(streams/carrier.accept_stream), so a backlog waits in this host's sockets where it is counted.
+A smaller limit makes pre-copy harder to finish: in its last LAST_PASSES passes before
+--max-iterations the budget gives QEMU the whole max-downtime, since a forced stop-and-copy
+would pause the guest for all that is still dirty.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ log = logging.getLogger(__name__)
 
 MARGIN = 0.1  # of max-downtime, kept for the noise of a loaded host
 FLOOR = 0.1  # never ask QEMU for less than this share of max-downtime: below it nothing converges
-PRIOR_OVERHEAD = 0.05  # seconds assumed beyond the limit before any session on this host measured it
+PRIOR_OVERHEAD = 0.06  # seconds assumed beyond the limit before any session on this host measured it
 SAMPLES = 6  # sessions remembered; the worst of them is kept back
 MIN_CHANGE = 0.002  # seconds: smaller changes of the limit are not worth a QMP round trip
 RATE_WINDOW = 1.0  # seconds the carried-bytes rate is averaged over
+LAST_PASSES = 3  # passes before --max-iterations in which QEMU gets the whole max-downtime
 
 
 class QMP(Protocol):
@@ -68,21 +73,19 @@ class CommitCosts:
 COSTS = CommitCosts()
 
 
-def budget(max_downtime: float, *, in_flight: int, rate: float, qemu_rate: float, overhead: float) -> float:
-    """The downtime limit (seconds) to give QEMU; `rate`/`qemu_rate` in bytes/s (0 = unknown)."""
+def budget(max_downtime: float, *, in_flight: int, rate: float, overhead: float) -> float:
+    """The downtime limit (seconds) to give QEMU; `rate` in bytes/s (0 = not measured yet)."""
     drain = in_flight / rate if rate > 0 else 0.0
     target = max_downtime * (1 - MARGIN) - overhead - drain
-    if rate > 0 and qemu_rate > rate:
-        target *= rate / qemu_rate
     return min(max_downtime, max(FLOOR * max_downtime, target))
 
 
 class DowntimeBudget:
     """Keeps QEMU's `downtime-limit` at `budget()` while pre-copy runs (call `update` per poll)."""
 
-    def __init__(self, max_downtime: float, in_flight: Callable[[], int], carried: Callable[[], int],
-                 costs: CommitCosts = COSTS) -> None:
-        self.max_downtime = max_downtime
+    def __init__(self, max_downtime: float, max_iterations: int, in_flight: Callable[[], int],
+                 carried: Callable[[], int], costs: CommitCosts = COSTS) -> None:
+        self.max_downtime, self.max_iterations = max_downtime, max_iterations
         self._in_flight, self._carried = in_flight, carried
         self._costs = costs
         self.limit: float | None = None  # last limit given to QEMU
@@ -102,19 +105,22 @@ class DowntimeBudget:
         if info.get("status") != "active":
             return  # before setup completes there is nothing to budget; after, QEMU has decided
         rate = self._rate()
-        qemu_rate = float((info.get("ram") or {}).get("mbps", 0.0)) * 1e6 / 8
         in_flight = self._in_flight()
-        limit = budget(self.max_downtime, in_flight=in_flight, rate=rate, qemu_rate=qemu_rate,
-                       overhead=self._costs.overhead())
         self.drain = in_flight / rate if rate > 0 else 0.0
+        passes = int((info.get("ram") or {}).get("dirty-sync-count", 0))
+        if passes >= self.max_iterations - LAST_PASSES:
+            limit = self.max_downtime  # converge now rather than be stopped with everything dirty
+        else:
+            limit = budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=self._costs.overhead())
         if self.limit is not None and abs(limit - self.limit) < MIN_CHANGE:
             return
         await qmp.execute("migrate-set-parameters", {"downtime-limit": max(1, int(limit * 1000))})
         self.limit = limit
 
-    def learn(self, pause: float | None, qemu_downtime: float | None) -> None:
-        """After a completed session: what its pause cost beyond the account, for the next ones."""
-        if pause is None or self.limit is None:
+    def learn(self, pause: float | None, qemu_downtime: float | None, forced: bool = False) -> None:
+        """After a completed session: what its pause cost beyond the account, for the next ones.
+        Not after a forced stop-and-copy: that pause is the dirty memory's, not the commit's."""
+        if pause is None or self.limit is None or forced:
             return
         sample = self._costs.record(pause, self.limit + self.drain, qemu_downtime)
         log.debug("pause %.0f ms against limit %.0f ms + drain %.0f ms: keep back %.0f ms", pause * 1000,

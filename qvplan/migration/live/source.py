@@ -51,7 +51,8 @@ class SourceMigration(MigrationJob):
         super().__init__(host, vm, dest, flags, policies, status)
         self.control: SecureChannel | None = None
         self.carrier = StreamCarrier(self._open_data, self.session, vm.name)
-        self.budget = DowntimeBudget(flags.max_downtime, self.carrier.in_flight, self.carrier.carried)
+        self.budget = DowntimeBudget(flags.max_downtime, flags.max_iterations, self.carrier.in_flight,
+                                     self.carrier.carried)
         self.mirrors: DiskMirrors | None = None  # with --storage-migrate, once phase 1 passed
         self._switched = False  # pre-switchover handled (mirrors completed, migration continued)
         self._watch_stop: asyncio.Future[None] | None = None
@@ -361,7 +362,7 @@ class SourceMigration(MigrationJob):
         self._completed()
 
     def _completed(self) -> None:
-        self.budget.learn(self.status.pause, self.status.downtime)
+        self.budget.learn(self.status.pause, self.status.downtime, self.status.forced_stop_and_copy)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()

@@ -113,12 +113,21 @@ async def accept_stream(sockets: dict[str, str], channel: SecureChannel, operati
         await channel.send_json({"ok": False, "error": f"no {operation} socket in this session"})
         return
     reader, writer = await asyncio.open_unix_connection(target, limit=STREAM_BUFFER)
+    if operation == MIGRATE_DATA:
+        # Keep the destination's queues short, so that what the source's QEMU counts as sent but
+        # the destination's has not loaded waits in the source's socket, where the source sees
+        # it (relay.Flow.in_flight) and budgets the downtime for it (live/downtime.py).
+        await channel.send_json({"ok": True})
+        await relay(channel, reader, writer, receive_buffer=MIGRATE_RECEIVE_BUFFER)
+        return
     widen(writer.get_extra_info("socket"))
     await channel.send_json({"ok": True})
     await relay(channel, reader, writer)
 
 # Measured with bench/storage_mirror.py: 4 MiB beat the ~200 KiB default clearly.
 LOCAL_SOCKET_BUFFER = 4 << 20
+# The destination channel socket's receive buffer for a migration stream (bench/migration.py).
+MIGRATE_RECEIVE_BUFFER = 1 << 20
 
 
 def widen(sock: socket.socket | None) -> None:

@@ -90,15 +90,21 @@ class Flow:
         self.taken = 0  # payload bytes read from the local socket
         self.handed = 0  # payload bytes whose record the channel's socket accepted
         self.sock: socket.socket | None = None  # the channel's TCP socket, once the relay runs
+        self.local: socket.socket | None = None  # our end of QEMU's socket, once the relay runs
 
     def in_flight(self) -> int:
-        """Bytes QEMU believes sent that have not left this host: read but not yet handed to the
-        kernel, plus what the channel's socket still holds (SIOCOUTQ: unsent or unacknowledged)."""
-        queued = 0
-        if self.sock is not None:
-            with contextlib.suppress(OSError, ValueError):  # closed meanwhile: nothing queued
-                queued = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
-        return self.taken - self.handed + queued
+        """Bytes QEMU believes sent that have not left this host: waiting in its socket for the
+        relay (SIOCINQ), read but not yet handed to the kernel, and what the channel's socket
+        still holds (SIOCOUTQ: unsent or unacknowledged)."""
+        return _queued(self.local, termios.FIONREAD) + self.taken - self.handed + _queued(self.sock, termios.TIOCOUTQ)
+
+
+def _queued(sock: socket.socket | None, request: int) -> int:
+    if sock is None:
+        return 0
+    with contextlib.suppress(OSError, ValueError):  # closed meanwhile: nothing queued
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0])
+    return 0
 
 
 def _local_to_channel(local: socket.socket, remote: socket.socket, channel: SecureChannel, first: bytes,
@@ -124,16 +130,20 @@ def _local_to_channel(local: socket.socket, remote: socket.socket, channel: Secu
     remote.sendall(channel.sealer.seal_end())
 
 
+class _CutInRecord(Exception):
+    """The channel's socket ended inside a record (the opener names it: truncation)."""
+
+
 def _recv_exactly(sock: socket.socket, view: memoryview) -> bool:
-    """Fill `view` from `sock` (MSG_WAITALL: one call in the usual case); False on a clean EOF
-    before the first byte, ConnectionError on EOF inside."""
+    """Fill `view` from `sock` (MSG_WAITALL: one call in the usual case); False on EOF before
+    the first byte, _CutInRecord on EOF after it."""
     got = 0
     while got < len(view):
         with view[got:] as rest:
             n = sock.recv_into(rest, len(rest), socket.MSG_WAITALL)
         if not n:
             if got:
-                raise ConnectionError("channel closed inside a record")
+                raise _CutInRecord
             return False
         got += n
     return True
@@ -172,10 +182,10 @@ def _channel_to_local(remote: socket.socket, local: socket.socket, channel: Secu
                 _, length = opener.parse_header(header)
                 with bview[:length] as framed:
                     if not _recv_exactly(remote, framed):
-                        raise ConnectionError("channel closed inside a record")
+                        raise _CutInRecord
                     rtype, n = opener.open_into(header, framed, plain)
-            except ConnectionError:
-                opener.eof()  # a truncated record: the opener's own error
+            except _CutInRecord:
+                opener.eof()  # raises the opener's own error: a truncated stream
                 raise
             with pview[:n] as payload:
                 if _deliver(local, rtype, payload):
@@ -196,18 +206,22 @@ def _deliver(local: socket.socket, rtype: int, payload: bytes | memoryview) -> b
 
 
 async def relay(channel: SecureChannel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                flow: Flow | None = None) -> None:
+                flow: Flow | None = None, receive_buffer: int | None = None) -> None:
     """Pump both directions until either ends; then (or on any error or cancel) tear both down.
 
     A QEMU stream ends when its writer closes it; the end-of-stream record carries that to the
-    far side, which half-closes its local socket in turn.
+    far side, which half-closes its local socket in turn. `receive_buffer` narrows the channel
+    socket's receive buffer (see carrier.accept_stream).
     """
     first = bytes(reader._buffer)  # read by asyncio before we took over (no public accessor)
     reader._buffer.clear()
     local = _take_socket(writer)
     remote = _take_socket(channel.writer)
+    if receive_buffer:
+        with contextlib.suppress(OSError):
+            remote.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     flow = flow or Flow()
-    flow.sock = remote
+    flow.sock, flow.local = remote, local
     with contextlib.suppress(OSError):
         remote.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SOCKET_BUFFER)
     tasks = [_thread(lambda: _local_to_channel(local, remote, channel, first, flow), "relay-out"),
@@ -219,7 +233,7 @@ async def relay(channel: SecureChannel, reader: asyncio.StreamReader, writer: as
     finally:
         _shut(local, remote)
         await asyncio.gather(*tasks, return_exceptions=True)  # threads end once sockets are shut
-        flow.sock = None
+        flow.sock = flow.local = None
         for s in (local, remote):
             s.close()
         writer.close()
