@@ -23,7 +23,7 @@ measures every row once, in turn (the load drifts); the median is shown. The fil
 the page cache for every row.
 
 A second table follows: live storage migration's block copy through our channel against a
-plaintext NBD mirror between the same two QEMUs (bench/storage_mirror.py, target ≥ 0.8).
+plaintext NBD mirror between the same two QEMUs (bench/storage_mirror.py, target ≥ 0.9).
 """
 
 from __future__ import annotations

@@ -175,13 +175,16 @@ async def test_in_flight_is_what_the_peer_has_not_received() -> None:
             sent += sender.send(chunk)
     except BlockingIOError:
         pass
+    qemu, ours = socket.socketpair()
+    qemu.sendall(b"q" * 5000)  # QEMU wrote 5000 bytes the relay has not read
     flow = Flow()
-    flow.sock = sender
+    flow.sock, flow.local = sender, ours
     flow.taken, flow.handed = sent + 1000, sent  # 1000 bytes read from QEMU, not yet sealed
     time.sleep(0.05)
     # The peer's queue is counted by the peer's kernel; the rest has not left the sender.
-    assert flow.in_flight() == pytest.approx(sent - _queued_in(peer) + 1000, abs=64 << 10)
-    assert flow.in_flight() > 1000
+    assert flow.in_flight() == pytest.approx(sent - _queued_in(peer) + 6000, abs=64 << 10)
+    assert flow.in_flight() > 6000
+    ours.recv(5000)
     received = 0
     peer.settimeout(5)
     while received < sent:
@@ -189,5 +192,5 @@ async def test_in_flight_is_what_the_peer_has_not_received() -> None:
     time.sleep(0.05)
     assert flow.in_flight() == 1000
     flow.sock = None
-    for s in (sender, peer, listener):
+    for s in (sender, peer, listener, qemu, ours):
         s.close()
