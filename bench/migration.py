@@ -59,7 +59,8 @@ from tests.migration.helpers import wait_outcome
 DEFAULT_SIZES = "256M:96M,1G:512M,2G:1G"
 WARMUP = 2.0  # seconds the guest runs (dirtying its working set) before each migration
 MAX_DOWNTIME = 0.3
-MIGRATION_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = 300.0
+MIGRATION_TIMEOUT = DEFAULT_TIMEOUT  # --timeout
 TOTAL_GOAL = 2.0  # ours' total time ÷ plaintext multifd
 FLOOR_SAMPLE = 256 << 20  # bytes of AES-GCM timed for the CPU floor
 
@@ -162,8 +163,8 @@ def make_tls_dir(base: Path) -> Path:
 # -- direct QEMU → QEMU -------------------------------------------------------------------------
 
 
-async def _until(what: str, check: Any, timeout: float = MIGRATION_TIMEOUT, poll: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
+async def _until(what: str, check: Any, timeout: float | None = None, poll: float = 0.005) -> Any:
+    deadline = time.monotonic() + (timeout or MIGRATION_TIMEOUT)
     while time.monotonic() < deadline:
         result = await check()
         if result:
@@ -469,7 +470,11 @@ def main() -> int:
                         help=f"guest RAM:working set per table, comma-separated (default {DEFAULT_SIZES})")
     parser.add_argument("--rounds", type=int, default=1, help="runs of every path per size; figures are medians")
     parser.add_argument("--no-tls", action="store_true", help="leave out QEMU's TLS rows (quicker)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds a migration may take, else its row is unmeasured (default {DEFAULT_TIMEOUT:g})")
     args = parser.parse_args()
+    global MIGRATION_TIMEOUT
+    MIGRATION_TIMEOUT = args.timeout
     accel = detect_accel()
     started = time.monotonic()
     ok = True
