@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of live migration: the same test guest over several data paths, in one run.
 
-Run: .venv/bin/python bench/migration.py [--rounds 3]
+Run: .venv/bin/python bench/migration.py [--sizes 256M:96M,1G:512M,2G:1G] [--rounds 1]
 
 Rows: plaintext QEMU→QEMU (one TCP channel, and multifd ×4), QEMU's own x509 TLS (one channel and
 multifd ×4), and ours — two real `quantavirt agent` processes on 127.0.0.x with mutual trust, the
@@ -13,10 +13,15 @@ auto-converge). Figures per row:
 - total time: from the migration request to the guest resuming on the destination, starting the
   destination QEMU included (the agents do that inside a migration, so the direct runs do too);
 - downtime: QEMU's own "downtime" from query-migrate on the source;
-- pause: source STOP event → destination RESUME event (QEMU's event timestamps, same host clock).
+- pause: source STOP event → destination RESUME event (QEMU's event timestamps, same host clock),
+  and pause ÷ max-downtime (the promise: ≤ 1.0);
+- for ours, CPU s/GiB: user + system CPU both agents spent during the migration (/proc/<pid>/stat)
+  per GiB carried, beside the floor measured in the same run: AES-256-GCM encrypt + decrypt of
+  1 MiB records with `cryptography`, one thread, per GiB.
 
-Each is also printed as a ratio to the plaintext multifd anchor measured in the same run.
-Floor checks: ours ≥ QEMU TLS (same channel count) in throughput, and our pause ≤ max-downtime.
+Each is also printed as a ratio to the plaintext multifd anchor measured in the same run, one
+table per guest size (--sizes RAM:working-set,...). Floor checks: ours ≥ QEMU TLS (same channel
+count) in throughput, our pause ≤ max-downtime, ours' total ≤ 2× plaintext multifd.
 """
 
 from __future__ import annotations
@@ -41,19 +46,55 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
 from qvplan.contract.flags import MigrateFlags
 from qvplan.migration.qmp import configure, event_time
+from qvplan.units import parse_size
 from qvplan.vmm import QemuProcess, VMSpec, detect_accel
 from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
 from tests.migration.helpers import wait_outcome
 
-GUEST = {"name": "vm-1", "memory": "256M", "vcpus": 1,
-         "guest": {"test": {"working_set": "96M", "pace": 0, "marker_every": 16}}}
+DEFAULT_SIZES = "256M:96M,1G:512M,2G:1G"
 WARMUP = 2.0  # seconds the guest runs (dirtying its working set) before each migration
 MAX_DOWNTIME = 0.3
-MIGRATION_TIMEOUT = 120.0
+DEFAULT_TIMEOUT = 300.0
+MIGRATION_TIMEOUT = DEFAULT_TIMEOUT  # --timeout
+TOTAL_GOAL = 2.0  # ours' total time ÷ plaintext multifd
+FLOOR_SAMPLE = 256 << 20  # bytes of AES-GCM timed for the CPU floor
+
+
+def guest(memory: str = "256M", working_set: str = "96M") -> dict[str, Any]:
+    return {"name": "vm-1", "memory": memory, "vcpus": 1,
+            "guest": {"test": {"working_set": working_set, "pace": 0, "marker_every": 16}}}
+
+
+GUEST = guest()  # the bench's own size (bench/interruption.py uses it)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of one process so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def aes_floor() -> float:
+    """CPU seconds per GiB of AES-256-GCM encrypt + decrypt of 1 MiB records, one thread, into
+    reused buffers (a fresh 1 MiB object per call costs page faults of its own: 5× here)."""
+    aead = AESGCM(AESGCM.generate_key(256))
+    record = os.urandom(1 << 20)
+    sealed, opened = bytearray(len(record) + 16), bytearray(len(record))
+    best = float("inf")
+    for _ in range(3):  # best of 3: the floor is what the machine can do, not what load left
+        t = time.process_time()
+        for seq in range(FLOOR_SAMPLE >> 20):
+            nonce = seq.to_bytes(12, "big")
+            aead.encrypt_into(nonce, record, b"hdr00", sealed)
+            aead.decrypt_into(nonce, sealed, b"hdr00", opened)
+        best = min(best, time.process_time() - t)
+    return best * (1 << 30) / FLOOR_SAMPLE
 
 
 @dataclass
@@ -64,6 +105,11 @@ class Row:
     downtime: float | None = None  # seconds (QEMU)
     pause: float | None = None  # seconds (STOP → RESUME)
     note: str = ""
+    cpu: float | None = None  # agents' CPU seconds during the migration (ours only)
+
+    @property
+    def cpu_per_gib(self) -> float | None:
+        return self.cpu / (self.transferred / 2**30) if self.cpu is not None and self.transferred else None
 
     @property
     def measured(self) -> bool:
@@ -117,8 +163,8 @@ def make_tls_dir(base: Path) -> Path:
 # -- direct QEMU → QEMU -------------------------------------------------------------------------
 
 
-async def _until(what: str, check: Any, timeout: float = MIGRATION_TIMEOUT, poll: float = 0.005) -> Any:
-    deadline = time.monotonic() + timeout
+async def _until(what: str, check: Any, timeout: float | None = None, poll: float = 0.005) -> Any:
+    deadline = time.monotonic() + (timeout or MIGRATION_TIMEOUT)
     while time.monotonic() < deadline:
         result = await check()
         if result:
@@ -137,8 +183,8 @@ async def _add_tls(proc: QemuProcess, tls_dir: Path, endpoint: str) -> None:
 
 
 async def direct(name: str, base: Path, accel: str, threads: int, tls_dir: Path | None,
-                 procs: list[QemuProcess]) -> Row:
-    spec = VMSpec.load(GUEST)
+                 procs: list[QemuProcess], vm: dict[str, Any] = GUEST) -> Row:
+    spec = VMSpec.load(vm)
     flags = MigrateFlags(threads=threads)
     tag = f"{threads}{'-tls' if tls_dir else ''}"
     src = QemuProcess(spec, base / f"src-{tag}", accel)
@@ -186,16 +232,18 @@ async def direct(name: str, base: Path, accel: str, threads: int, tls_dir: Path 
     return row
 
 
-async def direct_rows(base: Path, accel: str) -> list[Row]:
+async def direct_rows(base: Path, accel: str, vm: dict[str, Any], tls: bool = True) -> list[Row]:
     procs: list[QemuProcess] = []
     rows: list[Row] = []
     try:
-        rows.append(await direct("plaintext direct, 1 channel", base, accel, 1, None, procs))
-        rows.append(await direct("plaintext direct, multifd 4", base, accel, 4, None, procs))
+        rows.append(await direct("plaintext direct, 1 channel", base, accel, 1, None, procs, vm))
+        rows.append(await direct("plaintext direct, multifd 4", base, accel, 4, None, procs, vm))
         tls_dir = make_tls_dir(base / "tls")
         for threads, label in ((1, "QEMU TLS x509, 1 channel"), (4, "QEMU TLS x509, multifd 4")):
+            if not tls:
+                break
             try:
-                rows.append(await direct(label, base, accel, threads, tls_dir, procs))
+                rows.append(await direct(label, base, accel, threads, tls_dir, procs, vm))
             except Exception as err:  # TLS is optional: report it, keep the rest of the table
                 rows.append(Row(label, note=f"not measured ({err})"))
     finally:
@@ -208,18 +256,24 @@ async def direct_rows(base: Path, accel: str) -> list[Row]:
 # -- ours: two agents over the PQC channel -------------------------------------------------------
 
 
-def start_guest(agent: AgentProc) -> None:
-    test = GUEST["guest"]["test"]  # type: ignore[index]
-    agent.api("POST", "vms", guest_vm("vm-1", memory=GUEST["memory"], **test))  # type: ignore[arg-type]
+def start_guest(agent: AgentProc, vm: dict[str, Any] = GUEST) -> None:
+    test = vm["guest"]["test"]
+    agent.api("POST", "vms", guest_vm("vm-1", memory=vm["memory"], **test))
     agent.api("POST", "vms/vm-1/start", {})
     agent.wait_markers("vm-1", 0)
     time.sleep(WARMUP)
 
 
-def ours(name: str, src: AgentProc, dst: AgentProc, threads: int) -> Row:
-    start_guest(src)
+def _agents_cpu(*agents: AgentProc) -> float:
+    return sum(cpu_seconds(a.proc.pid) for a in agents if a.proc is not None)
+
+
+def ours(name: str, src: AgentProc, dst: AgentProc, threads: int, vm: dict[str, Any] = GUEST) -> Row:
+    start_guest(src, vm)
+    cpu0 = _agents_cpu(src, dst)
     src.api("POST", "vms/vm-1/migrate", {"dest": dst.migration, "flags": {"threads": threads}})
     status = wait_outcome(src, "vm-1", MIGRATION_TIMEOUT)
+    cpu = _agents_cpu(src, dst) - cpu0
     if status["state"] != "COMPLETED":
         raise RuntimeError(f"{name}: {status['state']}: {status.get('error')} — {status.get('fix')}")
     dst.wait_markers("vm-1", 0, timeout=30)
@@ -228,7 +282,7 @@ def ours(name: str, src: AgentProc, dst: AgentProc, threads: int) -> Row:
     with contextlib.suppress(Exception):
         src.api("DELETE", "vms/vm-1")  # normally already forgotten after a completed migration
     return Row(name, transferred=int(status["transferred"]), total=float(status["elapsed"]),
-               downtime=status.get("downtime"), pause=status.get("pause"))
+               downtime=status.get("downtime"), pause=status.get("pause"), cpu=cpu)
 
 
 def _kill_leftover_qemu(root: Path) -> None:
@@ -240,7 +294,7 @@ def _kill_leftover_qemu(root: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def agent_rows(base: Path) -> list[Row]:
+def agent_rows(base: Path, vm: dict[str, Any] = GUEST) -> list[Row]:
     net = 200 + os.getpid() % 50
     agents = [AgentProc(name, f"127.0.{net}.{i + 2}", base / name, 0, 0) for i, name in enumerate(("hv-a", "hv-b"))]
     for agent in agents:
@@ -250,7 +304,7 @@ def agent_rows(base: Path) -> list[Row]:
             agent.start()
         a, b = agents
         mutual_trust(a, b)
-        return [ours("ours (PQC), 1 channel", a, b, 1), ours("ours (PQC), 4 channels", a, b, 4)]
+        return [ours("ours (PQC), 1 channel", a, b, 1, vm), ours("ours (PQC), 4 channels", a, b, 4, vm)]
     finally:
         for agent in agents:
             with contextlib.suppress(Exception):
@@ -272,21 +326,44 @@ def _ms(value: float | None) -> str:
     return f"{value * 1000:.0f}" if value is not None else "-"
 
 
-def render(rows: list[Row], anchor: Row) -> str:
+def render(rows: list[Row], anchor: Row, floor: float) -> str:
     head = (f"{'path':30} {'Gb/s':>6} {'vs':>6} {'total s':>8} {'vs':>6} {'downtime ms':>12} {'vs':>6}"
-            f" {'pause ms':>9} {'vs':>6}  GiB sent")
+            f" {'pause ms':>9} {'vs':>6} {'÷max':>5} {'GiB sent':>8} {'CPU s/GiB':>9} {'÷floor':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         if not r.measured:
             lines.append(f"{r.name:30} {r.note or 'not measured'}")
             continue
+        per_gib = r.cpu_per_gib
+        cpu = f" {per_gib:9.2f} {per_gib / floor:6.1f}" if per_gib is not None else ""
+        promise = f"{r.pause / MAX_DOWNTIME:5.2f}" if r.pause is not None else "    -"
         lines.append(
             f"{r.name:30} {r.gbps:6.2f} {_ratio(r.gbps, anchor.gbps):>6}"
             f" {r.total:8.2f} {_ratio(r.total, anchor.total):>6}"
             f" {_ms(r.downtime):>12} {_ratio(r.downtime, anchor.downtime):>6}"
-            f" {_ms(r.pause):>9} {_ratio(r.pause, anchor.pause):>6}  {r.transferred / 2**30:.2f}")
-    lines.append("(vs = ratio to plaintext direct, multifd 4; total = request → guest resumed on the destination)")
+            f" {_ms(r.pause):>9} {_ratio(r.pause, anchor.pause):>6} {promise}"
+            f" {r.transferred / 2**30:8.2f}{cpu}{'  ' + r.note if r.note else ''}")
+    lines.append("(vs = ratio to plaintext direct, multifd 4; total = request → guest resumed on the destination; "
+                 "÷max = pause ÷ max-downtime;")
+    lines.append(f" CPU s/GiB = both agents' user+system CPU per GiB carried; floor = AES-256-GCM encrypt+decrypt "
+                 f"{floor:.3f} s/GiB, this run)")
     return "\n".join(lines)
+
+
+def spread(rounds: list[list[Row]], name: str) -> str:
+    """min–max of total time and pause over the rounds, for the note."""
+    rows = [r for rs in rounds for r in rs if r.name == name and r.measured]
+    if len(rows) < 2:
+        return ""
+    totals = [r.total for r in rows]
+    pauses = [r.pause * 1000 for r in rows if r.pause is not None]
+    text = f"{name}: total {min(totals):.2f}–{max(totals):.2f} s"
+    if pauses:
+        text += f", pause {min(pauses):.0f}–{max(pauses):.0f} ms"
+    cpus = [r.cpu_per_gib for r in rows if r.cpu_per_gib is not None]
+    if cpus:
+        text += f", CPU {min(cpus):.2f}–{max(cpus):.2f} s/GiB"
+    return text
 
 
 def floor_checks(rows: list[Row]) -> list[str]:
@@ -311,6 +388,11 @@ def floor_checks(rows: list[Row]) -> list[str]:
         ok = mine.pause is not None and mine.pause <= MAX_DOWNTIME
         out.append(f"floor ({threads} ch): ours pause {_ms(mine.pause)} ms ≤ max-downtime "
                    f"{MAX_DOWNTIME * 1000:.0f} ms — {'PASS' if ok else 'FAIL'}")
+        anchor = by_name.get("plaintext direct, multifd 4")
+        if anchor is not None and anchor.measured:
+            ratio = mine.total / anchor.total
+            out.append(f"goal ({threads} ch): ours total {mine.total:.2f} s ÷ plaintext multifd {anchor.total:.2f} s "
+                       f"= {ratio:.2f} ≤ {TOTAL_GOAL:g} — {'PASS' if ratio <= TOTAL_GOAL else 'FAIL'}")
     return out
 
 
@@ -334,40 +416,73 @@ def combine(rounds: list[list[Row]]) -> list[Row]:
         out.append(Row(name, transferred=int(statistics.median(r.transferred for r in measured)),
                        total=statistics.median(r.total for r in measured),
                        downtime=_median([r.downtime for r in measured]), pause=_median([r.pause for r in measured]),
+                       cpu=_median([r.cpu for r in measured]),
                        note=f"{len(measured)}/{len(rows)} rounds" if len(measured) < len(rows) else ""))
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3, help="runs of every path; figures are medians")
-    args = parser.parse_args()
-    accel = detect_accel()
-    started = time.monotonic()
-    rounds: list[list[Row]] = []
-    with tempfile.TemporaryDirectory(prefix="qv-bench-mig-") as tmp:
-        for n in range(args.rounds):  # rounds interleave the paths, so load spikes hit all of them
-            base = Path(tmp) / f"round-{n}"
-            rows = asyncio.run(direct_rows(base / "direct", accel))
-            try:
-                rows += agent_rows(base / "agents")
-            except Exception as err:
-                rows += [Row("ours (PQC), 1 channel", note=f"not measured ({err})"),
-                         Row("ours (PQC), 4 channels", note=f"not measured ({err})")]
-            rounds.append(rows)
-    rows = combine(rounds)
-    order = ["plaintext direct, 1 channel", "plaintext direct, multifd 4", "ours (PQC), 1 channel",
-             "ours (PQC), 4 channels", "QEMU TLS x509, 1 channel", "QEMU TLS x509, multifd 4"]
-    rows.sort(key=lambda r: order.index(r.name))
+ORDER = ["plaintext direct, 1 channel", "plaintext direct, multifd 4", "ours (PQC), 1 channel",
+         "ours (PQC), 4 channels", "QEMU TLS x509, 1 channel", "QEMU TLS x509, multifd 4"]
+
+
+def parse_sizes(text: str) -> list[tuple[str, str]]:
+    """"256M:96M,1G:512M" → [("256M", "96M"), ("1G", "512M")] (guest RAM : working set)."""
+    out = []
+    for item in text.split(","):
+        memory, _, working_set = item.strip().partition(":")
+        parse_size(memory), parse_size(working_set)  # refuse what the guest could not take, before booting
+        out.append((memory, working_set))
+    return out
+
+
+def run_size(tmp: Path, memory: str, working_set: str, rounds: int, accel: str, tls: bool) -> bool:
+    vm = guest(memory, working_set)
+    results: list[list[Row]] = []
+    for n in range(rounds):  # rounds interleave the paths, so load spikes hit all of them
+        base = tmp / f"{memory}-round-{n}"
+        rows = asyncio.run(direct_rows(base / "direct", accel, vm, tls))
+        try:
+            rows += agent_rows(base / "agents", vm)
+        except Exception as err:
+            rows += [Row("ours (PQC), 1 channel", note=f"not measured ({err})"),
+                     Row("ours (PQC), 4 channels", note=f"not measured ({err})")]
+        results.append(rows)
+    rows = combine(results)
+    rows.sort(key=lambda r: ORDER.index(r.name))
     anchor = rows[1]
-    print(f"Live migration, guest 256M RAM / 96M working set (pace 0), accel={accel}, "
+    floor = aes_floor()
+    print(f"\nLive migration, guest {memory} RAM / {working_set} working set (pace 0), accel={accel}, "
           f"downtime-limit {MAX_DOWNTIME * 1000:.0f} ms, bandwidth unlimited, auto-converge on; "
-          f"medians of {args.rounds} rounds")
-    print(render(rows, anchor))
+          f"medians of {rounds} round{'s' if rounds > 1 else ''}")
+    print(render(rows, anchor, floor))
     for line in floor_checks(rows):
         print(line)
+    for name in ORDER:
+        if text := spread(results, name):
+            print(f"spread: {text}")
+    sys.stdout.flush()
+    return anchor.measured
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=DEFAULT_SIZES,
+                        help=f"guest RAM:working set per table, comma-separated (default {DEFAULT_SIZES})")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every path per size; figures are medians")
+    parser.add_argument("--no-tls", action="store_true", help="leave out QEMU's TLS rows (quicker)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                        help=f"seconds a migration may take, else its row is unmeasured (default {DEFAULT_TIMEOUT:g})")
+    args = parser.parse_args()
+    global MIGRATION_TIMEOUT
+    MIGRATION_TIMEOUT = args.timeout
+    accel = detect_accel()
+    started = time.monotonic()
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="qv-bench-mig-") as tmp:
+        for memory, working_set in parse_sizes(args.sizes):
+            ok = run_size(Path(tmp), memory, working_set, args.rounds, accel, not args.no_tls) and ok
     print(f"benchmark wall time: {time.monotonic() - started:.0f} s")
-    return 0 if anchor.measured else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

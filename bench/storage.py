@@ -24,7 +24,7 @@ times, and a last line checks the offline copy's targets (≥ 0.6 × the channel
 local copy). CPU ns/B is CPU per image byte. The files read are in the page cache for every row.
 
 A second table follows: live storage migration's block copy through our channel against a
-plaintext NBD mirror between the same two QEMUs (bench/storage_mirror.py, target ≥ 0.8).
+plaintext NBD mirror between the same two QEMUs (bench/storage_mirror.py, target ≥ 0.9).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Throughput = bytes the mirror copied / (first blockdev-mirror → last BLOCK_JOB
 event timestamp); ours is the `storage_rate` the source agent reports, measured the same way.
 Each of ROUNDS rounds runs the three paths back to back; a path's ratio is the median over rounds
 of its throughput over the anchor's in the same round (the machine is shared and its load swings
-between rounds). The source guest is paused during every copy (see PAUSED). Target: ours ≥ 0.8 ×
+between rounds). The source guest is paused during every copy (see PAUSED). Target: ours ≥ 0.9 ×
 the TCP anchor.
 """
 
@@ -49,7 +49,7 @@ from tests.migration.helpers import wait_outcome
 MIB = 1 << 20
 DISK_SIZE = 384 * MIB  # all random: no path gets cheap zero blocks, every byte crosses
 ROUNDS = 4
-TARGET = 0.8
+TARGET = 0.9  # issue 15
 GUEST = {"memory": "64M", "working_set": "2M"}  # a light guest: memory converges at once
 # The source guest is paused while its disk is copied, on every path: the test guest spins its
 # TCG vCPU at 100%, which on a small machine would take a core from the copy (more from ours,

@@ -10,10 +10,11 @@ without one is truncated.
 Keys come from a 48-byte traffic secret (HKDF-Expand, SHA-384). Both sides move to the next
 secret after `rekey_records` records or `rekey_bytes` payload bytes, far below AES-GCM's limits.
 
-`RecordSealer.seal` encrypts straight into the output buffer (header + ciphertext, no join).
-`RecordOpener` either opens a record the caller framed (`open`) or parses its own buffer, which
-a relay fills with `recv_into` through `get_buffer`/`buffer_updated` (asyncio BufferedProtocol
-style) without copying.
+`RecordSealer.seal` encrypts straight into the output buffer (header + ciphertext, no join);
+`seal_into` into a buffer the caller reuses. `RecordOpener` either opens a record the caller
+framed (`open`, or `open_into` a reused buffer) or parses its own buffer, which a relay fills
+with `recv_into` through `get_buffer`/`buffer_updated` (asyncio BufferedProtocol style) without
+copying.
 """
 
 from __future__ import annotations
@@ -89,17 +90,27 @@ class RecordSealer(_Direction):
 
     def seal(self, data: bytes | bytearray | memoryview, rtype: int = DATA) -> bytearray:
         """One record (header + ciphertext + tag) carrying `data` (at most `max_record` bytes)."""
+        out = bytearray(HEADER_LEN + len(data) + TAG_LEN)
+        self.seal_into(data, out, rtype)
+        return out
+
+    def seal_into(self, data: bytes | bytearray | memoryview, out: bytearray | memoryview,
+                  rtype: int = DATA) -> int:
+        """Write the record carrying `data` to the start of `out` (a buffer the caller reuses, so
+        a relay allocates nothing per record); returns the record's length."""
         if self.ended:
             raise RecordError("cannot send after end of stream", "open a new channel")
         n = len(data)
         if n > self.max_record:
             raise ValueError(f"record payload of {n} bytes exceeds {self.max_record}")
-        out = bytearray(HEADER_LEN + n + TAG_LEN)
+        size = HEADER_LEN + n + TAG_LEN
         header = HEADER.pack(rtype, n + TAG_LEN)
-        out[:HEADER_LEN] = header
-        self._aead.encrypt_into(self._nonce(self.seq), data, header, memoryview(out)[HEADER_LEN:])
+        with memoryview(out) as view:
+            view[:HEADER_LEN] = header
+            with view[HEADER_LEN:size] as body:
+                self._aead.encrypt_into(self._nonce(self.seq), data, header, body)
         self._advance(n)
-        return out
+        return size
 
     def seal_chunks(self, data: bytes | bytearray | memoryview) -> list[bytearray]:
         """`data` of any size as DATA records of at most `max_record` bytes each."""
@@ -150,13 +161,36 @@ class RecordOpener(_Direction):
             payload = self._aead.decrypt(self._nonce(self.seq), body, header)
         except InvalidTag:
             self._fail(self._diagnose(header, body))
+        self._accepted(rtype, body, len(payload))
+        return rtype, payload
+
+    def open_into(self, header: bytes | bytearray | memoryview, body: bytes | bytearray | memoryview,
+                  out: bytearray | memoryview) -> tuple[int, int]:
+        """(type, payload length) of one framed record, its payload decrypted to the start of
+        `out` (a buffer the caller reuses). The same checks as `open`."""
+        rtype, length = self.parse_header(header)
+        if len(body) != length:
+            self._fail(TruncatedStream("record shorter than its header says", "the connection was cut; retry"))
+        n = length - TAG_LEN
+        if len(out) < n:
+            raise ValueError(f"output buffer of {len(out)} bytes is smaller than the record's {n}")
+        header = bytes(header)
+        try:
+            with memoryview(out) as view, view[:n] as target:
+                self._aead.decrypt_into(self._nonce(self.seq), body, header, target)
+        except InvalidTag:
+            self._fail(self._diagnose(header, body))
+        self._accepted(rtype, body, n)
+        return rtype, n
+
+    def _accepted(self, rtype: int, body: bytes | bytearray | memoryview, payload_len: int) -> None:
+        """Count an authenticated record; END must be empty and closes the direction."""
         self._recent.append(bytes(body[-TAG_LEN:]))
-        self._advance(len(payload))
+        self._advance(payload_len)
         if rtype == END:
-            if payload:
+            if payload_len:
                 self._fail(ProtocolError("end-of-stream record carries data", "peer bug"))
             self.ended = True
-        return rtype, payload
 
     # -- buffered input (for relays doing their own recv_into) --------------------------------
 

@@ -22,6 +22,7 @@ from ..status import MigrationStatus
 from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
 from . import recovery
+from .downtime import DowntimeBudget
 
 if TYPE_CHECKING:
     from ...host.context import Host
@@ -50,6 +51,8 @@ class SourceMigration(MigrationJob):
         super().__init__(host, vm, dest, flags, policies, status)
         self.control: SecureChannel | None = None
         self.carrier = StreamCarrier(self._open_data, self.session, vm.name)
+        self.budget = DowntimeBudget(flags.max_downtime, flags.max_iterations, self.carrier.in_flight,
+                                     self.carrier.carried)
         self.mirrors: DiskMirrors | None = None  # with --storage-migrate, once phase 1 passed
         self._switched = False  # pre-switchover handled (mirrors completed, migration continued)
         self._watch_stop: asyncio.Future[None] | None = None
@@ -254,6 +257,7 @@ class SourceMigration(MigrationJob):
                 return info
             info = await query
             self.status.update_from_qemu(info)
+            await self.budget.update(qmp, info)  # QEMU's downtime-limit from what we measure (downtime.py)
             state = info.get("status")
             if state in ENDINGS and state != "completed":
                 qemu_says = f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}"
@@ -363,6 +367,7 @@ class SourceMigration(MigrationJob):
         self._completed()
 
     def _completed(self) -> None:
+        self.budget.learn(self.status.pause, self.status.downtime, self.status.forced_stop_and_copy)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()

@@ -25,7 +25,7 @@ from pathlib import Path
 from ...contract.errors import MigrationError, failure
 from ...contract.reasons import Reason
 from ...pqc import SecureChannel
-from .relay import STREAM_BUFFER, relay
+from .relay import STREAM_BUFFER, Flow, relay
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,15 @@ class StreamCarrier:
         # peer is anyone else (even a trusted host) carries nothing, and ends the migration.
         self.pin: str | None = None
         self.refusal: MigrationError | None = None
+        self._flows: list[tuple[str, Flow]] = []  # every stream carried, ended ones too (their bytes count)
+
+    def in_flight(self, operation: str = MIGRATE_DATA) -> int:
+        """Bytes QEMU wrote to `operation`'s streams that have not left this host yet."""
+        return sum(flow.in_flight() for op, flow in self._flows if op == operation)
+
+    def carried(self, operation: str = MIGRATE_DATA) -> int:
+        """Payload bytes of `operation`'s streams handed to the channels' sockets so far."""
+        return sum(flow.handed for op, flow in self._flows if op == operation)
 
     async def serve(self, sock: Path, operation: str) -> None:
         """Listen on `sock`; each connection QEMU makes is carried with `operation`."""
@@ -88,7 +97,9 @@ class StreamCarrier:
             reply = await channel.recv_json()
             if not reply or not reply.get("ok"):
                 raise StreamRefused(f"destination refused a {operation} stream: {reply}")
-            await relay(channel, reader, writer)
+            flow = Flow()
+            self._flows.append((operation, flow))
+            await relay(channel, reader, writer, flow)
         except Exception as err:
             # QEMU sees its socket close and fails the stream (migration or NBD requests); the
             # state machine notices that through QMP.
@@ -129,12 +140,21 @@ async def accept_stream(sockets: dict[str, str], channel: SecureChannel, operati
         await channel.send_json({"ok": False, "error": f"no {operation} socket in this session"})
         return
     reader, writer = await asyncio.open_unix_connection(target, limit=STREAM_BUFFER)
+    if operation == MIGRATE_DATA:
+        # Keep the destination's queues short, so that what the source's QEMU counts as sent but
+        # the destination's has not loaded waits in the source's socket, where the source sees
+        # it (relay.Flow.in_flight) and budgets the downtime for it (live/downtime.py).
+        await channel.send_json({"ok": True})
+        await relay(channel, reader, writer, receive_buffer=MIGRATE_RECEIVE_BUFFER)
+        return
     widen(writer.get_extra_info("socket"))
     await channel.send_json({"ok": True})
     await relay(channel, reader, writer)
 
 # Measured with bench/storage_mirror.py: 4 MiB beat the ~200 KiB default clearly.
 LOCAL_SOCKET_BUFFER = 4 << 20
+# The destination channel socket's receive buffer for a migration stream (bench/migration.py).
+MIGRATE_RECEIVE_BUFFER = 1 << 20
 
 
 def widen(sock: socket.socket | None) -> None:

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import logging
 import socket
+import struct
+import termios
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from ...pqc import SecureChannel
-from ...pqc.records import DATA, END
+from ...pqc.records import DATA, END, HEADER_LEN, TAG_LEN
+
+log = logging.getLogger(__name__)
 
 # Largest read from QEMU's socket, so the largest record: big enough that per-record costs vanish.
 CHUNK = 1 << 20
@@ -77,53 +83,151 @@ def _take_socket(writer: asyncio.StreamWriter) -> socket.socket:
     return dup
 
 
-def _local_to_channel(local: socket.socket, remote: socket.socket, channel: SecureChannel, first: bytes) -> None:
-    seal = channel.sealer.seal
-    if first:
-        remote.sendall(seal(first))
-        TRAFFIC.add(sent=len(first))
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while n := local.recv_into(buf):
-        remote.sendall(seal(view[:n]))
-        TRAFFIC.add(sent=n)
+class Flow:
+    """What one carried stream has in flight on this side, for the downtime budget (live/downtime.py).
+
+    Written by the stream's outbound thread, read by the event loop: plain ints, no lock needed.
+    """
+
+    def __init__(self) -> None:
+        self.taken = 0  # payload bytes read from the local socket
+        self.handed = 0  # payload bytes whose record the channel's socket accepted
+        self.sock: socket.socket | None = None  # the channel's TCP socket, once the relay runs
+        self.local: socket.socket | None = None  # our end of QEMU's socket, once the relay runs
+
+    def in_flight(self) -> int:
+        """Bytes QEMU believes sent that have not left this host: waiting in its socket for the
+        relay (SIOCINQ), read but not yet handed to the kernel, and what the channel's socket
+        still holds (SIOCOUTQ: unsent or unacknowledged)."""
+        return _queued(self.local, termios.FIONREAD) + self.taken - self.handed + _queued(self.sock, termios.TIOCOUTQ)
+
+
+def _queued(sock: socket.socket | None, request: int) -> int:
+    if sock is None:
+        return 0
+    with contextlib.suppress(OSError, ValueError):  # closed meanwhile: nothing queued
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0])
+    return 0
+
+
+def _local_to_channel(local: socket.socket, remote: socket.socket, channel: SecureChannel, first: bytes,
+                      flow: Flow) -> None:
+    # Two buffers for the whole stream: plaintext in, record out. Nothing is allocated per record.
+    seal_into = channel.sealer.seal_into
+    plain = bytearray(CHUNK)
+    record = bytearray(HEADER_LEN + CHUNK + TAG_LEN)
+    with memoryview(plain) as pview, memoryview(record) as rview:
+        if first:
+            remote.sendall(channel.sealer.seal(first))
+            flow.taken += len(first)
+            flow.handed += len(first)
+            TRAFFIC.add(sent=len(first))
+        while n := local.recv_into(plain):
+            flow.taken += n
+            with pview[:n] as data:
+                size = seal_into(data, record)
+            with rview[:size] as out:
+                remote.sendall(out)
+            flow.handed += n
+            TRAFFIC.add(sent=n)
     remote.sendall(channel.sealer.seal_end())
+
+
+class _CutInRecord(Exception):
+    """The channel's socket ended inside a record (the opener names it: truncation)."""
+
+
+def _recv_exactly(sock: socket.socket, view: memoryview) -> bool:
+    """Fill `view` from `sock` (MSG_WAITALL: one call in the usual case); False on EOF before
+    the first byte, _CutInRecord on EOF after it."""
+    got = 0
+    while got < len(view):
+        with view[got:] as rest:
+            n = sock.recv_into(rest, len(rest), socket.MSG_WAITALL)
+        if not n:
+            if got:
+                raise _CutInRecord
+            return False
+        got += n
+    return True
 
 
 def _channel_to_local(remote: socket.socket, local: socket.socket, channel: SecureChannel) -> None:
     opener = channel.opener
-    while True:
+    # Records the channel's protocol buffered before the relay took the socket, then any partial
+    # record, go through the opener's own buffer; from a record boundary on, each record is read
+    # whole (header, then body) into one reused buffer and decrypted into another.
+    if opener.ended:  # END came with the stream's first bytes
+        _deliver(local, END, b"")
+        return
+    while opener.pending:
         while (record := opener.pull()) is not None:
             rtype, payload = record
-            if rtype == END:
-                with contextlib.suppress(OSError):
-                    local.shutdown(socket.SHUT_WR)
+            if _deliver(local, rtype, payload):
                 return
-            if rtype != DATA:
-                raise ConnectionError(f"unexpected record type {rtype:#04x} in a stream")
-            local.sendall(payload)
-            TRAFFIC.add(received=len(payload))
+        if not opener.pending:
+            break
         with opener.get_buffer(CHUNK) as space:
             n = remote.recv_into(space)
         if not n:
-            opener.eof()  # raises unless END came: a cut connection is not a clean end
+            opener.eof()
             return
         opener.buffer_updated(n)
+    header = bytearray(HEADER_LEN)
+    body = bytearray(opener.max_record + TAG_LEN)
+    plain = bytearray(opener.max_record)
+    with memoryview(header) as hview, memoryview(body) as bview, memoryview(plain) as pview:
+        while True:
+            try:
+                if not _recv_exactly(remote, hview):
+                    opener.eof()  # raises unless END came: a cut connection is not a clean end
+                    return
+                _, length = opener.parse_header(header)
+                with bview[:length] as framed:
+                    if not _recv_exactly(remote, framed):
+                        raise _CutInRecord
+                    rtype, n = opener.open_into(header, framed, plain)
+            except _CutInRecord:
+                opener.eof()  # raises the opener's own error: a truncated stream
+                raise
+            with pview[:n] as payload:
+                if _deliver(local, rtype, payload):
+                    return
 
 
-async def relay(channel: SecureChannel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+def _deliver(local: socket.socket, rtype: int, payload: bytes | memoryview) -> bool:
+    """Hand one opened record to the local socket; True once the stream ended."""
+    if rtype == END:
+        with contextlib.suppress(OSError):
+            local.shutdown(socket.SHUT_WR)
+        return True
+    if rtype != DATA:
+        raise ConnectionError(f"unexpected record type {rtype:#04x} in a stream")
+    local.sendall(payload)
+    TRAFFIC.add(received=len(payload))
+    return False
+
+
+async def relay(channel: SecureChannel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                flow: Flow | None = None, receive_buffer: int | None = None) -> None:
     """Pump both directions until either ends; then (or on any error or cancel) tear both down.
 
     A QEMU stream ends when its writer closes it; the end-of-stream record carries that to the
-    far side, which half-closes its local socket in turn.
+    far side, which half-closes its local socket in turn. `receive_buffer` narrows the channel
+    socket's receive buffer (see carrier.accept_stream).
     """
     first = bytes(reader._buffer)  # read by asyncio before we took over (no public accessor)
     reader._buffer.clear()
     local = _take_socket(writer)
     remote = _take_socket(channel.writer)
+    if receive_buffer:
+        with contextlib.suppress(OSError):
+            remote.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    flow = flow or Flow()
+    flow.sock, flow.local = remote, local
     with contextlib.suppress(OSError):
         remote.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CHANNEL_SOCKET_BUFFER)
-    tasks = [_thread(lambda: _local_to_channel(local, remote, channel, first), "relay-out"),
+    tasks = [_thread(lambda: _local_to_channel(local, remote, channel, first, flow), "relay-out"),
              _thread(lambda: _channel_to_local(remote, local, channel), "relay-in")]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -132,6 +236,9 @@ async def relay(channel: SecureChannel, reader: asyncio.StreamReader, writer: as
     finally:
         _shut(local, remote)
         await asyncio.gather(*tasks, return_exceptions=True)  # threads end once sockets are shut
+        flow.sock = flow.local = None
+        if flow.taken:  # records per byte decide the per-record costs (bench/migration.py)
+            log.debug("relay out: %d bytes in %d records", flow.taken, channel.sealer.seq)
         for s in (local, remote):
             s.close()
         writer.close()

@@ -1,0 +1,131 @@
+"""The downtime limit the source gives QEMU, budgeted from what this host measures.
+
+QEMU stops the guest once it estimates that what is left fits its `downtime-limit` at the
+bandwidth it measured on its own socket. That estimate misses two costs of ours:
+
+- bytes QEMU counts as sent that are still on this host: read by a relay but not yet handed to
+  the kernel, or in the channel socket's send queue (relay.Flow.in_flight). They drain at the
+  rate the relays really carry, before the destination has the last byte;
+- what follows the last byte: the destination loading the device state, "received", the commit
+  and `cont` — plus whatever the destination's own buffers held. Neither is visible from here
+  while the migration runs, so it is learned: each completed session records how much its
+  real pause took beyond what its limit allowed (`CommitCosts`), and the next sessions keep
+  that much back.
+
+    limit = max_downtime × (1 − MARGIN) − overhead − in_flight / rate
+            clamped to [FLOOR × max_downtime, max_downtime]
+
+`rate` is what the relays carried over the last second. The destination keeps its queues short
+(streams/carrier.accept_stream), so a backlog waits in this host's sockets where it is counted.
+A smaller limit makes pre-copy harder to finish: in its last LAST_PASSES passes before
+--max-iterations the budget gives QEMU the whole max-downtime, since a forced stop-and-copy
+would pause the guest for all that is still dirty.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+MARGIN = 0.1  # of max-downtime, kept for the noise of a loaded host
+FLOOR = 0.1  # never ask QEMU for less than this share of max-downtime: below it nothing converges
+PRIOR_OVERHEAD = 0.06  # seconds assumed beyond the limit before any session on this host measured it
+SAMPLES = 6  # sessions remembered; the worst of them is kept back
+MIN_CHANGE = 0.002  # seconds: smaller changes of the limit are not worth a QMP round trip
+RATE_WINDOW = 1.0  # seconds the carried-bytes rate is averaged over
+LAST_PASSES = 3  # passes before --max-iterations in which QEMU gets the whole max-downtime
+
+
+class QMP(Protocol):
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
+
+
+class CommitCosts:
+    """How much the pauses of this host's recent sessions exceeded what their limit accounted
+    for, in seconds (one agent process: migrations run concurrently, so a lock)."""
+
+    def __init__(self, prior: float = PRIOR_OVERHEAD, keep: int = SAMPLES) -> None:
+        self._lock = threading.Lock()
+        self._prior = prior
+        self._samples: collections.deque[float] = collections.deque(maxlen=keep)
+
+    def overhead(self) -> float:
+        with self._lock:
+            return max(self._samples) if self._samples else self._prior
+
+    def record(self, pause: float, accounted: float, qemu_downtime: float | None) -> float:
+        """One completed session: the real pause, what its last limit and drain accounted for,
+        and QEMU's own downtime figure. The sample is the larger of the pause beyond that
+        account and the pause beyond QEMU's downtime (the commit alone); returns it."""
+        beyond_qemu = pause - qemu_downtime if qemu_downtime is not None else 0.0
+        sample = max(0.0, pause - accounted, beyond_qemu)
+        with self._lock:
+            self._samples.append(sample)
+        return sample
+
+
+COSTS = CommitCosts()
+
+
+def budget(max_downtime: float, *, in_flight: int, rate: float, overhead: float) -> float:
+    """The downtime limit (seconds) to give QEMU; `rate` in bytes/s (0 = not measured yet)."""
+    drain = in_flight / rate if rate > 0 else 0.0
+    target = max_downtime * (1 - MARGIN) - overhead - drain
+    return min(max_downtime, max(FLOOR * max_downtime, target))
+
+
+class DowntimeBudget:
+    """Keeps QEMU's `downtime-limit` at `budget()` while pre-copy runs (call `update` per poll)."""
+
+    def __init__(self, max_downtime: float, max_iterations: int, in_flight: Callable[[], int],
+                 carried: Callable[[], int], costs: CommitCosts = COSTS) -> None:
+        self.max_downtime, self.max_iterations = max_downtime, max_iterations
+        self._in_flight, self._carried = in_flight, carried
+        self._costs = costs
+        self.limit: float | None = None  # last limit given to QEMU
+        self.drain = 0.0  # the in-flight drain the last limit assumed
+        self._marks: collections.deque[tuple[float, int]] = collections.deque()
+
+    def _rate(self) -> float:
+        """Bytes/s the relays carried over the last RATE_WINDOW (0 until two marks exist)."""
+        now, carried = time.monotonic(), self._carried()
+        self._marks.append((now, carried))
+        while len(self._marks) > 2 and now - self._marks[1][0] >= RATE_WINDOW:
+            self._marks.popleft()
+        then, before = self._marks[0]
+        return (carried - before) / (now - then) if now > then else 0.0
+
+    async def update(self, qmp: QMP, info: dict[str, Any]) -> None:
+        if info.get("status") != "active":
+            return  # before setup completes there is nothing to budget; after, QEMU has decided
+        rate = self._rate()
+        in_flight = self._in_flight()
+        self.drain = in_flight / rate if rate > 0 else 0.0
+        passes = int((info.get("ram") or {}).get("dirty-sync-count", 0))
+        if passes >= self.max_iterations - LAST_PASSES:
+            limit = self.max_downtime  # converge now rather than be stopped with everything dirty
+        else:
+            limit = budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=self._costs.overhead())
+        if self.limit is not None and abs(limit - self.limit) < MIN_CHANGE:
+            return
+        try:
+            await qmp.execute("migrate-set-parameters", {"downtime-limit": max(1, int(limit * 1000))})
+        except Exception as err:  # a limit not tuned is no reason to fail the migration: QEMU says why soon enough
+            log.debug("downtime-limit %.0f ms not set: %s", limit * 1000, err)
+            return
+        self.limit = limit
+
+    def learn(self, pause: float | None, qemu_downtime: float | None, forced: bool = False) -> None:
+        """After a completed session: what its pause cost beyond the account, for the next ones.
+        Not after a forced stop-and-copy: that pause is the dirty memory's, not the commit's."""
+        if pause is None or self.limit is None or forced:
+            return
+        sample = self._costs.record(pause, self.limit + self.drain, qemu_downtime)
+        log.debug("pause %.0f ms against limit %.0f ms + drain %.0f ms: keep back %.0f ms", pause * 1000,
+                  self.limit * 1000, self.drain * 1000, sample * 1000)

@@ -1,0 +1,96 @@
+"""The downtime budget's arithmetic (pure logic) and its QMP calls (a recording stand-in for QMP)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from qvplan.migration.live import downtime
+from qvplan.migration.live.downtime import FLOOR, MARGIN, CommitCosts, DowntimeBudget, budget
+
+MAX = 0.3
+
+
+def test_nothing_in_flight_keeps_margin_and_overhead_back() -> None:
+    assert budget(MAX, in_flight=0, rate=1e9, overhead=0.02) == pytest.approx(MAX * (1 - MARGIN) - 0.02)
+
+
+def test_in_flight_bytes_cost_their_drain_time() -> None:
+    # 50 MB in flight at 500 MB/s drain in 100 ms: that much less for QEMU's stop-and-copy.
+    assert budget(MAX, in_flight=50_000_000, rate=500e6, overhead=0.0) == pytest.approx(MAX * (1 - MARGIN) - 0.1)
+
+
+def test_unknown_rate_budgets_without_drain() -> None:
+    assert budget(MAX, in_flight=10**9, rate=0, overhead=0.0) == pytest.approx(MAX * (1 - MARGIN))
+
+
+def test_limit_is_clamped() -> None:
+    assert budget(MAX, in_flight=10**10, rate=1e6, overhead=0.0) == pytest.approx(FLOOR * MAX)
+    assert budget(MAX, in_flight=0, rate=1e9, overhead=-5.0) == MAX
+
+
+def test_commit_costs_keep_the_worst_recent_sample() -> None:
+    costs = CommitCosts(prior=0.05, keep=3)
+    assert costs.overhead() == 0.05  # nothing measured yet: the prior
+    # A pause 40 ms beyond its limit + drain, QEMU said 250: the overrun counts.
+    assert costs.record(0.29, accounted=0.25, qemu_downtime=0.25) == pytest.approx(0.04)
+    # Within the account, but 8 ms of commit after QEMU's downtime: the commit counts.
+    assert costs.record(0.20, accounted=0.25, qemu_downtime=0.192) == pytest.approx(0.008)
+    assert costs.overhead() == pytest.approx(0.04)
+    costs.record(0.1, accounted=0.25, qemu_downtime=0.1)
+    costs.record(0.1, accounted=0.25, qemu_downtime=0.1)
+    assert costs.overhead() == pytest.approx(0.008)  # the 40 ms sample aged out
+
+
+class RecordingQMP:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any] | None]] = []
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        self.calls.append((command, arguments))
+        return {}
+
+
+def _info(status: str = "active", passes: int = 2) -> dict[str, Any]:
+    return {"status": status, "ram": {"dirty-sync-count": passes}}
+
+
+async def test_budget_sets_the_limit_and_learns(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(downtime.time, "monotonic", lambda: clock[0])
+    carried = [0]
+    in_flight = [0]
+    costs = CommitCosts(prior=0.05)
+    b = DowntimeBudget(MAX, 30, lambda: in_flight[0], lambda: carried[0], costs)
+    qmp = RecordingQMP()
+
+    await b.update(qmp, _info("setup"))
+    assert qmp.calls == []  # nothing before pre-copy runs
+
+    await b.update(qmp, _info())  # no rate yet: margin and prior only
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 220})  # 270 - 50
+
+    clock[0] += 1.0
+    carried[0] = 500_000_000  # 500 MB/s
+    in_flight[0] = 25_000_000  # 50 ms of drain
+    await b.update(qmp, _info())
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 170})
+    assert b.drain == pytest.approx(0.05)
+
+    calls = len(qmp.calls)
+    clock[0] += 0.25
+    carried[0] += 125_000_000
+    await b.update(qmp, _info())  # the same figures: no QMP round trip for nothing
+    assert len(qmp.calls) == calls
+
+    await b.update(qmp, _info(passes=27))  # near --max-iterations: all of it, to converge
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 300})
+    await b.update(qmp, _info(passes=26))
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 170})
+
+    b.learn(pause=0.26, qemu_downtime=0.24)  # 40 ms beyond limit 170 + drain 50
+    assert costs.overhead() == pytest.approx(0.04)
+    b.learn(pause=None, qemu_downtime=None)  # a session settled without a pause figure: nothing learned
+    b.learn(pause=5.0, qemu_downtime=0.03, forced=True)  # a forced stop's pause is not the commit's
+    assert costs.overhead() == pytest.approx(0.04)
