@@ -40,6 +40,7 @@ class Reason(StrEnum):
     QEMU_FAILED = "qemu-failed"
     IN_DOUBT = "in-doubt"  # paused on the source: the destination may run it, unreachable to ask
     STORAGE_FAILED = "storage-failed"
+    RAM_MISMATCH = "ram-mismatch"  # the loaded copy's RAM differs from the source's: not committed
     # apply and the API
     STALE = "stale"
     OTHER_HOSTS = "plan-for-other-hosts"
