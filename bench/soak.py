@@ -6,7 +6,9 @@ Run: .venv/bin/python bench/soak.py [--count 100]
 Each migration is followed by verify-ram on the host it landed on. Prints the failures (goal 0),
 each agent's RSS and open fds at the start (after one warm-up round trip) and the end (goal:
 within 5 %), and p50/p95/max of the guest pause (source STOP → destination RESUME, QEMU's own
-timestamps) and of pause minus QEMU's downtime, the commit's own cost (goal p95 ≤ 5 ms).
+timestamps) and of pause minus QEMU's downtime, the commit's own cost (goal p95 ≤ 5 ms). Where
+QEMU loses guest writes (TCG before 9.0) the pause also holds the RAM comparison before the
+commit (migration/live/ramcheck.py): its time is printed, and the commit's cost without it.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def main() -> int:
             failures: list[str] = []
             pauses: list[float] = []
             costs: list[float] = []
+            checks: list[float] = []  # the RAM comparison's share of the pause, where it ran
+            net: list[float] = []  # pause − downtime − RAM comparison
             here, there = a, b
             for i in range(args.count):
                 here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
@@ -75,6 +79,9 @@ def main() -> int:
                 if status.get("pause") is not None and status.get("downtime") is not None:
                     pauses.append(status["pause"] * 1000)
                     costs.append((status["pause"] - status["downtime"]) * 1000)
+                    if status.get("ram_check") is not None:
+                        checks.append(status["ram_check"] * 1000)
+                        net.append((status["pause"] - status["downtime"] - status["ram_check"]) * 1000)
                 here, there = there, here
             end_use = {x.name: usage(x) for x in (a, b)}
         finally:
@@ -92,9 +99,13 @@ def main() -> int:
         print(f"{name:<8}{r0:>9} KiB{r1:>9} KiB{100 * (r1 - r0) / r0:>7.1f}%{f0:>11}{f1:>9}")
     if pauses:
         print(f"{'ms':<24}{'p50':>8}{'p95':>8}{'max':>8}")
-        for label, values in (("guest pause", pauses), ("pause − QEMU downtime", costs)):
+        rows = [("guest pause", pauses), ("pause − QEMU downtime", costs)]
+        if checks:
+            rows += [("RAM comparison", checks), ("  the rest (commit)", net)]
+        for label, values in rows:
             print(f"{label:<24}{statistics.median(values):>8.2f}{pct(values, 95):>8.2f}{max(values):>8.2f}")
-        print(f"goal: p95 of pause − downtime ≤ 5 ms: {'met' if pct(costs, 95) <= 5 else 'NOT met'}")
+        print(f"goal: p95 of pause − downtime ≤ 5 ms: {'met' if pct(costs, 95) <= 5 else 'NOT met'}"
+              + (f" (without the RAM comparison: {'met' if pct(net, 95) <= 5 else 'NOT met'})" if net else ""))
     return 1 if failures else 0
 
 

@@ -58,6 +58,9 @@ async def test_digest_tells_a_loaded_copy_from_a_damaged_one(tmp_path: Path) -> 
         mine, theirs = await asyncio.gather(ramcheck.digest(source, spec.memory_bytes),
                                             ramcheck.digest(dest, spec.memory_bytes))
         assert mine == theirs
+        # the two ways to read RAM agree (through /proc/PID/mem, and QEMU's pmemsave as the fallback)
+        assert (await ramcheck._crcs_from_memory(dest, MIB, 40 * MIB)
+                == await ramcheck._crcs_by_pmemsave(dest, MIB, 40 * MIB))
         await write_guest_memory(dest, 0x2345678, b"\x42")  # one byte of one page, far from the guest's
         assert await ramcheck.digest(dest, spec.memory_bytes) != mine
         assert not list((tmp_path / "dst").glob("ramcheck-*"))  # no dump left behind
