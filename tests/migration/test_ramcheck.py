@@ -13,6 +13,7 @@ import asyncio
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from qvplan.vmm import QemuProcess, VMSpec
 from qvplan.vmm.debug import write_guest_memory
 
 from ..agents import mutual_trust
-from .helpers import migrate, start_guest, wait_outcome
+from .helpers import migrate, start_guest
 from .invariant import exactly_one, journal, release_point, wait_point
 from .test_exactly_once import POINT
 
@@ -69,6 +70,22 @@ async def test_digest_tells_a_loaded_copy_from_a_damaged_one(tmp_path: Path) -> 
             await proc.stop(graceful=False)
 
 
+def settle_if_lost(a, b) -> None:
+    """The first migration's end. Its destination QEMU was killed just before the commit: when the
+    destination took the commit before noticing, the session is `lost` there and the VM waits,
+    paused here, for the operator (docs/exactly-once.md), who resumes it here."""
+    deadline = time.monotonic() + 120
+    while (status := a.api("GET", "vms/vm-1/migrate"))["state"] == "MIGRATING":
+        assert time.monotonic() < deadline, status
+        if status.get("doubt") and "lost its QEMU" in status["doubt"]:
+            a.api("POST", "vms/vm-1/migrate/settle", {"decision": "resume-here"})
+            if "vm-1" in b.vm_names():  # the lost copy's definition goes too
+                b.api("DELETE", "vms/vm-1")
+            return
+        time.sleep(0.2)
+    assert status["state"] == "FAILED", status
+
+
 @needs_qemu
 def test_a_migration_after_a_rolled_back_one_commits_only_intact_ram(make_agent) -> None:
     a, b = make_agent("hv-a", start=False), make_agent("hv-b")
@@ -82,7 +99,7 @@ def test_a_migration_after_a_rolled_back_one_commits_only_intact_ram(make_agent)
     wait_point(a, "source-before-commit")
     os.kill(b.vm("vm-1")["pid"], signal.SIGKILL)
     release_point(a, "source-before-commit")
-    assert wait_outcome(a, "vm-1")["state"] == "FAILED"
+    settle_if_lost(a, b)
     exactly_one(a, b)
     # 2. Again from that QEMU, with many passes (each a chance to lose writes): the outcome is
     #    either the guest there with its RAM intact, or the guest here, never a stale copy.
