@@ -31,7 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 FIXED_IN = (9, 0)  # the first QEMU release with the fix
-CHUNK = 16 << 20  # bytes per CRC (and per pmemsave: bounds the dump file on disk)
+CHUNK = 1 << 20  # bytes per CRC, read into one reused buffer (a big read each time is memory the
+# allocator keeps: glibc raises its mmap threshold after freeing one, each thread's arena keeps its own)
+DUMP = 16 * CHUNK  # bytes per pmemsave: bounds the dump file on disk
 LOW_END = 0xA0000  # conventional memory ends at the VGA window; RAM resumes at 1 MiB
 HIGH_START = 1 << 20
 PC_BELOW_4G = 0xE0000000  # the pc machine keeps RAM below this under 4 GiB ...
@@ -94,15 +96,25 @@ async def _crcs_from_memory(proc: QemuProcess, start: int, size: int) -> list[in
 
 
 def _read_crcs(path: str, address: int, size: int) -> list[int]:
-    crcs = []
     with open(path, "rb", buffering=0) as mem:
         mem.seek(address)
-        for offset in range(0, size, CHUNK):
-            length = min(CHUNK, size - offset)
-            data = mem.read(length)
-            if len(data) != length:
-                raise OSError(f"read {len(data)} of {length} bytes of QEMU's memory")
-            crcs.append(zlib.crc32(data))
+        return _crcs_of(mem, size, "QEMU's memory")
+
+
+def _crcs_of(f: Any, size: int, what: str) -> list[int]:
+    """CRCs of the next `size` bytes of `f`, CHUNK by CHUNK."""
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    crcs = []
+    for offset in range(0, size, CHUNK):
+        length = min(CHUNK, size - offset)
+        got = 0
+        while got < length:
+            n = f.readinto(view[got:length])
+            if not n:
+                raise OSError(f"read {got} of {length} bytes of {what}")
+            got += n
+        crcs.append(zlib.crc32(view[:length]))
     return crcs
 
 
@@ -110,17 +122,18 @@ async def _crcs_by_pmemsave(proc: QemuProcess, start: int, size: int) -> list[in
     dump = proc.run_dir / f"ramcheck-{uuid.uuid4().hex[:8]}.bin"
     crcs = []
     try:
-        for offset in range(0, size, CHUNK):
-            length = min(CHUNK, size - offset)
+        for offset in range(0, size, DUMP):
+            length = min(DUMP, size - offset)
             await proc.execute("pmemsave", {"val": start + offset, "size": length, "filename": proc.qemu_path(dump)})
-            crcs.append(await asyncio.to_thread(_crc, dump, length))
+            crcs += await asyncio.to_thread(_dump_crcs, dump, length)
     finally:
         dump.unlink(missing_ok=True)
     return crcs
 
-def _crc(path: os.PathLike[str], length: int) -> int:
-    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:  # QEMU wrote it: no symlink
-        data = f.read()
-    if len(data) != length:
-        raise QemuError(f"pmemsave wrote {len(data)} bytes, expected {length}", "check the QEMU log")
-    return zlib.crc32(data)
+
+def _dump_crcs(path: os.PathLike[str], length: int) -> list[int]:
+    with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb", buffering=0) as f:  # QEMU wrote it: no symlink
+        if os.fstat(f.fileno()).st_size != length:
+            raise QemuError(f"pmemsave wrote {os.fstat(f.fileno()).st_size} bytes, expected {length}",
+                            "check the QEMU log")
+        return _crcs_of(f, length, "the pmemsave dump")
