@@ -12,9 +12,9 @@ the VM on the other host, no open journal session; offline: defined on one host,
 there and nowhere else). Prints faults × outcomes and the number of violations.
 
 Outcomes: moved, stayed (rolled back), settled (the VM was paused in doubt and the bench, as the
-operator, settled it — only where the destination QEMU was killed after the commit), crashed (the
-destination QEMU was killed after the guest resumed there: the guest moved, then died — a VM
-crash, not a double copy), VIOLATION.
+operator, settled it and removed the lost copy by hand — where the destination QEMU was killed
+around the commit), crashed (the destination QEMU was killed after the guest resumed there: the
+guest moved, then died — a VM crash, not a double copy), VIOLATION.
 """
 
 from __future__ import annotations
@@ -147,6 +147,8 @@ def outcome_of(src: AgentProc, dst: AgentProc, mode: str, name: str, before: str
             src.api("POST", f"vms/{name}/migrate/settle", {"decision": "resume-here"})
             if name in dst.vm_names():  # the operator clears the lost copy's definition there too
                 dst.api("DELETE", f"vms/{name}")
+            for image in (dst.root / "images").glob(f"{name}.*"):  # and the images it kept (by hand:
+                image.unlink()  # no command settles a lost session on the destination yet)
             return check(src, dst, mode, name, before, "settled")
         time.sleep(0.2)
     else:

@@ -382,7 +382,8 @@ class SourceMigration(MigrationJob):
         assert self._from_dest is not None and self._ram_digest is not None
         said = wire.parse(self._from_dest.result(), wire.Received)
         assert isinstance(said, wire.Received)
-        mine = await asyncio.wait_for(self._ram_digest, COMMIT_WAIT)
+        # our digest is under way since our QEMU completed; allow for reading the RAM at a slow 32 MiB/s
+        mine = await asyncio.wait_for(self._ram_digest, COMMIT_WAIT + self.vm.spec.memory_bytes / (32 << 20))
         self.status.ram_check = time.monotonic() - self._qemu_completed
         if said.ram_digest != mine:
             log.error("%s: RAM loaded on %s differs from the source's: rolling back", self.vm.name, self.dest)
