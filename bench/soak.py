@@ -1,12 +1,16 @@
-#!/usr/bin/env python3
 """Soak: back-and-forth live migrations of one test guest between two agents on loopback.
 
-Run: .venv/bin/python bench/soak.py [--count 100]
+Run: .venv/bin/python bench/soak.py [--count 100] [--warmup N]
 
 Each migration is followed by verify-ram on the host it landed on. Prints the failures (goal 0),
-each agent's RSS and open fds at the start (after one warm-up round trip) and the end (goal:
-within 5 %), and p50/p95/max of the guest pause (source STOP → destination RESUME, QEMU's own
-timestamps) and of pause minus QEMU's downtime, the commit's own cost (goal p95 ≤ 5 ms).
+each agent's RSS and open fds at the start and the end (goal: within 5 %), the start taken after
+a warm-up (`--warmup` round trips, by default enough to fill each agent's bounded history of
+recent migrations, migration/recent.py: what grows until then is that history and the
+allocator's first use of each code path, not a leak), and p50/p95/max of the guest pause
+(source STOP → destination RESUME, QEMU's own timestamps) and of pause minus QEMU's downtime,
+the commit's own cost (goal p95 ≤ 5 ms). Where QEMU loses guest writes (TCG before 9.0) the
+pause also holds the RAM comparison before the commit (migration/live/ramcheck.py): its time is
+printed, and the commit's cost without it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qvplan.migration.recent import LIMIT
 from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
 from tests.migration.helpers import wait_outcome
 
@@ -46,6 +51,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--working-set", default="8M")
+    parser.add_argument("--warmup", type=int, default=LIMIT + 1,
+                        help="round trips before the start figures (default: fills the recent-migrations history)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qv-soak-") as tmp:
         root = Path(tmp)
@@ -55,13 +62,15 @@ def main() -> int:
             a.api("POST", "vms", guest_vm("soak-1", memory="64M", working_set=args.working_set))
             a.api("POST", "vms/soak-1/start", {})
             a.wait_markers("soak-1", 0)
-            for here, there in ((a, b), (b, a)):  # warm-up: both agents load what a migration imports
+            for here, there in ((a, b), (b, a)) * args.warmup:  # warm-up: see the docstring
                 here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
                 wait_outcome(here, "soak-1", poll=0.05)
             start_use = {x.name: usage(x) for x in (a, b)}
             failures: list[str] = []
             pauses: list[float] = []
             costs: list[float] = []
+            checks: list[float] = []  # the RAM comparison's share of the pause, where it ran
+            net: list[float] = []  # pause − downtime − RAM comparison
             here, there = a, b
             for i in range(args.count):
                 here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
@@ -75,6 +84,9 @@ def main() -> int:
                 if status.get("pause") is not None and status.get("downtime") is not None:
                     pauses.append(status["pause"] * 1000)
                     costs.append((status["pause"] - status["downtime"]) * 1000)
+                    if status.get("ram_check") is not None:
+                        checks.append(status["ram_check"] * 1000)
+                        net.append((status["pause"] - status["downtime"] - status["ram_check"]) * 1000)
                 here, there = there, here
             end_use = {x.name: usage(x) for x in (a, b)}
         finally:
@@ -83,7 +95,7 @@ def main() -> int:
                     if vm["state"] == "running":
                         x.api("POST", f"vms/{vm['name']}/stop", {}, timeout=20)
                 x.stop()
-    print(f"migrations: {args.count}, failures: {len(failures)}")
+    print(f"migrations: {args.count} (after {2 * args.warmup} of warm-up), failures: {len(failures)}")
     for line in failures:
         print(f"  {line}")
     print(f"{'agent':<8}{'RSS start':>12}{'RSS end':>12}{'Δ':>8}{'fds start':>11}{'fds end':>9}")
@@ -92,9 +104,13 @@ def main() -> int:
         print(f"{name:<8}{r0:>9} KiB{r1:>9} KiB{100 * (r1 - r0) / r0:>7.1f}%{f0:>11}{f1:>9}")
     if pauses:
         print(f"{'ms':<24}{'p50':>8}{'p95':>8}{'max':>8}")
-        for label, values in (("guest pause", pauses), ("pause − QEMU downtime", costs)):
+        rows = [("guest pause", pauses), ("pause − QEMU downtime", costs)]
+        if checks:
+            rows += [("RAM comparison", checks), ("  the rest (commit)", net)]
+        for label, values in rows:
             print(f"{label:<24}{statistics.median(values):>8.2f}{pct(values, 95):>8.2f}{max(values):>8.2f}")
-        print(f"goal: p95 of pause − downtime ≤ 5 ms: {'met' if pct(costs, 95) <= 5 else 'NOT met'}")
+        print(f"goal: p95 of pause − downtime ≤ 5 ms: {'met' if pct(costs, 95) <= 5 else 'NOT met'}"
+              + (f" (without the RAM comparison: {'met' if pct(net, 95) <= 5 else 'NOT met'})" if net else ""))
     return 1 if failures else 0
 
 

@@ -13,6 +13,9 @@ import pytest
 from .agents import AgentProc, free_port
 
 _addresses = itertools.count(20)
+# Every pytest process its own 127.N.0.0/16: engineers' sessions run at once on this machine, and an
+# agent restarted on its port must not find it taken by another session's free_port() meanwhile.
+_NET = 1 + os.getpid() % 250
 LAB_FOLDERS = ("lab", "remote", "apply", "guest")
 
 
@@ -33,11 +36,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def make_agent(tmp_path: Path) -> Iterator:
-    """Start agents named hv-a, hv-b… on their own 127.0.0.x addresses; all stopped at the end."""
+    """Start agents named hv-a, hv-b… on their own 127.N.x.y addresses; all stopped at the end."""
     started: list[AgentProc] = []
 
     def make(name: str, memory: str | None = None, start: bool = True) -> AgentProc:
-        address = f"127.0.{next(_addresses) % 250}.{len(started) + 2}"
+        address = f"127.{_NET}.{next(_addresses) % 250}.{len(started) + 2}"
         agent = AgentProc(name, address, tmp_path / name, free_port(address), free_port(address),
                           memory=memory)
         started.append(agent)

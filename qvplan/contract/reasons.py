@@ -43,6 +43,7 @@ class Reason(StrEnum):
     # confinement: what a local user or a trusted peer may not make the agent do
     PATH_OUTSIDE_POOLS = "path-outside-pools"  # a path outside the pools and shared roots, or through a symlink
     PEER_MISMATCH = "peer-mismatch"  # a trusted host answered, but not the one meant (or not the session's)
+    RAM_MISMATCH = "ram-mismatch"  # the loaded copy's RAM differs from the source's: not committed
     # apply and the API
     STALE = "stale"
     OTHER_HOSTS = "plan-for-other-hosts"

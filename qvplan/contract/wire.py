@@ -40,6 +40,7 @@ class MigrateRequest(Message):
     cpu: Any = None
     disks: list[dict[str, Any]] = []
     storage: list[dict[str, Any]] | None = None
+    ram_check: bool = False  # the source's QEMU may lose writes: digest the loaded RAM (live/ramcheck.py)
 
 
 class SetupReply(Message):
@@ -52,6 +53,7 @@ class SetupReply(Message):
 
 class Received(Message):
     event: Literal["received"] = "received"
+    ram_digest: str | None = None  # when the request asked for ram_check
 
 
 class Commit(Message):

@@ -31,6 +31,7 @@ class MigrationStatus:
     pause: float | None = None  # source STOP → destination RESUME, seconds
     stopped_at: float | None = None  # wall time of the source's STOP (QEMU's event time)
     resumed_at: float | None = None  # wall time of the destination's RESUME
+    ram_check: float | None = None  # seconds of the pause spent comparing RAM (live/ramcheck.py); None: not needed
     error: str | None = None
     fix: str | None = None
     code: str | None = None  # the reason code of a failure or cancel

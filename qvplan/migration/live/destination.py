@@ -40,6 +40,7 @@ from ..journal import Journal
 from ..qmp import configure, event_time
 from ..storage import exports
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, accept_stream
+from . import ramcheck
 
 if TYPE_CHECKING:
     from ...host.context import Host
@@ -61,6 +62,7 @@ class Incoming:
     identities: dict[Path, tuple[int, int]] = field(default_factory=dict)  # image → (st_dev, st_ino) at creation
     storage: bool = False
     peer_fingerprint: str | None = None  # its control channel's: every data channel must present it
+    ram_check: bool = False  # the source asked for a digest of the loaded RAM (ramcheck.py)
     aborted: asyncio.Event = field(default_factory=asyncio.Event)  # a fence or the agent stopping
 
     def state(self, journal: Journal) -> str:
@@ -160,7 +162,8 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
     vm.busy = "incoming"
     (vm.dir / INCOMING_MARK).write_text(request.session)
     incoming = Incoming(request.session, vm, {MIGRATE_DATA: str(vm.run_dir / "incoming.sock")},
-                        storage=placement is not None, peer_fingerprint=channel.peer_fingerprint)
+                        storage=placement is not None, peer_fingerprint=channel.peer_fingerprint,
+                        ram_check=request.ram_check)
     sessions[incoming.session] = incoming
     replied = False
     try:
@@ -233,7 +236,8 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
             raise failure(Reason.CANCELLED, f"source ended the migration: {_said(verdict)}")
         loaded.result()
         check_images(incoming)
-        await channel.send_json(wire.Received().dump())
+        ram = await ramcheck.digest(vm.proc, vm.spec.memory_bytes) if incoming.ram_check else None
+        await channel.send_json(wire.Received(ram_digest=ram).dump())
         journal.set(incoming.session, "loaded", sync=False)  # not needed durable: loading/loaded alike never ran
         await pause_at(host.state_dir, "dest-after-received")
         done, _ = await asyncio.wait({verdict, aborted}, return_when=asyncio.FIRST_COMPLETED)

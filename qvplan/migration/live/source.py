@@ -21,7 +21,7 @@ from ..qmp import configure, ensure_running, event_time, run_state
 from ..status import MigrationStatus
 from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
-from . import recovery
+from . import ramcheck, recovery
 from .downtime import DowntimeBudget
 
 if TYPE_CHECKING:
@@ -60,6 +60,9 @@ class SourceMigration(MigrationJob):
         self._passes_published = 0
         self._from_dest: asyncio.Future[Any] | None = None
         self._stop_at: float | None = None
+        self._ram_check = False  # our QEMU may lose guest writes: compare RAM before the commit
+        self._ram_digest: asyncio.Future[str] | None = None  # ours, taken once our QEMU completed
+        self._qemu_completed = 0.0  # monotonic time our QEMU reported the migration completed
 
     # -- phases --------------------------------------------------------------------------
 
@@ -99,10 +102,12 @@ class SourceMigration(MigrationJob):
         qmp = self.vm.proc.qmp
         facts = host_facts(self.host)
         storage = await describe_disks(qmp, self.vm.spec, self.host.pools) if self.flags.storage_migrate else None
+        self._ram_check = await ramcheck.affected(qmp)
         request = wire.MigrateRequest(
             session=self.session, version=self.host.version, vm=self.vm.spec.model_dump(mode="json"),
             flags=self.flags.model_dump(mode="json"), policies=self.policies.model_dump(),
             cpu=facts["cpu"], disks=self.host.registry.disk_facts(self.vm.spec), storage=storage,
+            ram_check=self._ram_check,
         )
         self.journal.open_session(self.session, "source", self.vm.name, self.dest, "transferring",
                                   kem=self.flags.pqc_kem, delete_source_disks=self.flags.delete_source_disks
@@ -124,6 +129,8 @@ class SourceMigration(MigrationJob):
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())
         self._watch_passes = asyncio.ensure_future(self._follow_passes())
+        if self._ram_check:
+            self._ram_digest = asyncio.ensure_future(self._digest_once_completed())
         if storage:
             self.mirrors = DiskMirrors(qmp, [d["index"] for d in storage], reply.exports or [], self._nbd_address)
 
@@ -326,6 +333,8 @@ class SourceMigration(MigrationJob):
         """Phase 5: journal `committed`, send commit; the source VM is released only once the
         destination confirms it runs the guest (or says it discarded it: then the guest resumes here)."""
         assert self.control is not None
+        if self._ram_check:
+            await self._compare_ram()
         self.journal.set(self.session, "awaiting-commit", sync=False)  # like transferring for recovery
         await pause_at(self.host.state_dir, "source-before-commit")
         self.status.phase = 5
@@ -366,8 +375,39 @@ class SourceMigration(MigrationJob):
         self.journal.set(self.session, "released")
         self._completed()
 
+    async def _digest_once_completed(self) -> str:
+        """Our RAM's digest, taken as soon as QEMU completed (the guest is paused for good then),
+        while the destination takes its own. Started before `migrate`: only this migration's
+        MIGRATION event counts (query-migrate may still say "completed" of a rolled-back one)."""
+        assert self.vm.proc is not None
+        with self.vm.proc.qmp.listener(("MIGRATION",)) as listener:
+            while (await listener.get()).get("data", {}).get("status") != "completed":
+                pass
+        self._qemu_completed = time.monotonic()
+        return await ramcheck.digest(self.vm.proc, self.vm.spec.memory_bytes)
+
+    async def _compare_ram(self) -> None:
+        """Both copies paused: commit only a copy whose RAM is the source's (live/ramcheck.py)."""
+        assert self._from_dest is not None and self._ram_digest is not None
+        said = wire.parse(self._from_dest.result(), wire.Received)
+        assert isinstance(said, wire.Received)
+        # our digest is under way since our QEMU completed; allow for reading the RAM at a slow 32 MiB/s
+        mine = await asyncio.wait_for(self._ram_digest, COMMIT_WAIT + self.vm.spec.memory_bytes / (32 << 20))
+        self.status.ram_check = time.monotonic() - self._qemu_completed
+        if said.ram_digest != mine:
+            log.error("%s: RAM loaded on %s differs from the source's: rolling back", self.vm.name, self.dest)
+            raise failure(Reason.RAM_MISMATCH,
+                          f"{self.vm.name}'s RAM on the destination differs from the source's (QEMU under TCG "
+                          "before 9.0 loses guest writes during pre-copy); not committed, it runs here",
+                          "retry the migration; use KVM or QEMU 9.0 or later")
+
     def _completed(self) -> None:
-        self.budget.learn(self.status.pause, self.status.downtime, self.status.forced_stop_and_copy)
+        # The RAM comparison (TCG before QEMU 9.0 only) is not the commit's cost: no downtime limit
+        # could make room for it, so learning it would only starve convergence.
+        pause = self.status.pause
+        if pause is not None and self.status.ram_check:
+            pause = max(pause - self.status.ram_check, 0.0)
+        self.budget.learn(pause, self.status.downtime, self.status.forced_stop_and_copy)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
@@ -441,7 +481,7 @@ class SourceMigration(MigrationJob):
     async def _teardown(self) -> None:
         if self._from_dest is not None:
             self._from_dest.cancel()
-        for watcher in (self._watch_stop, self._watch_passes):
+        for watcher in (self._watch_stop, self._watch_passes, self._ram_digest):
             if watcher is not None:
                 watcher.cancel()
         if self.mirrors is not None:
