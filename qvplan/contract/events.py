@@ -49,3 +49,11 @@ class Event(StrEnum):
 
 
 OUTCOMES = frozenset({Event.COMPLETED, Event.FAILED, Event.CANCELLED})  # the stream ends after one
+
+
+class Inbound(StrEnum):
+    """What a destination publishes on the VM's topic about a migration coming in (metrics count them)."""
+
+    STARTED = "incoming-started"  # accepted: the destination prepares its side
+    REFUSED = "incoming-refused"  # refused or failed before landing, with `code`
+    LANDED = "migrated-in"  # the guest runs (or, offline, is defined) here

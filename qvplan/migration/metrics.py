@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from ..contract.events import OUTCOMES
+from ..contract.events import OUTCOMES, Inbound
 from ..contract.events import Event as Kind
 from ..host.events import Event
 from .streams.relay import TRAFFIC
@@ -44,7 +44,8 @@ class AgentMetrics:
     def __init__(self, host: Host, jobs: Mapping[str, MigrationJob]) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.started = Counter("quantavirt_migrations_started", "Migrations started from this host",
+        self.started = Counter("quantavirt_migrations_started",
+                               "Migrations started: out from this host, or in (accepted by this destination)",
                                ["direction", "mode"], registry=r)
         self.completed = Counter("quantavirt_migrations_completed", "Migrations completed, by direction",
                                  ["direction", "mode"], registry=r)
@@ -68,7 +69,11 @@ class AgentMetrics:
         topic = str(event.get("topic", ""))
         if kind == HANDSHAKE_REFUSED:
             self.refusals.labels(code=str(event.get("code") or "error")).inc()
-        elif kind == "migrated-in":
+        elif kind == Inbound.STARTED:
+            self.started.labels(direction="in", mode=_mode(event)).inc()
+        elif kind == Inbound.REFUSED:
+            self.failed.labels(direction="in", mode=_mode(event), code=str(event.get("code") or "error")).inc()
+        elif kind == Inbound.LANDED:
             self.completed.labels(direction="in", mode="offline" if event.get("offline") else "live").inc()
         elif not topic.endswith("/migrate"):
             return

@@ -8,7 +8,7 @@ import pytest
 
 from qvplan.migration.metrics import AgentMetrics
 
-from ..agents import mutual_trust
+from ..agents import guest_vm, mutual_trust
 from ..migration.helpers import migrate, runs_only_on, start_guest
 from ..prometheus import PrometheusProc
 
@@ -55,11 +55,23 @@ def test_prometheus_scrapes_two_agents_and_sees_a_migration(make_agent, promethe
     c.trust(b)
     assert c.cli("system", "ping", "--host", b.migration).returncode != 0
 
+    # An incoming migration the destination refuses (a VM of that name runs there): counted on the
+    # destination by direction and code.
+    a.api("POST", "vms", guest_vm("vm-1", memory="64M"))
+    refused_move = a.cli("vm", "migrate", "vm-1", "--dest", b.migration, "--offline")
+    assert refused_move.returncode != 0 and "name-clash" in refused_move.stderr, refused_move
+
     src, dst = f"{a.address}:{a.api_port}", f"{b.address}:{b.api_port}"
     done = prom.wait_for("sum by (instance, direction) (quantavirt_migrations_completed_total)",
                          lambda r: len(r) == 2)
     assert value(done, instance=src, direction="out") == 1
     assert value(done, instance=dst, direction="in") == 1
+    started = prom.wait_for(f'quantavirt_migrations_started_total{{instance="{dst}",direction="in"}}',
+                            lambda r: len(r) == 1)
+    assert value(started, mode="live") == 1
+    failed_in = prom.wait_for(f'quantavirt_migrations_failed_total{{instance="{dst}",direction="in"}}',
+                              lambda r: len(r) == 1)
+    assert value(failed_in, mode="offline", code="name-clash") == 1
     pause = prom.wait_for(f'quantavirt_migration_guest_pause_seconds_count{{instance="{src}"}}',
                           lambda r: len(r) == 1)
     assert value(pause) == 1
@@ -99,10 +111,14 @@ def test_counters_follow_the_events_and_gauges_read_the_migrations_in_progress()
     metrics.on_event({"event": "completed", "topic": "vm-1/migrate", "elapsed": 3.0, "pause": 0.2,
                       "downtime": 0.1})
     metrics.on_event({"event": "started", "topic": "vm-1"})  # not a migration's
+    metrics.on_event({"event": "incoming-started", "topic": "vm-3", "mode": "live"})
+    metrics.on_event({"event": "incoming-refused", "topic": "vm-3", "mode": "live", "code": "ram-mismatch"})
     text = metrics.exposition().decode()
     assert 'quantavirt_migrations_started_total{direction="out",mode="live"} 1.0' in text
     assert 'quantavirt_migrations_failed_total{code="cpu-incompatible",direction="out",mode="live"} 1.0' in text
     assert 'quantavirt_migrations_failed_total{code="cancelled",direction="out",mode="offline"} 1.0' in text
+    assert 'quantavirt_migrations_started_total{direction="in",mode="live"} 1.0' in text
+    assert 'quantavirt_migrations_failed_total{code="ram-mismatch",direction="in",mode="live"} 1.0' in text
     assert 'quantavirt_migration_guest_pause_seconds_bucket{le="0.25"} 1.0' in text
     assert 'quantavirt_migration_bytes_remaining{destination="10.0.0.2:9410",vm="vm-2"} 200.0' in text
     assert 'quantavirt_migration_iteration{destination="10.0.0.2:9410",vm="vm-2"} 3.0' in text

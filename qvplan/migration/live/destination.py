@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
+from ...contract.events import Inbound
 from ...contract.flags import MigrateFlags
 from ...contract.network import missing_network
 from ...contract.reasons import Reason
@@ -156,8 +157,10 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
                              storage=placement is not None)
     except (MigrationError, ValueError) as err:
         why = err if isinstance(err, MigrationError) else failure(Reason.PROTOCOL_ERROR, str(err))
+        host.events.publish(str(request.vm.get("name")), Inbound.REFUSED, mode="live", code=why.code)
         await channel.send_json(wire.SetupReply(ok=False, **why.as_dict()).dump())
         return
+    host.events.publish(spec.name, Inbound.STARTED, mode="live", source=channel.peer_name)
     vm = host.registry.define(spec)
     vm.busy = "incoming"
     (vm.dir / INCOMING_MARK).write_text(request.session)
@@ -185,9 +188,10 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
         await _follow(host, journal, channel, incoming)
     except Exception as err:
         log.warning("incoming migration of %s failed: %s", spec.name, err)
+        why = err if isinstance(err, MigrationError) else failure(
+            Reason.DESTINATION_FAILED, f"destination failed: {err}", "see the destination agent's log")
+        host.events.publish(spec.name, Inbound.REFUSED, mode="live", code=why.code)
         with contextlib.suppress(Exception):
-            why = err if isinstance(err, MigrationError) else failure(
-                Reason.DESTINATION_FAILED, f"destination failed: {err}", "see the destination agent's log")
             answer = wire.Failed(**why.as_dict()) if replied else wire.SetupReply(ok=False, **why.as_dict())
             await channel.send_json(answer.dump())
     finally:
@@ -262,7 +266,7 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
     resumed_at = await resume(host, journal, incoming.session, vm, unexport=incoming.storage, paused=True)
     if resumed_at is None:
         return  # `cont` is slow (QEMU frozen?): followed in the background, the session stays committing
-    host.events.publish(vm.name, "migrated-in", source=channel.peer_name)
+    host.events.publish(vm.name, Inbound.LANDED, source=channel.peer_name)
     await channel.send_json(wire.Running(resumed_at=resumed_at, host=host.config.host.name).dump())
 
 

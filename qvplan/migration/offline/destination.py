@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
+from ...contract.events import Inbound
 from ...contract.flags import MigrateFlags
 from ...contract.network import missing_network
 from ...contract.reasons import Reason
@@ -200,15 +201,16 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
     from ...vmm import cpu_facts
 
     cpu = await asyncio.to_thread(cpu_facts, host.accel)  # may ask QEMU the first time
+    name = str((request.get("vm") or {}).get("name")) if isinstance(request.get("vm"), dict) else "?"
     try:
         landing = preflight(host, channel, request, cpu)
-    except MigrationError as err:
-        await channel.send_json({"ok": False, **err.as_dict()})
+    except (MigrationError, ValidationError, KeyError, ValueError, TypeError) as err:
+        why = err if isinstance(err, MigrationError) else refused(
+            Reason.BAD_REQUEST, f"malformed request ({err})", "run the same QuantaVirt version on both hosts")
+        host.events.publish(name, Inbound.REFUSED, mode="offline", code=why.code)
+        await channel.send_json({"ok": False, **why.as_dict()})
         return
-    except (ValidationError, KeyError, ValueError, TypeError) as err:
-        bad = refused(Reason.BAD_REQUEST, f"malformed request ({err})", "run the same QuantaVirt version on both hosts")
-        await channel.send_json({"ok": False, **bad.as_dict()})
-        return
+    host.events.publish(landing.spec.name, Inbound.STARTED, mode="offline", source=channel.peer_name)
     vm = host.registry.define(landing.spec)
     vm.busy = "incoming"
     committed = replied = False
@@ -229,7 +231,7 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
         committed = True
         vm.busy = None
         log.info("offline migration of %s from %s committed", vm.name, channel.peer_name)
-        host.events.publish(vm.name, "migrated-in", source=channel.peer_name, offline=True)
+        host.events.publish(vm.name, Inbound.LANDED, source=channel.peer_name, offline=True)
         with contextlib.suppress(Exception):
             await channel.send_json({"event": "committed", "host": host.config.host.name})
     except Exception as err:
@@ -237,6 +239,7 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
         why = err if isinstance(err, MigrationError) else failure(
             Reason.DESTINATION_FAILED, f"destination failed to receive the VM: {err}",
             "see the destination agent's log")
+        host.events.publish(vm.name, Inbound.REFUSED, mode="offline", code=why.code)
         with contextlib.suppress(Exception):
             await channel.send_json({"event": "failed", **why.as_dict()} if replied else
                                     {"ok": False, **why.as_dict()})
