@@ -61,9 +61,10 @@ async def open_peer(host: Host, dest: str, purpose: str, kem: str, *, dest_host:
 
 
 async def ask(host: Host, dest: str, request: dict[str, Any], kem: str,
-              timeout: float = ASK_TIMEOUT) -> dict[str, Any]:
-    """One request on a fresh channel, its one answer (an empty dict if the peer closed)."""
-    channel = await open_peer(host, dest, str(request.get("op")), kem)
+              timeout: float = ASK_TIMEOUT, pin: str | None = None) -> dict[str, Any]:
+    """One request on a fresh channel, its one answer (an empty dict if the peer closed). `pin`:
+    the key the session's peer presented (recovery asks that host, not whoever answers now)."""
+    channel = await open_peer(host, dest, str(request.get("op")), kem, pin=pin)
     try:
         await channel.send_json(request)
         reply = await asyncio.wait_for(channel.recv_json(), timeout)

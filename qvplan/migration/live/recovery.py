@@ -40,10 +40,13 @@ SETTLE_FIX = "quantavirt vm migrate-settle {name} --resume-here|--discard-here"
 _background: set[asyncio.Task[Any]] = set()
 
 
-async def ask_destination(host: Host, dest: str, session: str, vm: str, kem: str) -> tuple[str | None, str]:
-    """(the destination's state of the session or None, why not)."""
+async def ask_destination(host: Host, dest: str, session: str, vm: str, kem: str,
+                          pin: str | None = None) -> tuple[str | None, str]:
+    """(the destination's state of the session or None, why not). `pin`: the key the session's
+    destination presented (journaled as `peer_key`): only that host is believed."""
     try:
-        raw = await ask(host, dest, wire.SessionQuery(session=session, vm=vm).dump(), kem, timeout=ASK_TIMEOUT)
+        raw = await ask(host, dest, wire.SessionQuery(session=session, vm=vm).dump(), kem, timeout=ASK_TIMEOUT,
+                        pin=pin)
         answer = wire.parse(raw, wire.SessionAnswer)
         assert isinstance(answer, wire.SessionAnswer)
         return answer.state, ""
@@ -56,7 +59,9 @@ async def settle_source(host: Host, journal: Journal, vm: VM, session: str, dest
     """Journal says committed: drive the session to one outcome; "released" or "rolled-back"."""
     vm.busy = "migrating"
     delay = RETRY_FIRST
-    delete_disks = bool((journal.get(session) or Record(session, "", "", "", "")).extra.get("delete_source_disks"))
+    record = journal.get(session) or Record(session, "", "", "", "")
+    delete_disks = bool(record.extra.get("delete_source_disks"))
+    pin = record.extra.get("peer_key") if isinstance(record.extra.get("peer_key"), str) else None
     while True:
         if decision is not None and decision.done():
             choice = decision.result()
@@ -64,7 +69,7 @@ async def settle_source(host: Host, journal: Journal, vm: VM, session: str, dest
             if choice == "resume-here":
                 return await _resume_here(journal, vm, session, status, by="operator")
             return await _release_here(host, journal, vm, session, status, delete_disks, by="operator")
-        state, why = await ask_destination(host, dest, session, vm.name, kem)
+        state, why = await ask_destination(host, dest, session, vm.name, kem, pin)
         if state == "running":
             return await _release_here(host, journal, vm, session, status, delete_disks)
         if state == "discarded":

@@ -110,7 +110,8 @@ class SourceMigration(MigrationJob):
             ram_check=self._ram_check,
         )
         self.journal.open_session(self.session, "source", self.vm.name, self.dest, "transferring",
-                                  kem=self.flags.pqc_kem, delete_source_disks=self.flags.delete_source_disks
+                                  kem=self.flags.pqc_kem, peer_key=self.control.peer_fingerprint,
+                                  delete_source_disks=self.flags.delete_source_disks
                                   and self.flags.storage_migrate)
         await self.control.send_json(request.dump())
         raw = await asyncio.wait_for(self.control.recv_json(), 60)

@@ -35,10 +35,10 @@ def under(path: Path, prefixes: list[str]) -> bool:
     return any(path == Path(p) or Path(p) in path.parents for p in prefixes)
 
 
-def mark(vm: VM, dest: str, session: str, kem: str) -> None:
+def mark(vm: VM, dest: str, session: str, kem: str, peer_key: str | None = None) -> None:
     path = vm.dir / OUTGOING
     with open(path, "w") as f:
-        json.dump({"dest": dest, "session": session, "kem": kem}, f)
+        json.dump({"dest": dest, "session": session, "kem": kem, "peer_key": peer_key}, f)
         f.flush()
         os.fsync(f.fileno())
     fd = os.open(vm.dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -52,10 +52,11 @@ def unmark(vm: VM) -> None:
     (vm.dir / OUTGOING).unlink(missing_ok=True)
 
 
-async def ask(host: Host, dest: str, name: str, session: str, kem: str) -> str | None:
-    """The destination's word on the VM: committed, pending or absent; None when unreachable."""
+async def ask(host: Host, dest: str, name: str, session: str, kem: str, pin: str | None = None) -> str | None:
+    """The destination's word on the VM: committed, pending or absent; None when unreachable.
+    `pin`: the key the session's destination presented; only that host is believed."""
     try:
-        reply = await ask_peer(host, dest, wire.OfflineStateQuery(vm=name, session=session).dump(), kem)
+        reply = await ask_peer(host, dest, wire.OfflineStateQuery(vm=name, session=session).dump(), kem, pin=pin)
         answer = wire.parse(reply, wire.OfflineStateAnswer)
     except Exception as err:
         log.info("asking %s about %s: %s", dest, name, err)
@@ -101,8 +102,9 @@ def settle_later(host: Host, vm: VM) -> None:
 async def _settle(host: Host, vm: VM, doubt: dict[str, Any]) -> None:
     delay = 1.0
     while True:
+        key = doubt.get("peer_key")
         state = await ask(host, str(doubt.get("dest")), vm.name, str(doubt.get("session")),
-                          str(doubt.get("kem", "ML-KEM-768")))
+                          str(doubt.get("kem", "ML-KEM-768")), key if isinstance(key, str) else None)
         if state == "committed":
             log.info("%s was committed on %s: released here", vm.name, doubt.get("dest"))
             with contextlib.suppress(Exception):

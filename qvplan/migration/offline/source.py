@@ -229,7 +229,8 @@ class OfflineMigration(MigrationJob):
         self._committing = True
         self.status.phase = 5
         self._publish("phase", phase=5)
-        await asyncio.to_thread(recovery.mark, self.vm, self.dest, self.session, self.flags.pqc_kem)
+        await asyncio.to_thread(recovery.mark, self.vm, self.dest, self.session, self.flags.pqc_kem,
+                                self.channel.peer_fingerprint)
         await self.channel.send_json({"cmd": "commit"})
         try:
             reply = await asyncio.wait_for(self.channel.recv_json(), COMMIT_TIMEOUT)
@@ -255,8 +256,9 @@ class OfflineMigration(MigrationJob):
 
     async def _destination_owns_vm(self) -> bool:
         """The answer to commit was lost: ask the destination whether it committed."""
+        pin = self.channel.peer_fingerprint if self.channel is not None else None
         for _ in range(STATE_RETRIES):
-            state = await recovery.ask(self.host, self.dest, self.vm.name, self.session, self.flags.pqc_kem)
+            state = await recovery.ask(self.host, self.dest, self.vm.name, self.session, self.flags.pqc_kem, pin)
             if state in ("committed", "absent"):
                 return state == "committed"
             await asyncio.sleep(2)
