@@ -101,8 +101,14 @@ def test_system_ping_shows_version_and_trust(make_agent):
     assert out.returncode == 0, out.stderr
     assert "Version: 0.1.0" in out.stdout and "Trust: ✅ (key: hv-a)" in out.stdout
     assert "PQC: cryptography" in out.stdout
-    out = a.cli("system", "storage-check", "--host", b.migration, "--path", str(b.state))
+    disk = b.root / "images" / "web.qcow2"
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    disk.write_bytes(b"")
+    out = a.cli("system", "storage-check", "--host", b.migration, "--path", str(disk))
     assert out.returncode == 0 and "Accessible: ✅" in out.stdout
+    # Outside the pools and shared roots the answer is no, whether or not the path exists (issue 12).
+    out = a.cli("system", "storage-check", "--host", b.migration, "--path", str(b.state))
+    assert out.returncode == 1 and "Accessible: ❌" in out.stdout
     out = a.cli("system", "storage-check", "--host", b.migration, "--path", "/nonexistent/disk.qcow2")
     assert out.returncode == 1 and "Accessible: ❌" in out.stdout
 

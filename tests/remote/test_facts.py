@@ -20,12 +20,14 @@ def quick(lab):
 
 async def test_facts_from_three_hosts(agents_up) -> None:
     lab = agents_up
-    facts, errors = await gather_facts(lab.targets(), storage_paths=[str(lab.dir), "/no/such/path"])
+    shared = lab.dir / "images"  # the pool every lab host has (qvplan/lab/agents.py)
+    shared.mkdir(exist_ok=True)
+    facts, errors = await gather_facts(lab.targets(), storage_paths=[str(shared), "/no/such/path"])
     assert errors == {}
     assert sorted(facts) == ["hv-a", "hv-b", "hv-c"]
     for name, f in facts.items():
         assert f["name"] == name and f["version"] == __version__
-        assert f["storage_checks"] == {str(lab.dir): True, "/no/such/path": False}
+        assert f["storage_checks"] == {str(shared): True, "/no/such/path": False}
         assert f["reachable"] == {other: True for other in facts if other != name}
         assert f["migration"]["address"] == lab.host(name).migration
 

@@ -45,10 +45,12 @@ async def test_ensure_agent_installs_and_starts_it(bare_lab) -> None:
         # Second time: it runs, nothing to do, fast.
         again = await ensure_agent(conn, opts)
         assert (again.installed, again.started) == (False, False)
-    facts, errors = await gather_facts(bare_lab.targets(), storage_paths=[str(bare_lab.dir), "/nonexistent"])
+    pool = str(Path(opts.state_dir or "") / "images")  # the provisioned agent's default pool
+    facts, errors = await gather_facts(bare_lab.targets(), storage_paths=[pool, str(bare_lab.dir), "/nonexistent"])
     assert errors == {}
     assert facts["hv-a"]["name"] == "hv-a" and facts["hv-a"]["version"] == __version__
-    assert facts["hv-a"]["storage_checks"] == {str(bare_lab.dir): True, "/nonexistent": False}
+    # storage-check answers only inside pools and shared roots (issue 12)
+    assert facts["hv-a"]["storage_checks"] == {pool: True, str(bare_lab.dir): False, "/nonexistent": False}
     assert took < 60
 
 

@@ -111,9 +111,12 @@ def test_a_web_page_cannot_drive_the_agent_and_curl_still_streams(make_agent, si
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     status = wait_outcome(a, "vm-1")
     stdout, stderr = curl.communicate(timeout=30)
-    assert status["state"] == "COMPLETED", status
+    # Under TCG, QEMU before 9.0 may lose guest writes (live/ramcheck.py): such a copy is refused
+    # and the guest stays here. Either outcome must reach the stream's end.
+    refused_copy = (status["state"], status.get("code")) == ("FAILED", "ram-mismatch")
+    assert status["state"] == "COMPLETED" or refused_copy, (status.get("code"), status.get("error"))
     assert curl.returncode == 0, stderr
     events = [json.loads(line[5:]) for line in stdout.splitlines() if line.startswith("data:")]
     assert events[0]["event"] == "status" and events[0]["state"] == "MIGRATING", stdout[:1000]
-    assert events[-1]["event"] == "completed" and len(events) > 2, stdout[-1000:]
-    assert [v["name"] for v in b.api("GET", "vms")] == ["vm-1"]
+    assert events[-1]["event"] == ("failed" if refused_copy else "completed") and len(events) > 2, stdout[-1000:]
+    assert [v["name"] for v in (a if refused_copy else b).api("GET", "vms")] == ["vm-1"]
