@@ -120,25 +120,24 @@ async def install(conn: HostConnection, opts: ProvisionOptions) -> None:
                              "wheels are installed only from the uploaded, hash-checked set")
 
 
-async def ensure_qemu_user(conn: HostConnection) -> None:
-    """A root agent runs QEMU as the unprivileged QEMU_USER: create it when missing (idempotent).
-    A non-root agent keeps QEMU under its own user and needs none."""
-    cmd = f'[ "$(id -u)" != 0 ] || getent passwd {QEMU_USER} >/dev/null || {USERADD}'
-    done = await conn.run(["sh", "-c", cmd], timeout=60)
+async def _ensure_as_root(conn: HostConnection, present: str, create: str, what: str) -> None:
+    """Run `create` on a root host where `present` fails (idempotent); a non-root agent needs neither."""
+    done = await conn.run(["sh", "-c", f'[ "$(id -u)" != 0 ] || {present} >/dev/null || {create}'], timeout=60)
     if not done.ok:
         last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
-        raise ProvisionError(f"{conn.name}: cannot create the QEMU user {QEMU_USER}: {last[0]}",
-                             f"create it on the host: {USERADD}")
+        raise ProvisionError(f"{conn.name}: cannot create {what}: {last[0]}", f"create it on the host: {create}")
+
+
+async def ensure_qemu_user(conn: HostConnection) -> None:
+    """A root agent runs QEMU as the unprivileged QEMU_USER: create it when missing.
+    A non-root agent keeps QEMU under its own user and needs none."""
+    await _ensure_as_root(conn, f"getent passwd {QEMU_USER}", USERADD, f"the QEMU user {QEMU_USER}")
 
 
 async def ensure_api_group(conn: HostConnection) -> None:
-    """The control socket's group (members may steer the agent): create it when missing (idempotent)."""
-    cmd = f'[ "$(id -u)" != 0 ] || getent group {CONTROL_GROUP} >/dev/null || groupadd --system {CONTROL_GROUP}'
-    done = await conn.run(["sh", "-c", cmd], timeout=60)
-    if not done.ok:
-        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["?"]
-        raise ProvisionError(f"{conn.name}: cannot create the group {CONTROL_GROUP}: {last[0]}",
-                             f"create it on the host: groupadd --system {CONTROL_GROUP}")
+    """The control socket's group (members may steer the agent): create it when missing."""
+    await _ensure_as_root(conn, f"getent group {CONTROL_GROUP}", f"groupadd --system {CONTROL_GROUP}",
+                          f"the group {CONTROL_GROUP}")
 
 
 async def systemd_available(conn: HostConnection) -> bool:
