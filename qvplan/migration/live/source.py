@@ -441,11 +441,14 @@ class SourceMigration(MigrationJob):
             with contextlib.suppress(Exception):
                 await qmp.execute("migrate_cancel")
             if err.code != Reason.IN_DOUBT:
-                with contextlib.suppress(Exception):
-                    for _ in range(50):
-                        if (await qmp.execute("query-migrate")).get("status") in (*ENDINGS, None):
-                            break
-                        await asyncio.sleep(0.1)
+                if not await _ended(qmp, 5.0):
+                    # A QEMU thread still blocked on one of our streams keeps the migration
+                    # "cancelling", and the next migrate of this VM would be refused: shut the
+                    # streams under it (the teardown would, later) and wait once more.
+                    log.warning("%s: QEMU's migration has not ended after cancel: closing its streams", self.vm.name)
+                    self.carrier.close()
+                    if not await _ended(qmp, 15.0):
+                        log.error("%s: QEMU's migration still has not ended after cancel", self.vm.name)
                 if self.mirrors is not None:
                     # The guest's own disk stays authoritative; the mirrors' targets are dropped.
                     await self.mirrors.abort()
@@ -493,3 +496,16 @@ class SourceMigration(MigrationJob):
                 await self.control.close()
         self.vm.last_migration = self.status.as_dict()
 
+
+async def _ended(qmp: Any, within: float) -> bool:
+    """Whether QEMU's outgoing migration reached an end state (or none) within `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if (await qmp.execute("query-migrate")).get("status") in (*ENDINGS, None):
+                return True
+        except Exception:  # QEMU gone or not answering: nothing left to wait for
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
