@@ -22,7 +22,6 @@ VIOLATION.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import random
 import signal
@@ -36,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from qvplan.remote.hashes import sha256_file
 from tests.agents import AgentProc, ApiError, free_port, guest_vm, mutual_trust
 from tests.migration.invariant import exactly_one, journal, qemu_pids, release_point
 from tests.migration.proxy import TapProxy
@@ -97,14 +97,6 @@ def setup(pair: Pair, tmp: Path) -> None:
                                   disks=[{"pool": "default", "file": "off-1.qcow2", "format": "qcow2"}]))
     for name in ("live-1", "stor-1"):
         a.wait_markers(name, 0)
-
-
-def sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def wait_reached(agent: AgentProc, point: str, timeout: float = 90) -> bool:
@@ -173,7 +165,7 @@ def check(here: AgentProc, there: AgentProc, mode: str, name: str, before: str |
             assert here.vm(name)["state"] == "defined"
             assert name not in there.vm_names()
             disk = here.root / "images" / f"{name}.qcow2"
-            assert sha(disk) == before, "disk changed"
+            assert sha256_file(disk) == before, "disk changed"
             assert not (there.root / "images" / f"{name}.qcow2").exists()
             assert not list((there.root / "images").glob(".qv-incoming-*"))
         else:
@@ -203,7 +195,7 @@ def one_run(pair: Pair, mode: str, kind: str, phase: str) -> str:
             stale.unlink(missing_ok=True)
     host, port = dst.migration.split(":")
     tap = TapProxy(src.address, (host, int(port)))
-    before = sha(src.root / "images" / f"{name}.qcow2") if mode == "offline" else None
+    before = sha256_file(src.root / "images" / f"{name}.qcow2") if mode == "offline" else None
     src.api("POST", f"vms/{name}/migrate", {"dest": tap.address, "flags": flags_for(mode, phase)})
     if hook_on is not None:
         if not wait_reached(hook_on, phase):
