@@ -35,12 +35,12 @@ def step(title: str, *args: str, ok_codes: tuple[int, ...] = (0,), capture: bool
     return out.stdout or ""
 
 
-def only_refused_copies() -> bool:
+def only_refused_copies(journal_dir: Path = ROOT / "plans" / ".qvplan") -> bool:
     """Did the last apply fail only because copies were refused as ram-mismatch (and the moves its
     rollback cancelled)? Read from its journal."""
     from .apply.journal import read_journal
 
-    journals = sorted((ROOT / "plans" / ".qvplan").glob("apply-*-demo.jsonl"), key=lambda p: p.stat().st_mtime)
+    journals = sorted(journal_dir.glob("apply-*-demo.jsonl"), key=lambda p: p.stat().st_mtime)
     if not journals:
         return False
     failed = [e.get("code") for e in read_journal(journals[-1]) if e.get("kind") == "end" and not e.get("ok")]
