@@ -40,7 +40,8 @@ class MigrateRequest(Message):
     cpu: Any = None
     disks: list[dict[str, Any]] = []
     storage: list[dict[str, Any]] | None = None
-    ram_check: bool = False  # the source's QEMU may lose writes: digest the loaded RAM (live/ramcheck.py)
+    ram_key: str | None = None  # the source's QEMU may lose writes: digest the loaded RAM under this
+    # hex key (live/ramcheck.py); None: no digest
 
 
 class SetupReply(Message):

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -56,14 +57,18 @@ async def test_digest_tells_a_loaded_copy_from_a_damaged_one(tmp_path: Path) -> 
             if (await dest.execute("query-migrate")).get("status") == "completed":
                 break
             await asyncio.sleep(0.05)
-        mine, theirs = await asyncio.gather(ramcheck.digest(source, spec.memory_bytes),
-                                            ramcheck.digest(dest, spec.memory_bytes))
+        key = ramcheck.new_key()
+        src_ram = await ramcheck.locate(source, spec.memory_bytes)
+        dst_ram = await ramcheck.locate(dest, spec.memory_bytes)
+        assert all(part.host is not None for part in dst_ram.ranges)  # read straight from QEMU's memory
+        mine, theirs = await asyncio.gather(ramcheck.digest(src_ram, key), ramcheck.digest(dst_ram, key))
         assert mine == theirs
-        # the two ways to read RAM agree (through /proc/PID/mem, and QEMU's pmemsave as the fallback)
-        assert (await ramcheck._crcs_from_memory(dest, MIB, 40 * MIB)
-                == await ramcheck._crcs_by_pmemsave(dest, MIB, 40 * MIB))
+        # the two ways to read RAM agree (process_vm_readv, and QEMU's pmemsave as the fallback)
+        by_dump = ramcheck.GuestRam(dest, tuple(replace(part, host=None) for part in dst_ram.ranges))
+        assert await ramcheck.digest(by_dump, key) == mine
+        assert await ramcheck.digest(dst_ram, ramcheck.new_key()) != mine  # the key is the session's
         await write_guest_memory(dest, 0x2345678, b"\x42")  # one byte of one page, far from the guest's
-        assert await ramcheck.digest(dest, spec.memory_bytes) != mine
+        assert await ramcheck.digest(dst_ram, key) != mine
         assert not list((tmp_path / "dst").glob("ramcheck-*"))  # no dump left behind
     finally:
         for proc in (source, dest):

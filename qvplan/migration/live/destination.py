@@ -63,7 +63,7 @@ class Incoming:
     identities: dict[Path, tuple[int, int]] = field(default_factory=dict)  # image → (st_dev, st_ino) at creation
     storage: bool = False
     peer_fingerprint: str | None = None  # its control channel's: every data channel must present it
-    ram_check: bool = False  # the source asked for a digest of the loaded RAM (ramcheck.py)
+    ram_key: bytes | None = None  # the source asked for a digest of the loaded RAM under this key (ramcheck.py)
     aborted: asyncio.Event = field(default_factory=asyncio.Event)  # a fence or the agent stopping
 
     def state(self, journal: Journal) -> str:
@@ -166,7 +166,7 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
     (vm.dir / INCOMING_MARK).write_text(request.session)
     incoming = Incoming(request.session, vm, {MIGRATE_DATA: str(vm.run_dir / "incoming.sock")},
                         storage=placement is not None, peer_fingerprint=channel.peer_fingerprint,
-                        ram_check=request.ram_check)
+                        ram_key=bytes.fromhex(request.ram_key) if request.ram_key else None)
     sessions[incoming.session] = incoming
     replied = False
     try:
@@ -232,6 +232,8 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
     assert vm.proc is not None
     qmp = vm.proc.qmp
     loaded = asyncio.ensure_future(_wait_loaded(qmp))
+    # where QEMU keeps the RAM is looked up while it loads: the digest is then all the pause pays
+    ram = await ramcheck.locate(vm.proc, vm.spec.memory_bytes) if incoming.ram_key else None
     verdict = asyncio.ensure_future(channel.recv_json())
     aborted = asyncio.ensure_future(incoming.aborted.wait())
     try:
@@ -240,8 +242,8 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
             raise failure(Reason.CANCELLED, f"source ended the migration: {_said(verdict)}")
         loaded.result()
         check_images(incoming)
-        ram = await ramcheck.digest(vm.proc, vm.spec.memory_bytes) if incoming.ram_check else None
-        await channel.send_json(wire.Received(ram_digest=ram).dump())
+        digest = await ramcheck.digest(ram, incoming.ram_key) if ram and incoming.ram_key else None
+        await channel.send_json(wire.Received(ram_digest=digest).dump())
         journal.set(incoming.session, "loaded", sync=False)  # not needed durable: loading/loaded alike never ran
         await pause_at(host.state_dir, "dest-after-received")
         done, _ = await asyncio.wait({verdict, aborted}, return_when=asyncio.FIRST_COMPLETED)

@@ -60,7 +60,7 @@ class SourceMigration(MigrationJob):
         self._passes_published = 0
         self._from_dest: asyncio.Future[Any] | None = None
         self._stop_at: float | None = None
-        self._ram_check = False  # our QEMU may lose guest writes: compare RAM before the commit
+        self._ram_key: bytes | None = None  # our QEMU may lose guest writes: compare RAM before the commit
         self._ram_digest: asyncio.Future[str] | None = None  # ours, taken once our QEMU completed
         self._qemu_completed = 0.0  # monotonic time our QEMU reported the migration completed
 
@@ -102,12 +102,13 @@ class SourceMigration(MigrationJob):
         qmp = self.vm.proc.qmp
         facts = host_facts(self.host)
         storage = await describe_disks(qmp, self.vm.spec, self.host.pools) if self.flags.storage_migrate else None
-        self._ram_check = await ramcheck.affected(qmp)
+        if await ramcheck.affected(qmp):
+            self._ram_key = ramcheck.new_key()
         request = wire.MigrateRequest(
             session=self.session, version=self.host.version, vm=self.vm.spec.model_dump(mode="json"),
             flags=self.flags.model_dump(mode="json"), policies=self.policies.model_dump(),
             cpu=facts["cpu"], disks=self.host.registry.disk_facts(self.vm.spec), storage=storage,
-            ram_check=self._ram_check,
+            ram_key=self._ram_key.hex() if self._ram_key else None,
         )
         self.journal.open_session(self.session, "source", self.vm.name, self.dest, "transferring",
                                   kem=self.flags.pqc_kem, peer_key=self.control.peer_fingerprint,
@@ -130,8 +131,9 @@ class SourceMigration(MigrationJob):
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())
         self._watch_passes = asyncio.ensure_future(self._follow_passes())
-        if self._ram_check:
-            self._ram_digest = asyncio.ensure_future(self._digest_once_completed())
+        if self._ram_key:
+            ram = await ramcheck.locate(self.vm.proc, self.vm.spec.memory_bytes)
+            self._ram_digest = asyncio.ensure_future(self._digest_once_completed(ram, self._ram_key))
         if storage:
             self.mirrors = DiskMirrors(qmp, [d["index"] for d in storage], reply.exports or [], self._nbd_address)
 
@@ -334,7 +336,7 @@ class SourceMigration(MigrationJob):
         """Phase 5: journal `committed`, send commit; the source VM is released only once the
         destination confirms it runs the guest (or says it discarded it: then the guest resumes here)."""
         assert self.control is not None
-        if self._ram_check:
+        if self._ram_key:
             await self._compare_ram()
         self.journal.set(self.session, "awaiting-commit", sync=False)  # like transferring for recovery
         await pause_at(self.host.state_dir, "source-before-commit")
@@ -376,7 +378,7 @@ class SourceMigration(MigrationJob):
         self.journal.set(self.session, "released")
         self._completed()
 
-    async def _digest_once_completed(self) -> str:
+    async def _digest_once_completed(self, ram: ramcheck.GuestRam, key: bytes) -> str:
         """Our RAM's digest, taken as soon as QEMU completed (the guest is paused for good then),
         while the destination takes its own. Started before `migrate`: only this migration's
         MIGRATION event counts (query-migrate may still say "completed" of a rolled-back one)."""
@@ -385,7 +387,7 @@ class SourceMigration(MigrationJob):
             while (await listener.get()).get("data", {}).get("status") != "completed":
                 pass
         self._qemu_completed = time.monotonic()
-        return await ramcheck.digest(self.vm.proc, self.vm.spec.memory_bytes)
+        return await ramcheck.digest(ram, key)
 
     async def _compare_ram(self) -> None:
         """Both copies paused: commit only a copy whose RAM is the source's (live/ramcheck.py)."""
