@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from qvplan.migration.live import downtime
-from qvplan.migration.live.downtime import FLOOR, MARGIN, CommitCosts, DowntimeBudget, budget
+from qvplan.migration.live.downtime import FLOOR, MARGIN, CommitCosts, DowntimeBudget, RamCheckCosts, budget
 
 MAX = 0.3
 
@@ -94,3 +94,25 @@ async def test_budget_sets_the_limit_and_learns(monkeypatch: pytest.MonkeyPatch)
     b.learn(pause=None, qemu_downtime=None)  # a session settled without a pause figure: nothing learned
     b.learn(pause=5.0, qemu_downtime=0.03, forced=True)  # a forced stop's pause is not the commit's
     assert costs.overhead() == pytest.approx(0.04)
+
+
+async def test_the_ram_comparison_is_kept_back_per_byte_of_guest_ram(monkeypatch):
+    """Where the pause compares RAM (live/ramcheck.py), the budget keeps its expected time back:
+    the guest's size times the seconds per byte this host's comparisons took, learned on its own."""
+    clock = [100.0]
+    monkeypatch.setattr(downtime.time, "monotonic", lambda: clock[0])
+    checks = RamCheckCosts(prior=1e-9)  # 1 GB/s
+    b = DowntimeBudget(MAX, 30, lambda: 0, lambda: 0, CommitCosts(prior=0.05), checks)
+    b.ram_checked = 100_000_000  # 100 ms at the prior rate
+    qmp = RecordingQMP()
+    await b.update(qmp, _info())
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 120})  # 270 - 50 - 100
+
+    b.learn(pause=0.2, qemu_downtime=0.15, ram_check=0.05)  # 0.5 ns per byte measured
+    assert checks.per_byte() == pytest.approx(0.5e-9)
+    b.learn(pause=0.2, qemu_downtime=0.15, ram_check=0.03)
+    assert checks.per_byte() == pytest.approx(0.5e-9)  # the worst recent comparison is kept
+    unchecked = DowntimeBudget(MAX, 30, lambda: 0, lambda: 0, CommitCosts(prior=0.05), checks)
+    unchecked.learn(pause=0.2, qemu_downtime=0.15, ram_check=None)
+    await unchecked.update(qmp, _info())
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 220})  # no RAM check: nothing kept back

@@ -12,8 +12,11 @@ bandwidth it measured on its own socket. That estimate misses two costs of ours:
   real pause took beyond what its limit allowed (`CommitCosts`), and the next sessions keep
   that much back.
 
-    limit = max_downtime × (1 − MARGIN) − overhead − in_flight / rate
+    limit = max_downtime × (1 − MARGIN) − overhead − ram_check − in_flight / rate
             clamped to [FLOOR × max_downtime, max_downtime]
+
+`ram_check` is the RAM comparison of live/ramcheck.py (TCG before QEMU 9.0 only): the guest's
+memory size times the seconds per byte this host's recent comparisons took (`RamCheckCosts`).
 
 `rate` is what the relays carried over the last second. The destination keeps its queues short
 (streams/carrier.accept_stream), so a backlog waits in this host's sockets where it is counted.
@@ -40,6 +43,7 @@ SAMPLES = 6  # sessions remembered; the worst of them is kept back
 MIN_CHANGE = 0.002  # seconds: smaller changes of the limit are not worth a QMP round trip
 RATE_WINDOW = 1.0  # seconds the carried-bytes rate is averaged over
 LAST_PASSES = 3  # passes before --max-iterations in which QEMU gets the whole max-downtime
+PRIOR_RAM_CHECK = 0.5e-9  # seconds per byte of RAM compared (2 GB/s) before this host measured one
 
 
 class QMP(Protocol):
@@ -73,6 +77,27 @@ class CommitCosts:
 COSTS = CommitCosts()
 
 
+class RamCheckCosts:
+    """Seconds per byte of guest RAM this host's recent RAM comparisons took (the worst kept)."""
+
+    def __init__(self, prior: float = PRIOR_RAM_CHECK, keep: int = SAMPLES) -> None:
+        self._lock = threading.Lock()
+        self._prior = prior
+        self._samples: collections.deque[float] = collections.deque(maxlen=keep)
+
+    def per_byte(self) -> float:
+        with self._lock:
+            return max(self._samples) if self._samples else self._prior
+
+    def record(self, seconds: float, memory: int) -> None:
+        if memory > 0:
+            with self._lock:
+                self._samples.append(seconds / memory)
+
+
+RAM_CHECKS = RamCheckCosts()
+
+
 def budget(max_downtime: float, *, in_flight: int, rate: float, overhead: float) -> float:
     """The downtime limit (seconds) to give QEMU; `rate` in bytes/s (0 = not measured yet)."""
     drain = in_flight / rate if rate > 0 else 0.0
@@ -84,10 +109,12 @@ class DowntimeBudget:
     """Keeps QEMU's `downtime-limit` at `budget()` while pre-copy runs (call `update` per poll)."""
 
     def __init__(self, max_downtime: float, max_iterations: int, in_flight: Callable[[], int],
-                 carried: Callable[[], int], costs: CommitCosts = COSTS) -> None:
+                 carried: Callable[[], int], costs: CommitCosts = COSTS,
+                 ram_checks: RamCheckCosts = RAM_CHECKS) -> None:
         self.max_downtime, self.max_iterations = max_downtime, max_iterations
         self._in_flight, self._carried = in_flight, carried
-        self._costs = costs
+        self._costs, self._ram_checks = costs, ram_checks
+        self.ram_checked = 0  # bytes of guest RAM the pause will compare (0: no RAM check)
         self.limit: float | None = None  # last limit given to QEMU
         self.drain = 0.0  # the in-flight drain the last limit assumed
         self._marks: collections.deque[tuple[float, int]] = collections.deque()
@@ -111,7 +138,8 @@ class DowntimeBudget:
         if passes >= self.max_iterations - LAST_PASSES:
             limit = self.max_downtime  # converge now rather than be stopped with everything dirty
         else:
-            limit = budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=self._costs.overhead())
+            overhead = self._costs.overhead() + self.ram_checked * self._ram_checks.per_byte()
+            limit = budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=overhead)
         if self.limit is not None and abs(limit - self.limit) < MIN_CHANGE:
             return
         try:
@@ -121,9 +149,13 @@ class DowntimeBudget:
             return
         self.limit = limit
 
-    def learn(self, pause: float | None, qemu_downtime: float | None, forced: bool = False) -> None:
+    def learn(self, pause: float | None, qemu_downtime: float | None, forced: bool = False,
+              ram_check: float | None = None) -> None:
         """After a completed session: what its pause cost beyond the account, for the next ones.
+        `pause` leaves the RAM comparison out; `ram_check` is its seconds, learned per byte.
         Not after a forced stop-and-copy: that pause is the dirty memory's, not the commit's."""
+        if ram_check is not None and self.ram_checked:
+            self._ram_checks.record(ram_check, self.ram_checked)
         if pause is None or self.limit is None or forced:
             return
         sample = self._costs.record(pause, self.limit + self.drain, qemu_downtime)

@@ -104,6 +104,7 @@ class SourceMigration(MigrationJob):
         storage = await describe_disks(qmp, self.vm.spec, self.host.pools) if self.flags.storage_migrate else None
         if await ramcheck.affected(qmp):
             self._ram_key = ramcheck.new_key()
+            self.budget.ram_checked = self.vm.spec.memory_bytes  # the pause will compare it all
         request = wire.MigrateRequest(
             session=self.session, version=self.host.version, vm=self.vm.spec.model_dump(mode="json"),
             flags=self.flags.model_dump(mode="json"), policies=self.policies.model_dump(),
@@ -405,12 +406,12 @@ class SourceMigration(MigrationJob):
                           "retry the migration; use KVM or QEMU 9.0 or later")
 
     def _completed(self) -> None:
-        # The RAM comparison (TCG before QEMU 9.0 only) is not the commit's cost: no downtime limit
-        # could make room for it, so learning it would only starve convergence.
+        # The RAM comparison (TCG before QEMU 9.0 only) is learned on its own, per byte of RAM:
+        # it grows with the guest, the commit's cost does not.
         pause = self.status.pause
         if pause is not None and self.status.ram_check:
             pause = max(pause - self.status.ram_check, 0.0)
-        self.budget.learn(pause, self.status.downtime, self.status.forced_stop_and_copy)
+        self.budget.learn(pause, self.status.downtime, self.status.forced_stop_and_copy, self.status.ram_check)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
         self.status.finished = time.time()
