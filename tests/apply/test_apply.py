@@ -174,7 +174,7 @@ inventory: {inventory}
 trust: {{exchange: true}}
 limits: {{parallel: 2, per_host_outbound: 1, per_host_inbound: 1}}
 vms:
-  vm-2: {{host: hv-b, bandwidth: 4M, max_iterations: 5}}   # ~20 s: still moving when the apply is killed
+  vm-2: {{host: hv-b, bandwidth: 4M, max_iterations: 8}}   # ~30 s: still moving when the apply is killed
   vm-4: hv-c
   vm-3: {{host: hv-a, after: [vm-2]}}
 """
@@ -192,12 +192,13 @@ def test_lock_then_kill_mid_apply_and_resume(lab, tmp_path):
                              stderr=subprocess.STDOUT, text=True)
     try:
         wait_journal(lambda: journal_of(tmp_path), lambda es: any(
-            e["kind"] == "end" and e["vm"] == "vm-4" for e in es) and any(
             e["kind"] == "phase" and e["vm"] == "vm-2" for e in es))
-        second = qvplan("apply", str(plan), "--auto-approve")
+        second = qvplan("apply", str(plan), "--auto-approve")  # while vm-4 moves beside vm-2
         assert second.returncode == 1
         assert f"is locked by another apply (pid {first.pid} on " in second.stderr, second.stderr
         assert "wait for it to finish" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+        wait_journal(lambda: journal_of(tmp_path), lambda es: any(
+            e["kind"] == "end" and e["vm"] == "vm-4" for e in es))
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
     finally:
