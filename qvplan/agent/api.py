@@ -50,7 +50,7 @@ def build_app(host: Host, extensions: Iterable[RouteAdder] = ()) -> web.Applicat
     @routes.post("/api/v1/vms")
     async def define(request: web.Request) -> web.Response:
         spec = VMSpec.model_validate(await request.json())
-        return web.json_response(reg.describe(reg.define(spec)), status=201)
+        return web.json_response(reg.describe(reg.define_here(spec)), status=201)
 
     @routes.get("/api/v1/vms/{name}")
     async def show(request: web.Request) -> web.Response:

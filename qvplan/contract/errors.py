@@ -31,6 +31,7 @@ _SENTENCES = {
     Reason.OUT_OF_RESOURCES: "Destination out of resources ({})",
     Reason.STORAGE_NOT_FOUND: "Storage not found on destination ({})",
     Reason.NETWORK_NOT_FOUND: "network not found on destination: {}",
+    Reason.MACHINE_UNSUPPORTED: "destination's QEMU does not run {}",
 }
 
 

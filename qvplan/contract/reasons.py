@@ -18,6 +18,7 @@ class Reason(StrEnum):
     VERSION_MISMATCH = "version-mismatch"
     STORAGE_NOT_FOUND = "storage-not-found"
     NETWORK_NOT_FOUND = "network-not-found"
+    MACHINE_UNSUPPORTED = "machine-unsupported"
     OUT_OF_RESOURCES = "out-of-resources"
     PQC_REQUIRED = "pqc-required"
     NAME_CLASH = "name-clash"

@@ -50,6 +50,7 @@ def storage_check(path: str, roots: Roots) -> dict[str, Any]:
 def host_facts(host: Host) -> dict[str, Any]:
     """Assemble the facts document of a running host."""
     from ..vmm import cpu_facts, qemu_version
+    from ..vmm.host import qemu_machines
     from ..vmm.taps import bridges
 
     mem = meminfo()
@@ -59,6 +60,7 @@ def host_facts(host: Host) -> dict[str, Any]:
         "name": host.config.host.name,
         "version": host.version,
         "qemu_version": qemu_version(),
+        "qemu_machines": sorted(qemu_machines()),  # machine types (and aliases) its QEMU runs
         "accelerator": host.accel,
         "cpu": cpu_facts(host.accel),
         "memory": {

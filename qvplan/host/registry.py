@@ -149,6 +149,19 @@ class Registry:
 
     # -- lifecycle -----------------------------------------------------------------------
 
+    def define_here(self, spec: VMSpec) -> VM:
+        """A VM made on this host (not one landing from a peer): its machine type is pinned to
+        the version this host's QEMU runs, which it then keeps on every host it moves to."""
+        from ..vmm.host import qemu_machines
+
+        machines = qemu_machines()
+        wanted = spec.machine or "pc"
+        if wanted not in machines:
+            raise VMError(f"machine type {wanted} is not run by this host's QEMU",
+                          "use machine: pc, or a pc-i440fx version this QEMU lists (qemu-system-x86_64 -machine help)",
+                          code=Reason.MACHINE_UNSUPPORTED)
+        return self.define(spec.model_copy(update={"machine": machines[wanted]}))
+
     def define(self, spec: VMSpec, *, replace: bool = False) -> VM:
         if spec.name in self.vms and not replace:
             raise VMError(f"VM {spec.name!r} is already defined", "undefine it first or pick another name",

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..contract import rules
+from ..contract.machine import unsupported_machine
 from ..contract.network import missing_network
 from ..contract.ports import MIGRATION_PORT
 from ..contract.reasons import FIXES, PORT_FIX, Reason
@@ -114,6 +115,10 @@ def check_cpu(vm: dict[str, Any], src: str, dst: str, facts: dict[str, dict[str,
     problem = cpu_problem(vm, facts[src], facts[dst], policy)
     if problem:
         return fail(f"CPU incompatible: {dst} {problem} (cpu.model {model})", CPU_FIX, Reason.CPU_INCOMPATIBLE)
+    machine = unsupported_machine(_d(vm.get("spec")), facts[dst].get("qemu_machines"))
+    if machine is not None:  # the platform beside the CPU: the destination's QEMU must run its type
+        return fail(f"{dst}'s QEMU {facts[dst].get('qemu_version', '?')} does not run {machine.detail}",
+                    machine.fix, machine.code)
     return ok(f"cpu.model {model} runs on {dst}")
 
 

@@ -1,6 +1,6 @@
 """The qemu-system-x86_64 command line for a VMSpec. Pure: no files touched, nothing started.
 
-Choices that matter for migration: machine `pc` (i440fx, the least device state), no default
+Choices that matter for migration: machine `pc` (i440fx, the least device state; the spec pins its version), no default
 devices, every block node named (`disk0`, `disk0-file`, ... and `guest0` for the test guest) so
 block mirroring and NBD exports can address them, and the same devices in the same order on both
 sides.
@@ -92,7 +92,7 @@ def build_command(spec: VMSpec, paths: RunPaths, *, accel: str, pool_paths: Mapp
     argv = [
         qemu,
         "-name", opt(spec.name),
-        "-machine", "pc",
+        "-machine", spec.machine or "pc",
         "-accel", "tcg,thread=multi" if accel == "tcg" else "kvm",
         "-cpu", cpu,
         "-m", f"{spec.memory_bytes // MIB}M",

@@ -132,30 +132,48 @@ def _cpuinfo() -> dict[str, Any]:
     }
 
 
-@functools.cache
-def qemu_cpu_features(accel: str) -> tuple[str, list[str]]:
-    """(model, enabled features) of QEMU's `host` (kvm) or `max` (tcg) CPU model, asked with
-    `query-cpu-model-expansion` from a short-lived QEMU with no machine."""
-    model = "host" if accel == "kvm" else "max"
-    requests = [
-        {"execute": "qmp_capabilities"},
-        {"execute": "query-cpu-model-expansion", "arguments": {"type": "full", "model": {"name": model}}},
-        {"execute": "quit"},
-    ]
+def _probe(accel: str, command: dict[str, Any], what: str) -> Any:
+    """The answer to one QMP command of a short-lived QEMU with no machine."""
+    requests = [{"execute": "qmp_capabilities"}, command, {"execute": "quit"}]
     argv = [qemu_binary(), "-machine", "none", "-accel", accel, "-nodefaults", "-no-user-config",
             "-display", "none", "-S", "-qmp", "stdio"]
     try:
         run = subprocess.run(argv, input="".join(json.dumps(r) + "\n" for r in requests),
                              capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
-        raise QemuError("QEMU's CPU probe timed out", "check that qemu-system-x86_64 runs") from None
-    for line in run.stdout.splitlines():
-        reply = json.loads(line) if line.startswith("{") else {}
-        props = reply.get("return", {}).get("model", {}).get("props") if isinstance(reply.get("return"), dict) else None
-        if props is not None:
-            return model, sorted(k for k, v in props.items() if v is True)
+        raise QemuError(f"QEMU's {what} probe timed out", "check that qemu-system-x86_64 runs") from None
+    replies = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    answers = [r["return"] for r in replies if "return" in r and r["return"] != {}]
+    if answers:
+        return answers[0]
     last = (run.stderr.strip().splitlines() or ["no answer"])[-1]
-    raise QemuError(f"QEMU's CPU probe failed: {last}", "check that qemu-system-x86_64 runs")
+    raise QemuError(f"QEMU's {what} probe failed: {last}", "check that qemu-system-x86_64 runs")
+
+
+@functools.cache
+def qemu_cpu_features(accel: str) -> tuple[str, list[str]]:
+    """(model, enabled features) of QEMU's `host` (kvm) or `max` (tcg) CPU model, asked with
+    `query-cpu-model-expansion` from a short-lived QEMU with no machine."""
+    model = "host" if accel == "kvm" else "max"
+    answer = _probe(accel, {"execute": "query-cpu-model-expansion",
+                            "arguments": {"type": "full", "model": {"name": model}}}, "CPU")
+    props = answer.get("model", {}).get("props") if isinstance(answer, dict) else None
+    if not isinstance(props, dict):
+        raise QemuError("QEMU's CPU probe answered no CPU model", "check that qemu-system-x86_64 runs")
+    return model, sorted(k for k, v in props.items() if v is True)
+
+
+@functools.cache
+def qemu_machines() -> dict[str, str]:
+    """The machine types this QEMU runs, each name → the versioned type it stands for (an alias
+    such as `pc` → `pc-i440fx-10.0`; a versioned type → itself). Asked with `query-machines`."""
+    answer = _probe("tcg", {"execute": "query-machines"}, "machine")
+    machines: dict[str, str] = {}
+    for m in answer if isinstance(answer, list) else []:
+        machines[str(m["name"])] = str(m["name"])
+        if m.get("alias"):
+            machines[str(m["alias"])] = str(m["name"])
+    return machines
 
 
 def cpu_facts(accel: str | None = None) -> dict[str, Any]:

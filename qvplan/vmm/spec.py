@@ -23,6 +23,7 @@ MIB = 1 << 20
 GUEST_ADDR_LIMIT = 3 << 30
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+MACHINE_RE = re.compile(r"^pc(-i440fx-\d{1,2}\.\d{1,2})?$")
 CPU_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 CPU_FEATURE_RE = re.compile(r"^[+-]?[a-z0-9][a-z0-9_.-]*$")
 # A message that starts with "sub.key: " names a key below the field it was raised on.
@@ -239,6 +240,10 @@ class VMSpec(_Strict):
     memory: str | int = "256M"
     vcpus: int = Field(1, ge=1, le=64)
     cpu: CPUSpec = Field(default_factory=CPUSpec)
+    # QEMU's machine type: `pc` (i440fx: the least device state to migrate) or one version of it.
+    # The agent pins `pc` to its versioned type when the VM is defined, so the VM keeps the same
+    # machine on every host it moves to (a newer QEMU still runs an older type, not the reverse).
+    machine: str | None = None
     disks: list[DiskSpec] = Field(default_factory=list)
     nic: NicSpec | list[NicSpec] = Field(default_factory=NicSpec)  # one NIC, or a list
     guest: GuestSpec  # declared last: its checks read memory and disks
@@ -248,6 +253,13 @@ class VMSpec(_Strict):
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
             raise ValueError(f"{v!r} is not a VM name (1-63 of a-z 0-9 - _ . starting with a letter or digit)")
+        return v
+
+    @field_validator("machine")
+    @classmethod
+    def _machine(cls, v: str | None) -> str | None:
+        if v is not None and not MACHINE_RE.match(v):
+            raise ValueError(f"machine {v!r} is not pc or a versioned pc-i440fx-N.N machine type")
         return v
 
     @field_validator("memory")

@@ -30,6 +30,7 @@ from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.events import Inbound
 from ...contract.flags import MigrateFlags
+from ...contract.machine import unsupported_machine
 from ...contract.network import missing_network
 from ...contract.reasons import Reason
 from ...host import pools
@@ -82,6 +83,7 @@ def verdict(spec: VMSpec, flags: MigrateFlags, request: dict[str, Any], facts: d
     return (rules.judge(spec.cpu.model_dump(), spec.memory_bytes, source, facts, policies)
             or rules.check_shared_disks(shared, reachable)
             or missing_network(spec.model_dump(mode="json"), facts.get("bridges"))
+            or unsupported_machine(spec.model_dump(mode="json"), facts.get("qemu_machines"))
             or rules.check_boot_files(boot_files or [], reachable))
 
 
@@ -308,9 +310,9 @@ async def resume(host: Host, journal: Journal, session: str, vm: VM, unexport: b
             _mark_lost(journal, session, vm)
             return None
         raise
+    await vm.proc.announce()  # first: the network finds the guest sooner, the journal can wait
     await pause_at(host.state_dir, "dest-after-cont")
     _mark_running(journal, session, vm)
-    await vm.proc.announce()
     return resumed_at
 
 

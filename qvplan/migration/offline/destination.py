@@ -33,6 +33,7 @@ from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.events import Inbound
 from ...contract.flags import MigrateFlags
+from ...contract.machine import unsupported_machine
 from ...contract.network import missing_network
 from ...contract.reasons import Reason
 from ...host import pools
@@ -132,12 +133,14 @@ def preflight(host: Host, channel: SecureChannel, request: dict[str, Any], cpu: 
         raise refused(Reason.NAME_CLASH, f"a VM named {spec.name!r} already exists on the destination",
                       "undefine it there or rename the VM")
     policies = rules.Policies.model_validate(request.get("policies") or {})
+    from ...vmm.host import qemu_machines
     from ...vmm.taps import bridges
     from ..live.destination import boot_files, confined
 
     problem = (rules.check_version(str(request.get("version", "?")), host.version, policies.version)
                or rules.check_cpu(spec.cpu.model_dump(), request.get("cpu", {}), cpu, policies.cpu)
                or missing_network(spec.model_dump(mode="json"), bridges())
+               or unsupported_machine(spec.model_dump(mode="json"), qemu_machines())
                or rules.check_boot_files(boot_files(host, spec), os.path.exists))
     if problem:
         raise refusal_error(problem)
