@@ -37,7 +37,7 @@ BACKPORTS := /etc/apt/sources.list.d/debian-backports.sources
 system-deps: qemu
 qemu:
 	@major=$$(qemu-system-x86_64 --version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p'); \
-	if [ -z "$$major" ] || [ "$$major" -lt 9 ]; then \
+	if [ -z "$$major" ] || [ "$$major" -lt 9 ] || ! command -v qemu-img >/dev/null; then \
 		. /etc/os-release; suite=""; \
 		if [ "$$VERSION_CODENAME" = bookworm ]; then \
 			suite="-t bookworm-backports"; \
