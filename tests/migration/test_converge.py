@@ -30,6 +30,7 @@ MIB = 1 << 20
 WORKING_SET = 12 * MIB
 BANDWIDTH = 8 * MIB
 MAX_ITERATIONS = 20
+FORCED_AT = 10  # passes before the forced stop-and-copy of the test without auto-converge
 # pace 12000: ~50 µs of busy loop per page under TCG here; marker_every 1: a serial line per sweep.
 HEAVY = {"memory": "128M", "working_set": "12M", "pace": 12000, "marker_every": 1}
 FLAGS = {"bandwidth": "8M", "max_downtime": "100ms", "max_iterations": MAX_ITERATIONS, "threads": 1}
@@ -84,35 +85,36 @@ def test_without_auto_converge_only_a_forced_stop_and_copy_completes(pair):
     rate = dirty_rate(a, "vm-1")
     print(f"\nguest dirties {rate / MIB:.0f} MiB/s against a bandwidth of {BANDWIDTH / MIB:.0f} MiB/s")
 
-    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {**FLAGS, "auto_converge": False}})
+    flags = {**FLAGS, "auto_converge": False, "max_iterations": FORCED_AT}
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": flags})
     curl = follow_events(a, "vm-1")
     # Mid-way, `migrate-status` shows the live pass count against the budget.
     time.sleep(4)
     live = a.cli("vm", "migrate-status", "vm-1")
     assert live.returncode == 0, live.stderr
     assert "MIGRATING (phase" in live.stdout, live.stdout
-    n = int(re.search(rf"Iteration:\s+(\d+) / {MAX_ITERATIONS}\n", live.stdout).group(1))
-    assert 1 <= n < MAX_ITERATIONS, live.stdout
+    n = int(re.search(rf"Iteration:\s+(\d+) / {FORCED_AT}\n", live.stdout).group(1))
+    assert 1 <= n < FORCED_AT, live.stdout
     status, events = wait_outcome(a, "vm-1"), read_events(curl)
     show_passes(events)
 
     assert status["state"] == "COMPLETED", status
-    assert status["forced_stop_and_copy"] and status["iteration"] == MAX_ITERATIONS, status
+    assert status["forced_stop_and_copy"] and status["iteration"] == FORCED_AT, status
     assert status["cpu_throttle"] == 0, status
     passes = assert_one_pass_event_per_iteration(events, status)
     forced = [e for e in events if e["event"] == "phase" and e.get("forced")]
-    assert len(forced) == 1 and forced[0]["iteration"] == MAX_ITERATIONS, forced
+    assert len(forced) == 1 and forced[0]["iteration"] == FORCED_AT, forced
     # It never converged: up to the forced stop every pass found most of the working set dirty.
     assert all(e["total"] - e["transferred"] > WORKING_SET / 2 for e in passes
-               if 2 <= e["iteration"] <= MAX_ITERATIONS), passes
-    print(f"forced stop-and-copy after {MAX_ITERATIONS} passes, {status['transferred'] / MIB:.0f} MiB sent, "
+               if 2 <= e["iteration"] <= FORCED_AT), passes
+    print(f"forced stop-and-copy after {FORCED_AT} passes, {status['transferred'] / MIB:.0f} MiB sent, "
           f"pause {status['pause']}s")
     runs_only_on(b, a, "vm-1")
 
     done = a.cli("vm", "migrate-status", "vm-1")
-    assert f"Iteration:       {status['iteration']} / {MAX_ITERATIONS} (forced stop-and-copy)" in done.stdout
+    assert f"Iteration:       {status['iteration']} / {FORCED_AT} (forced stop-and-copy)" in done.stdout
     as_json = json.loads(a.cli("vm", "migrate-status", "vm-1", "--json").stdout)
-    assert (as_json["iteration"], as_json["max_iterations"]) == (status["iteration"], MAX_ITERATIONS)
+    assert (as_json["iteration"], as_json["max_iterations"]) == (status["iteration"], FORCED_AT)
 
 
 def test_auto_converge_converges_before_the_forced_stop_and_copy(pair):
