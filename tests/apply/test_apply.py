@@ -174,7 +174,9 @@ inventory: {inventory}
 trust: {{exchange: true}}
 limits: {{parallel: 2, per_host_outbound: 1, per_host_inbound: 1}}
 vms:
-  vm-2: {{host: hv-b, bandwidth: 4M, max_iterations: 8}}   # ~30 s: still moving when the apply is killed
+  # never converges (1 ms downtime, no auto-converge): 5 passes of its 16 MiB at 4 MiB/s, ~20 s, then
+  # a forced stop-and-copy; still moving when the apply is killed
+  vm-2: {{host: hv-b, bandwidth: 4M, max_downtime: 1ms, auto_converge: false, max_iterations: 5}}
   vm-4: hv-c
   vm-3: {{host: hv-a, after: [vm-2]}}
 """
