@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from ..errors import QVError
 from ..plan.model import Plan
 from ..plan.targets import Selection
+from ..remote.pool import Connections
 from .executor import ApplyResult, Executor, MoveResult, ready_moves
 from .journal import Journal, JournalState
 from .lock import HostLocks, owner
@@ -87,13 +88,15 @@ async def run_apply(req: ApplyRequest, ui: Frontend) -> Outcome:
                           f"{str(state.header.get('plan_hash'))[:15]}… in the journal, {source.plan_hash[:15]}… now)",
                           "restore that plan (and its --var values) to resume, or apply the new plan without --resume")
     who = owner(str(Path(plan_file).resolve()), str(state.path) if state else None)
-    async with HostLocks(source.targets, who, break_lock=req.break_lock, say=ui.board.say) as locks:
-        ex = Executor(source.targets, None, ui.board)
-        ex.locks = locks  # no new move on a host whose lock died with its connection
-        try:
+    # One SSH connection per host for the whole apply: locks, facts, trust and moves share it.
+    pool = Connections(source.targets)
+    try:
+        async with HostLocks(source.targets, who, break_lock=req.break_lock, say=ui.board.say, pool=pool) as locks:
+            ex = Executor(source.targets, None, ui.board, pool)
+            ex.locks = locks  # no new move on a host whose lock died with its connection
             return await _locked(ex, source, state, ui, plan_file, variables, var_files)
-        finally:
-            await ex.close()
+    finally:
+        await pool.close()
 
 
 async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, ui: Frontend, plan_file: str,
@@ -104,7 +107,7 @@ async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, 
         ui.journal = state.path
         followed = await follow_unfinished(ex, state)
         ui.board.plan_more(len(followed))
-    facts = await source.facts()
+    facts = await source.facts(ex.pool)
     plan = source.plan(facts, resuming=state is not None)
     moves = ready_moves(plan)
     skip = not_twice(moves, moved_already(state, followed)) if state is not None else {}
