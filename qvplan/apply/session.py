@@ -8,6 +8,7 @@ any fact is gathered, and two plans over the same hosts should not interleave an
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -88,19 +89,21 @@ async def run_apply(req: ApplyRequest, ui: Frontend) -> Outcome:
                           f"{str(state.header.get('plan_hash'))[:15]}… in the journal, {source.plan_hash[:15]}… now)",
                           "restore that plan (and its --var values) to resume, or apply the new plan without --resume")
     who = owner(str(Path(plan_file).resolve()), str(state.path) if state else None)
+    marks = {"session": time.time()}  # when each step before the moves ended, for the journal header
     # One SSH connection per host for the whole apply: locks, facts, trust and moves share it.
     pool = Connections(source.targets)
     try:
         async with HostLocks(source.targets, who, break_lock=req.break_lock, say=ui.board.say, pool=pool) as locks:
             ex = Executor(source.targets, None, ui.board, pool)
             ex.locks = locks  # no new move on a host whose lock died with its connection
-            return await _locked(ex, source, state, ui, plan_file, variables, var_files)
+            marks["locked"] = time.time()
+            return await _locked(ex, source, state, ui, plan_file, variables, var_files, marks)
     finally:
         await pool.close()
 
 
 async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, ui: Frontend, plan_file: str,
-                  variables: dict[str, Any], var_files: list[str]) -> Outcome:
+                  variables: dict[str, Any], var_files: list[str], marks: dict[str, float]) -> Outcome:
     followed: list[MoveResult] = []
     if state is not None:
         ex.journal, state = Journal.reopen(state.path)
@@ -108,7 +111,9 @@ async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, 
         followed = await follow_unfinished(ex, state)
         ui.board.plan_more(len(followed))
     facts = await source.facts(ex.pool)
+    marks["facts"] = time.time()
     plan = source.plan(facts, resuming=state is not None)
+    marks["planned"] = time.time()
     moves = ready_moves(plan)
     skip = not_twice(moves, moved_already(state, followed)) if state is not None else {}
     ui.show(plan)
@@ -122,7 +127,8 @@ async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, 
     if state is None:
         ex.journal = Journal.create(plan_file, plan_hash=source.plan_hash, facts_hash=plan.facts_hash,
                                     variables=variables, var_files=var_files, saved=source.saved is not None,
-                                    hosts=sorted(source.targets), selection=source.selection.to_dict())
+                                    hosts=sorted(source.targets), selection=source.selection.to_dict(),
+                                    marks=marks)
         ui.journal = ex.journal.path
         ui.board.say(f"journal: {ex.journal.path}")
     ex.journal.write("plan", plan=plan.to_dict())  # what the apply report shows of the plan and its checks
