@@ -8,11 +8,14 @@ any fact is gathered, and two plans over the same hosts should not interleave an
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..agent.client import warm_up
 from ..errors import QVError
 from ..plan.model import Plan
 from ..plan.targets import Selection
@@ -92,13 +95,17 @@ async def run_apply(req: ApplyRequest, ui: Frontend) -> Outcome:
     marks = {"session": time.time()}  # when each step before the moves ended, for the journal header
     # One SSH connection per host for the whole apply: locks, facts, trust and moves share it.
     pool = Connections(source.targets)
+    warming = asyncio.ensure_future(asyncio.to_thread(warm_up))  # while the locks wait on the hosts
     try:
         async with HostLocks(source.targets, who, break_lock=req.break_lock, say=ui.board.say, pool=pool) as locks:
             ex = Executor(source.targets, None, ui.board, pool)
             ex.locks = locks  # no new move on a host whose lock died with its connection
             marks["locked"] = time.time()
+            with contextlib.suppress(Exception):  # an import error shows at the first request instead
+                await warming
             return await _locked(ex, source, state, ui, plan_file, variables, var_files, marks)
     finally:
+        warming.cancel()  # (a no-op once done) no "exception never retrieved" when the locks failed
         await pool.close()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import shlex
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncssh
 
@@ -26,7 +26,9 @@ from ..inventory import HostTarget
 from .connection import HostConnection
 from .errors import RemoteError
 from .pool import Connections
-from .provision import ProvisionOptions, ensure_agent
+
+if TYPE_CHECKING:
+    from .provision import ProvisionOptions
 
 REACH_TIMEOUT = 3
 
@@ -145,6 +147,8 @@ async def gather_facts(hosts: Iterable[HostTarget] | Mapping[str, HostTarget], *
 
     async def collect(conn: HostConnection) -> dict[str, Any]:
         if provision is not None:
+            from .provision import ensure_agent  # only when asked: it imports the VM layer
+
             await ensure_agent(conn, provision)
         dests = {t.name: t.migration_address for t in targets if t.name != conn.name} if check_reachability else {}
         host, storage, reachable = await asyncio.gather(conn.api("GET", "host", timeout=30),
