@@ -109,4 +109,6 @@ PYTHON = 'p=/usr/bin/python3; [ -x "$p" ] || p=python3; exec "$p"'
 
 def command(op: str, lock_dir: str, name: str, *args: str) -> str:
     """The remote command line (for `create_process`/`run`; a POSIX login shell runs it)."""
-    return PYTHON + " " + " ".join(shlex.quote(a) for a in ("-c", SCRIPT, op, lock_dir, name, *args))
+    # -I -S: no PYTHON* variables, user site or site-packages (the script needs only the stdlib),
+    # and ~15 ms less start-up per host.
+    return PYTHON + " " + " ".join(shlex.quote(a) for a in ("-I", "-S", "-c", SCRIPT, op, lock_dir, name, *args))
