@@ -193,6 +193,12 @@ class AgentClient:
             resp.close()
 
 
+def warm_up() -> None:
+    """Import aiohttp now (meant for a thread while the caller waits on the network): the first
+    request of a command would otherwise pay for it (~0.15 s, its SSL contexts included)."""
+    import aiohttp  # noqa: F401
+
+
 class AsyncAgentClient:
     """The same API on aiohttp, to the agent at `address`: HOST:PORT over TCP, or with `unix` a
     local Unix socket (the control socket, or one that SSH forwards to a host's control socket;

@@ -22,6 +22,7 @@ from ..plan.checks import fingerprint as fingerprint_of
 from ..plan.facts import drop_none
 from ..plan.model import Move, Plan
 from ..remote import AgentError, AgentUnreachable, HostConnection, HostTarget, RemoteError
+from ..remote.pool import Connections
 from .journal import Journal
 from .progress import Bar, Board
 from .recheck import recheck
@@ -65,13 +66,15 @@ def targets_of(hosts: dict[str, dict[str, Any]]) -> dict[str, HostTarget]:
 class Executor:
     """Carries out moves on `targets`; `journal` may be set after construction (before any move)."""
 
-    def __init__(self, targets: dict[str, HostTarget], journal: Journal | None, board: Board) -> None:
+    def __init__(self, targets: dict[str, HostTarget], journal: Journal | None, board: Board,
+                 pool: Connections | None = None) -> None:
         self.targets = targets
         self._journal = journal
         self.board = board
         self.plan: Plan | None = None
-        self.conns: dict[str, HostConnection] = {}
-        self._connecting: dict[str, asyncio.Lock] = {}
+        # One connection per host, shared with the locks and the facts (session.py), or ours.
+        self.pool = pool if pool is not None else Connections(targets)
+        self._own_pool = pool is None
         self.locks: Any = None  # the HostLocks of this apply (session.py), checked before each move
         self.stopping = False    # a move failed: start no new move
         self.cancelling = False  # ... and cancel those that run (on_failure: rollback, rollback-all)
@@ -87,26 +90,18 @@ class Executor:
         self._journal = journal
 
     async def conn(self, host: str) -> HostConnection:
-        lock = self._connecting.setdefault(host, asyncio.Lock())
-        async with lock:  # moves starting at once share one connection per host
-            old = self.conns.get(host)
-            if old is not None and not old.alive:  # dropped: replaced, never reused
-                self.conns.pop(host)
-                with contextlib.suppress(Exception):
-                    await old.close()
-            if host not in self.conns:
-                c = HostConnection(self.targets[host])
-                await c.connect()
-                self.conns[host] = c
-        return self.conns[host]
+        """The live connection to `host` (moves starting at once share it; a dropped one is replaced)."""
+        return await self.pool.get(host)
 
-    async def reconnect(self, host: str, why: str, deadline: float) -> HostConnection:
-        """The connection to `host` broke: a new one, retried with backoff until `deadline` (monotonic)."""
+    async def reconnect(self, host: str, why: str, deadline: float,
+                        broken: HostConnection | None = None) -> HostConnection:
+        """The way to `host` broke: a new connection (retried with backoff until `deadline`,
+        monotonic) when the SSH connection `broken` is down, else new agent forward on it."""
         delay = 0.5
-        old = self.conns.pop(host, None)
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.close()
+        if broken is not None and broken.alive:
+            await broken.reset_agent()  # SSH is up (the agent's stream broke): keep it, and the lock on it
+        else:
+            await self.pool.drop(host, broken)
         while True:
             try:
                 return await self.conn(host)
@@ -127,9 +122,8 @@ class Executor:
         return None
 
     async def close(self) -> None:
-        for c in self.conns.values():
-            await c.close()
-        self.conns.clear()
+        if self._own_pool:
+            await self.pool.close()
 
     def address(self, host: str) -> str:
         return self.targets[host].migration_address
@@ -138,13 +132,24 @@ class Executor:
         """Import each key the plan showed, and only that one: a host whose key changed since
         planning is refused (`key-changed`), and a name already trusted with another key is never
         overwritten (the importing agent refuses it)."""
-        for importer, holder in plan.trust_exchange:
-            ident = await (await self.conn(holder)).api("GET", "pqc/identity")
-            key, fp = planned_key(plan, holder, ident)
-            await (await self.conn(importer)).api(
-                "POST", "pqc/trust", {"name": holder, "public_key": key, "fingerprint": fp})
-            self.board.say(f"trust: {importer} imported {holder}'s key ({fp})")
-            self.journal.write("trust", importer=importer, holder=holder, fingerprint=fp)
+        pairs = list(plan.trust_exchange)
+        holders = sorted({holder for _, holder in pairs})
+
+        async def identity(holder: str) -> Any:
+            return await (await self.conn(holder)).api("GET", "pqc/identity")
+
+        idents = dict(zip(holders, await asyncio.gather(*(identity(h) for h in holders)), strict=True))
+        keys = {h: planned_key(plan, h, idents[h]) for h in holders}  # all checked before any import
+
+        async def imports(importer: str) -> None:  # one importer's keys one after another
+            for holder in [h for i, h in pairs if i == importer]:
+                key, fp = keys[holder]
+                await (await self.conn(importer)).api(
+                    "POST", "pqc/trust", {"name": holder, "public_key": key, "fingerprint": fp})
+                self.board.say(f"trust: {importer} imported {holder}'s key ({fp})")
+                self.journal.write("trust", importer=importer, holder=holder, fingerprint=fp)
+
+        await asyncio.gather(*(imports(i) for i in dict.fromkeys(i for i, _ in pairs)))
 
     # -- one migration -----------------------------------------------------------------------
 
@@ -206,6 +211,7 @@ class Executor:
         last: dict[str, Any] = {}
         deadline = time.monotonic() + FOLLOW_GRACE
         delay = 0.5
+        api: HostConnection | None = None
         while True:
             try:
                 api = await self.conn(source)
@@ -230,7 +236,7 @@ class Executor:
                 self.board.say(f"{vm}: connection to {source} lost ({err.cause}); following the move again")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
-                await self.reconnect(source, err.cause, deadline)
+                await self.reconnect(source, err.cause, deadline, api)
             except AgentError as err:
                 if err.code != Reason.NO_MIGRATION:
                     raise

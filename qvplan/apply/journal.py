@@ -2,7 +2,8 @@
 
 Kinds of line, each with "time" (epoch seconds) and "kind":
   apply   the header: plan, plan_hash (what the plan asks for), facts_hash, variables, var_files,
-          saved (a saved .json plan), pid, controller, hosts
+          saved (a saved .json plan), pid, controller, hosts, marks (epoch seconds at which the
+          steps before the moves ended: session start, locked, facts, planned)
   resume  an apply continued with `--resume` (appended to the same journal): pid, controller
   trust   a key imported: importer, holder, fingerprint
   start   a move begins: vm, source, dest (written before the agent is asked)

@@ -1,8 +1,9 @@
 """One apply at a time per host: a lock held on each host itself, for as long as the apply lives.
 
-How: over the apply's SSH connection, a small Python program on the host (lock_remote.py) opens
-the lock file safely, takes `flock` on it, writes who holds it, and holds the lock until its
-stdin ends — that is, until our SSH channel closes. So the kernel ties the lock to the apply: when the
+How: over the apply's SSH connection to the host (the one its facts and moves use too), a small
+Python program on the host (lock_remote.py) opens the lock file safely, takes `flock` on it,
+writes who holds it, and holds the lock until its stdin ends — that is, until our SSH channel (or
+the whole connection) closes. So the kernel ties the lock to the apply: when the
 apply ends or is killed (even with SIGKILL), its TCP connection closes, sshd ends the session,
 `cat` exits and the lock is free. Nothing is left to clean up in the normal case.
 
@@ -36,6 +37,7 @@ import asyncssh
 
 from ..errors import QVError
 from ..remote import HostConnection, HostTarget, RemoteError
+from ..remote.pool import Connections
 from . import lock_remote
 
 
@@ -104,13 +106,16 @@ class HostLocks:
     """`async with HostLocks(targets, who):` — every host locked for the block, or LockError."""
 
     def __init__(self, targets: dict[str, HostTarget], who: dict[str, Any], *, break_lock: bool = False,
-                 say: Any = None) -> None:
+                 say: Any = None, pool: Connections | None = None) -> None:
         self.targets = targets
         self.who = who
         self.break_lock = break_lock
         self.say = say or (lambda _text: None)
-        self.conns: dict[str, HostConnection] = {}
+        # The apply's own connections (facts, trust, moves use them too), or ours alone.
+        self.pool = pool if pool is not None else Connections(targets)
+        self._own_pool = pool is None
         self.held: dict[str, Held] = {}
+        self._on: dict[str, HostConnection] = {}  # the connection each lock was taken over
 
     async def __aenter__(self) -> HostLocks:
         try:
@@ -129,12 +134,11 @@ class HostLocks:
         await self.release()
 
     async def _take(self, name: str) -> None:
-        conn = HostConnection(self.targets[name])
-        self.conns[name] = conn
         try:
-            await conn.connect()
+            conn = await self.pool.get(name)
         except RemoteError as err:
             raise LockError(f"cannot lock {name}: {err.cause}", err.fix) from None
+        self._on[name] = conn
         path = lock_path(conn)
         for attempt in range(4):
             status, rest, process = await self._try(conn, path, wait="5" if attempt else "0")
@@ -201,14 +205,16 @@ class HostLocks:
         """Still ours? A lock whose connection died (the host freed it) is taken again; False if
         that fails (another apply may hold it now)."""
         held = self.held.get(name)
-        conn = self.conns.get(name)
+        conn = self._on.get(name)
         if held is not None and conn is not None and conn.alive and held.process.exit_status is None \
                 and not held.process.stdout.at_eof():
             return True
         self.held.pop(name, None)
-        if conn is not None:
+        if conn is not None and not conn.alive:
+            await self.pool.drop(name, conn)
+        elif held is not None:  # the lock's process ended on a live connection: end its channel
             with contextlib.suppress(Exception):
-                await conn.close()
+                held.process.close()
         try:
             await self._take(name)
         except (QVError, OSError, asyncssh.Error):
@@ -217,15 +223,17 @@ class HostLocks:
         return True
 
     async def release(self) -> None:
-        for held in self.held.values():
+        async def end(held: Held) -> None:
             with contextlib.suppress(Exception):
                 held.process.stdin.write_eof()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(held.process.wait_closed(), 5)
+
+        await asyncio.gather(*(end(h) for h in self.held.values()))
         self.held.clear()
-        for conn in self.conns.values():
-            await conn.close()
-        self.conns.clear()
+        self._on.clear()
+        if self._own_pool:
+            await self.pool.close()
 
 
 def _parse_holder(text: str) -> dict[str, Any]:

@@ -8,13 +8,18 @@ any fact is gathered, and two plans over the same hosts should not interleave an
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..agent.client import warm_up
 from ..errors import QVError
 from ..plan.model import Plan
 from ..plan.targets import Selection
+from ..remote.pool import Connections
 from .executor import ApplyResult, Executor, MoveResult, ready_moves
 from .journal import Journal, JournalState
 from .lock import HostLocks, owner
@@ -87,25 +92,35 @@ async def run_apply(req: ApplyRequest, ui: Frontend) -> Outcome:
                           f"{str(state.header.get('plan_hash'))[:15]}… in the journal, {source.plan_hash[:15]}… now)",
                           "restore that plan (and its --var values) to resume, or apply the new plan without --resume")
     who = owner(str(Path(plan_file).resolve()), str(state.path) if state else None)
-    async with HostLocks(source.targets, who, break_lock=req.break_lock, say=ui.board.say) as locks:
-        ex = Executor(source.targets, None, ui.board)
-        ex.locks = locks  # no new move on a host whose lock died with its connection
-        try:
-            return await _locked(ex, source, state, ui, plan_file, variables, var_files)
-        finally:
-            await ex.close()
+    marks = {"session": time.time()}  # when each step before the moves ended, for the journal header
+    # One SSH connection per host for the whole apply: locks, facts, trust and moves share it.
+    pool = Connections(source.targets)
+    warming = asyncio.ensure_future(asyncio.to_thread(warm_up))  # while the locks wait on the hosts
+    try:
+        async with HostLocks(source.targets, who, break_lock=req.break_lock, say=ui.board.say, pool=pool) as locks:
+            ex = Executor(source.targets, None, ui.board, pool)
+            ex.locks = locks  # no new move on a host whose lock died with its connection
+            marks["locked"] = time.time()
+            with contextlib.suppress(Exception):  # an import error shows at the first request instead
+                await warming
+            return await _locked(ex, source, state, ui, plan_file, variables, var_files, marks)
+    finally:
+        warming.cancel()  # (a no-op once done) no "exception never retrieved" when the locks failed
+        await pool.close()
 
 
 async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, ui: Frontend, plan_file: str,
-                  variables: dict[str, Any], var_files: list[str]) -> Outcome:
+                  variables: dict[str, Any], var_files: list[str], marks: dict[str, float]) -> Outcome:
     followed: list[MoveResult] = []
     if state is not None:
         ex.journal, state = Journal.reopen(state.path)
         ui.journal = state.path
         followed = await follow_unfinished(ex, state)
         ui.board.plan_more(len(followed))
-    facts = await source.facts()
+    facts = await source.facts(ex.pool)
+    marks["facts"] = time.time()
     plan = source.plan(facts, resuming=state is not None)
+    marks["planned"] = time.time()
     moves = ready_moves(plan)
     skip = not_twice(moves, moved_already(state, followed)) if state is not None else {}
     ui.show(plan)
@@ -119,7 +134,8 @@ async def _locked(ex: Executor, source: PlanSource, state: JournalState | None, 
     if state is None:
         ex.journal = Journal.create(plan_file, plan_hash=source.plan_hash, facts_hash=plan.facts_hash,
                                     variables=variables, var_files=var_files, saved=source.saved is not None,
-                                    hosts=sorted(source.targets), selection=source.selection.to_dict())
+                                    hosts=sorted(source.targets), selection=source.selection.to_dict(),
+                                    marks=marks)
         ui.journal = ex.journal.path
         ui.board.say(f"journal: {ex.journal.path}")
     ex.journal.write("plan", plan=plan.to_dict())  # what the apply report shows of the plan and its checks

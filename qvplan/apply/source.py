@@ -22,6 +22,7 @@ from ..plan.model import Action, Check, Plan, Status, Wave
 from ..plan.saved import SavedPlan, check_fresh, is_saved_plan
 from ..plan.targets import Selection, select
 from ..remote import HostTarget, gather_facts
+from ..remote.pool import Connections
 from .executor import targets_of
 
 
@@ -67,8 +68,9 @@ class PlanSource:
                           sort_keys=True, default=str)
         return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
-    async def facts(self) -> Facts:
-        found, errors = await gather_facts(self.targets, storage_paths=self.storage_paths)
+    async def facts(self, pool: Connections | None = None) -> Facts:
+        """Every host's facts, at once; over `pool`'s connections when given."""
+        found, errors = await gather_facts(self.targets, storage_paths=self.storage_paths, pool=pool)
         if errors:
             cause, _, fix = next(iter(errors.values())).partition(" — ")
             raise FactsError(f"cannot gather facts of {len(errors)} host(s): {cause}",

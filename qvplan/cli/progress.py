@@ -12,17 +12,14 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
-
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from ..apply.progress import Bar, Board
 from ..contract.events import OUTCOMES
 from ..units import format_duration, format_rate, format_size
+
+if TYPE_CHECKING:  # rich is imported by the live view only: without a TTY it is not needed
+    from rich.console import Console, RenderableType
 
 PLAIN_EVERY_PERCENT = 10.0
 PLAIN_EVERY_SECONDS = 10.0
@@ -63,6 +60,11 @@ def outcome_line(bar: Bar) -> str:
 
 def render_board(board: Board, overall: bool = True) -> RenderableType:
     """The live view's picture of the board: one row per running migration, then the overall bar."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
     labels = {b.key: f"{b.vm} {route(b, '→')}" + (f" ({b.label})" if b.label else "") for b in board.running}
     grid = Table.grid(padding=(0, 1))
     grid.add_column(no_wrap=True, min_width=max(map(len, labels.values()), default=0))
@@ -124,6 +126,9 @@ class LiveView:
     """A rich live view; finished moves and notes are printed above it."""
 
     def __init__(self, console: Console | None = None, overall: bool = True) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
         self.console = console or Console()
         self.overall = overall
         self.live = Live(console=self.console, auto_refresh=False, transient=True)

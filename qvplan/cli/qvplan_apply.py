@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
 
 import click
 
@@ -23,6 +22,8 @@ from .qvplan_plan import _variables
 
 
 def write_junit(path: str, result: ApplyResult) -> None:
+    from xml.sax.saxutils import quoteattr  # only for --junit
+
     cases = []
     for m in result.moves:
         name = quoteattr(f"{m.vm} {m.source} -> {m.dest}")

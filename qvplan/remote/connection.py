@@ -66,6 +66,7 @@ class HostConnection:
         self._sock_dir: Path | None = None
         self._forward: asyncssh.SSHListener | None = None
         self._agent: AsyncAgentClient | None = None
+        self._agent_lock = asyncio.Lock()
 
     @property
     def name(self) -> str:
@@ -112,13 +113,21 @@ class HostConnection:
                 "check the address, that sshd runs there, and ssh user/key/known_hosts") from None
         return self
 
-    async def close(self) -> None:
+    async def reset_agent(self) -> None:
+        """Forget the agent client and its forward (the next call makes new ones): for an agent
+        stream that broke while the SSH connection itself stayed up."""
         if self._agent is not None:
             await self._agent.close()
             self._agent = None
         if self._forward is not None:
             self._forward.close()
             self._forward = None
+        if self._sock_dir is not None:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
+            self._sock_dir = None
+
+    async def close(self) -> None:
+        await self.reset_agent()
         if self._conn is not None:
             self._conn.close()
             try:
@@ -126,9 +135,6 @@ class HostConnection:
             except (TimeoutError, OSError):
                 pass
             self._conn = None
-        if self._sock_dir is not None:
-            shutil.rmtree(self._sock_dir, ignore_errors=True)
-            self._sock_dir = None
 
     # -- commands and files ------------------------------------------------------------------
 
@@ -168,18 +174,23 @@ class HostConnection:
 
     async def agent(self) -> AsyncAgentClient:
         """The agent API client, through a Unix socket that this SSH connection forwards."""
-        if self._agent is None:
-            self._sock_dir = Path(tempfile.mkdtemp(prefix="qvssh-"))  # mode 0700
-            sock = self._sock_dir / "api.sock"
-            try:
-                self._forward = await self.ssh.forward_local_path(str(sock), self.target.control)
-            except (OSError, asyncssh.Error) as err:
-                raise AgentUnreachable(f"{self.name}: cannot forward the agent's control socket "
-                                       f"{self.target.control}: {describe_ssh_error(err, self.target)}",
-                                       FIX_AGENT) from None
-            self._agent = AsyncAgentClient(self.target.control, unix=str(sock), name=self.name,
-                                           route=" (through SSH)", fix=FIX_AGENT)
+        async with self._agent_lock:  # callers at once share one forward
+            if self._agent is None:
+                await self._open_agent()
+        assert self._agent is not None
         return self._agent
+
+    async def _open_agent(self) -> None:
+        self._sock_dir = Path(tempfile.mkdtemp(prefix="qvssh-"))  # mode 0700
+        sock = self._sock_dir / "api.sock"
+        try:
+            self._forward = await self.ssh.forward_local_path(str(sock), self.target.control)
+        except (OSError, asyncssh.Error) as err:
+            raise AgentUnreachable(f"{self.name}: cannot forward the agent's control socket "
+                                   f"{self.target.control}: {describe_ssh_error(err, self.target)}",
+                                   FIX_AGENT) from None
+        self._agent = AsyncAgentClient(self.target.control, unix=str(sock), name=self.name,
+                                       route=" (through SSH)", fix=FIX_AGENT)
 
     async def api(self, method: str, path: str, json: Any = None, *, timeout: float = 30.0) -> Any:
         """Call the agent API (`/api/v1/host` or just `host`) and return the decoded JSON."""

@@ -80,9 +80,18 @@ def ssh_sessions(lab, host: str) -> list[int]:
     return out
 
 
+def ssh_logins(lab) -> Counter:
+    """SSH connections each host's sshd accepted so far, from its own log (not qvplan's word)."""
+    return Counter({h: lab.host(h).file("sshd.log").read_text().count("Accepted publickey")
+                    for h in lab.spec.host_names()})
+
+
 def test_ssh_connection_dropped_mid_move_is_reconnected_and_followed(lab, tmp_path):
+    """One SSH connection per host for the whole apply (lock, facts, trust, the move); the source's
+    is killed mid-move and replaced by exactly one new one."""
     plan = tmp_path / "slow.yaml"
     plan.write_text(SLOW.format(inventory=lab.inventory_path, dest="hv-b"))
+    before = ssh_logins(lab)
     apply = subprocess.Popen([*QVPLAN, "apply", str(plan), "--auto-approve", "--json"], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -95,6 +104,7 @@ def test_ssh_connection_dropped_mid_move_is_reconnected_and_followed(lab, tmp_pa
     finally:
         apply.kill()
     assert apply.returncode == 0, out + err
+    assert ssh_logins(lab) - before == {"hv-a": 2, "hv-b": 1}
     report = json.loads(out)
     assert report["ok"] and report["placement"]["vm-1"] == "hv-b"
     entries = read_journal(journal_of(tmp_path))
@@ -132,3 +142,17 @@ def test_source_agent_restarted_while_the_apply_was_gone_then_resume(lab, tmp_pa
     assert Counter(e["vm"] for e in entries if e["kind"] == "start") == {"vm-1": 1}  # never started twice
     assert not any(e.get("not_started") for e in entries)
     runs_only_on(lab, "hv-a", "hv-b")
+
+
+def test_one_ssh_connection_per_host_for_a_whole_apply(lab, tmp_path):
+    """Start: vm-1 on hv-a (the resume test's end). Lock, facts, reachability and storage probes,
+    trust, the move and the final placement all go over one connection per host."""
+    plan = tmp_path / "quick.yaml"
+    plan.write_text(f"inventory: {lab.inventory_path}\ntrust: {{exchange: true}}\n"
+                    f"prerequisites: {{shared_storage: [{lab.dir}]}}\nvms:\n  vm-1: hv-b\n")
+    before = ssh_logins(lab)
+    done = subprocess.run([*QVPLAN, "apply", str(plan), "--auto-approve", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert ssh_logins(lab) - before == {"hv-a": 1, "hv-b": 1}
+    assert json.loads(done.stdout)["placement"]["vm-1"] == "hv-b"

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from qvplan import __version__
 from qvplan.cli.qvplan import main
-from qvplan.remote import gather_facts
+from qvplan.lab import sshd
+from qvplan.lab.net import wait_tcp
+from qvplan.remote import HostConnection, gather_facts
+from qvplan.remote.facts import reachability
 
 
 def quick(lab):
@@ -53,3 +59,35 @@ def test_facts_command_records_a_file(agents_up, tmp_path: Path) -> None:
     doc = json.loads(out.read_text())
     assert set(doc) == {"gathered_at", "hosts"}
     assert sorted(doc["hosts"]) == ["hv-a", "hv-b", "hv-c"]
+
+
+async def test_reachability_falls_back_to_bash_where_sshd_forbids_forwarding(agents_up, tmp_path: Path) -> None:
+    """A second sshd on hv-a with `AllowTcpForwarding no`: the probes, which sshd itself makes
+    elsewhere, go through a bash command instead, with the same answers."""
+    lab = agents_up
+    host, port = lab.host("hv-a"), 2222
+    listen = "0.0.0.0" if host.netns else host.address
+    lines = [line for line in sshd.config_text(lab.spec, host).splitlines()
+             if not line.startswith(("ListenAddress", "PidFile", "AllowTcpForwarding"))]
+    config = tmp_path / "sshd_config"
+    config.write_text("\n".join([*lines, f"ListenAddress {listen}:{port}", f"PidFile {tmp_path / 'sshd.pid'}",
+                                 "AllowTcpForwarding no", ""]))
+    log = tmp_path / "sshd.log"
+    argv = [sshd.SSHD, "-f", str(config), "-E", str(log)]
+    subprocess.run(["ip", "netns", "exec", host.netns, *argv] if host.netns else argv, check=True)
+    try:
+        assert wait_tcp(host.address, port, 10)
+        key = host.file("ssh_host_ed25519_key.pub").read_text().split()[:2]
+        known = tmp_path / "known_hosts"
+        known.write_text(f"[{host.address}]:{port} {key[0]} {key[1]}\n")
+        t = lab.targets()["hv-a"]
+        target = t.model_copy(update={"ssh": t.ssh.model_copy(update={"port": port, "known_hosts": str(known)})})
+        b = lab.host("hv-b")
+        async with HostConnection(target) as conn:
+            got = await reachability(conn, {"hv-b": b.migration, "closed": f"{b.address}:9"})
+        assert got == {"hv-b": True, "closed": False}
+        assert "refused local port forward" in log.read_text()  # it was asked, and said no
+    finally:
+        pid = (tmp_path / "sshd.pid").read_text().strip() if (tmp_path / "sshd.pid").exists() else ""
+        if pid.isdigit():
+            os.kill(int(pid), signal.SIGTERM)
