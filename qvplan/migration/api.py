@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from ..host.context import Host
     from ..host.registry import VM
 
-_JOURNAL_STATES = {"released": "COMPLETED", "running": "COMPLETED", "rolled-back": "FAILED", "discarded": "FAILED",
-                   "lost": "FAILED"}
+_JOURNAL_STATES = {"released": "COMPLETED", "running": "COMPLETED", "landed": "COMPLETED",
+                   "rolled-back": "FAILED", "discarded": "FAILED", "lost": "FAILED"}
 
 
 def no_migration(name: str) -> QVError:

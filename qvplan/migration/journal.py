@@ -26,10 +26,11 @@ log = logging.getLogger(__name__)
 KEEP = 500  # ended session records kept per host
 
 # destination: loading → loaded → committing → running | discarded (| lost: QEMU died after commit)
-# source:      transferring → awaiting-commit → committed → released | rolled-back
+#              offline: loading → landed | discarded
+# source:      transferring → awaiting-commit → committed → released | rolled-back (offline: no awaiting-commit)
 DEST_OPEN = ("loading", "loaded", "committing")
 SOURCE_OPEN = ("transferring", "awaiting-commit", "committed")
-ENDED = ("running", "discarded", "lost", "released", "rolled-back")
+ENDED = ("running", "landed", "discarded", "lost", "released", "rolled-back")
 MAY_HAVE_RUN = ("committing", "running", "lost")  # a destination state in which the guest may have run
 _SESSION = re.compile(r"^[0-9a-f]{8,64}$")
 
