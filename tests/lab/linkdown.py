@@ -95,14 +95,19 @@ def link_down_during(lab: Lab, where: str, outage: float) -> dict[str, Any]:
         _until(lambda: a.api("GET", "vms/vm-1/migrate").get("transferred", 0) > 4 << 20, "4 MiB copied", 60)
     lab.link_down("hv-b")
     down = time.monotonic()
+    status: dict[str, Any] | None = None
     try:
         if where == "commit":
             (a.state / "faults" / "source-before-commit.go").touch()  # the commit leaves into a dead link
-        time.sleep(max(0.0, outage - (time.monotonic() - down)))
+        while (left := outage - (time.monotonic() - down)) > 0:  # hv-a's own link is up: ask it meanwhile
+            if status is None and (status := _try(lambda: _ended(a))):
+                took = time.monotonic() - down
+            time.sleep(min(0.5, left))
     finally:
         lab.link_up("hv-b")
-    status = _until(lambda: _ended(a), "the migration's outcome", 180)
-    took = time.monotonic() - down
+    if status is None:
+        status = _until(lambda: _ended(a), "the migration's outcome", 180)
+        took = time.monotonic() - down
     here, there = (b, a) if status["state"] == "COMPLETED" else (a, b)
     _until(lambda: not _open(a) and not _open(b), "both journals settled", 60)
     exactly_one(here, there)
@@ -131,6 +136,13 @@ def _ended(agent: LabAgent) -> dict[str, Any] | None:
 def _open(agent: LabAgent) -> list[dict[str, Any]]:
     return [r for r in journal(agent) if r.get("state") in
             ("loading", "loaded", "committing", "transferring", "awaiting-commit", "committed")]
+
+
+def _try(check: Any) -> Any:
+    try:
+        return check()
+    except Exception:  # an agent busy or its SSH slow: ask again
+        return None
 
 
 def _until(check: Any, what: str, timeout: float) -> Any:
