@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import re
 import threading
 import time
@@ -147,7 +148,7 @@ class Journal:
             os.pwrite(fd, data, at)
             self._ends[record.session] = at + len(data.rstrip(b"\0"))
             if sync == "behind":
-                threading.Thread(target=_sync_and_close, args=(fd,), daemon=True).start()
+                _FLUSHER.put(fd)
                 fd = -1
             elif sync:
                 os.fdatasync(fd)
@@ -204,11 +205,33 @@ class Journal:
                 self._records.pop(session, None)
 
 
-def _sync_and_close(fd: int) -> None:
-    try:
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
+class _Flusher:
+    """One long-lived thread for sync="behind": no thread is started on the guest's pause."""
+
+    def __init__(self) -> None:
+        self._fds: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, fd: int) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="journal-flush", daemon=True)
+                self._thread.start()
+        self._fds.put(fd)
+
+    def _run(self) -> None:
+        while True:
+            fd = self._fds.get()
+            try:
+                os.fdatasync(fd)
+            except OSError as err:
+                log.warning("journal flush failed: %s", err)
+            finally:
+                os.close(fd)
+
+
+_FLUSHER = _Flusher()
 
 
 _JOURNALS: dict[Path, Journal] = {}
