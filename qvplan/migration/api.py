@@ -139,6 +139,11 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob], 
     async def status(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         job = jobs.get(name)
+        wanted = request.query.get("session", "")
+        if _is_session(wanted) and (job is None or job.session != wanted):  # apply following one move
+            asked = journal.get(wanted)
+            if asked is not None and asked.vm == name:
+                return web.json_response(_journal_status(asked))
         if job is None:
             record = _latest(journal, name)
             if record is not None:  # a migration before this agent's restart, or an incoming one

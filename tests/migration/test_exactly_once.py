@@ -217,3 +217,19 @@ def test_lost_destination_session_discarded_there_resumes_the_source(make_agent)
     exactly_one(a, b)
     assert (a.root / "images" / "vm-1.qcow2").exists()  # the source's own disk stays
     assert "journal: destination discarded" in b.cli("vm", "migrate-status", "vm-1").stdout
+
+
+def test_status_by_session_answers_for_that_move_after_a_newer_one(pair):
+    """`GET …/migrate?session=S` (apply follows its move by it): the journal's word on S, even once
+    a later migration of the same VM is the newest on that host."""
+    a, b = pair
+    start_guest(a, **SMALL)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    first = wait_outcome(a, "vm-1")
+    assert first["state"] == "COMPLETED", first
+    b.api("POST", "vms/vm-1/migrate", {"dest": a.migration, "flags": FAST})
+    assert wait_outcome(b, "vm-1")["state"] == "COMPLETED"
+    assert b.api("GET", "vms/vm-1/migrate")["session"] != first["session"]  # b's own, newer move
+    asked = b.api("GET", f"vms/vm-1/migrate?session={first['session']}")
+    assert (asked["session"], asked["state"], asked["journal"]["role"]) == (first["session"], "COMPLETED",
+                                                                             "destination")
