@@ -255,7 +255,8 @@ class Executor:
 
     async def _status(self, api: HostConnection, vm: str, session: str | None) -> dict[str, Any]:
         """The move's status: the agent's live one, or (after a restart) its journal's record."""
-        status = await api.api("GET", f"vms/{vm}/migrate")
+        # with its session, an agent answers for that move even when a later one of the VM is newer
+        status = await api.api("GET", f"vms/{vm}/migrate" + (f"?session={session}" if session else ""))
         if session and status.get("session") not in (None, session):
             raise AgentError(f"{api.name}: the latest migration of {vm} is not this apply's move "
                              f"(session {status.get('session')}, expected {session})", code=Reason.STALE)

@@ -100,8 +100,9 @@ def _outcome(events: Iterator[dict[str, Any]]) -> dict[str, Any]:
 def _render(status: dict) -> str:
     if "journal" in status:  # a migration from before the agent's restart: its journal record
         record = status["journal"]
+        doubt = f"\nIn Doubt:        {status['doubt']}" if status.get("doubt") else ""
         return (f"VM:              {status['vm']}\nState:           {status['state']} (journal: {record['role']} "
-                f"{record['state']})\nPeer:            {record['peer']}\nSession:         {record['session']}")
+                f"{record['state']})\nPeer:            {record['peer']}\nSession:         {record['session']}{doubt}")
     from ..migration.offline.status import OfflineStatus
     from ..migration.status import MigrationStatus
 
@@ -188,10 +189,15 @@ def migrate_cancel(ctx: click.Context, name: str) -> None:
               help="Let it go: the guest runs on the destination; stop and forget it here.")
 @click.pass_context
 def migrate_settle(ctx: click.Context, name: str, decision: str | None) -> None:
-    """Settle a migration left in doubt (the VM paused here after commit, the destination silent)."""
+    """Settle a migration left in doubt: on the source, the VM paused here after commit and the destination
+    silent; on the destination, a session whose QEMU died after commit (--discard-here only)."""
     if decision is None:
         raise UsageError("say where the guest lives: --resume-here or --discard-here",
                          f"check the destination first: `quantavirt vm migrate-status {name}` there")
     status = local.agent_client(ctx, timeout=120).post(f"vms/{name}/migrate/settle", {"decision": decision})
+    if status.get("role") == "destination":  # a lost incoming session (migration/live/lost.py)
+        click.echo(f"Migration of {name} settled: the lost copy here is discarded ({len(status.get('removed', []))} "
+                   f"image(s) removed); the source {status['peer']} resumes its paused copy.")
+        return
     where = "resumed here" if decision == "resume-here" else f"released here; it runs on {status['destination']}"
     click.echo(f"Migration of {name} settled: {name} {where}.")

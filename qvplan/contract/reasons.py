@@ -40,6 +40,7 @@ class Reason(StrEnum):
     DESTINATION_FAILED = "destination-failed"
     QEMU_FAILED = "qemu-failed"
     IN_DOUBT = "in-doubt"  # paused on the source: the destination may run it, unreachable to ask
+    QEMU_LOST = "qemu-lost"  # a destination session whose QEMU died after commit: nothing to resume there
     STORAGE_FAILED = "storage-failed"
     # confinement: what a local user or a trusted peer may not make the agent do
     PATH_OUTSIDE_POOLS = "path-outside-pools"  # a path outside the pools and shared roots, or through a symlink

@@ -40,8 +40,10 @@ def pid(host: LabHost) -> int | None:
     return p if alive(p) and "quantavirt" in cmdline(p or 0) else None
 
 
-def start(host: LabHost) -> int:
-    """Start the agent detached (inside the host's namespace) unless it runs; returns its pid."""
+def start(host: LabHost, env: dict[str, str] | None = None) -> int:
+    """Start the agent detached (inside the host's namespace) unless it runs; returns its pid.
+    `env`: extra variables for it (tests: the fault hook QUANTAVIRT_TEST_PAUSE_AT); the caller's
+    QUANTAVIRT_* never leak in."""
     if (running := pid(host)) is not None:
         return running
     host.file("state").mkdir(parents=True, exist_ok=True)
@@ -51,8 +53,8 @@ def start(host: LabHost) -> int:
     argv = [quantavirt_bin(), "--config", str(cfg), "agent"]
     if host.netns:
         argv = ["ip", "netns", "exec", host.netns, *argv]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUANTAVIRT_")}
-    return detach(argv, host.file("agent.log"), host.file("agent.pid"), env=env)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("QUANTAVIRT_")}
+    return detach(argv, host.file("agent.log"), host.file("agent.pid"), env={**clean, **(env or {})})
 
 
 def kill(host: LabHost, sig: int = signal.SIGKILL) -> bool:

@@ -249,8 +249,8 @@ class Lab:
     def kill_agent(self, name: str, sig: int = signal.SIGKILL) -> bool:
         return agents.kill(self.host(name), sig)
 
-    def start_agent(self, name: str) -> int:
-        return agents.start(self.host(name))
+    def start_agent(self, name: str, env: dict[str, str] | None = None) -> int:
+        return agents.start(self.host(name), env)
 
     def client_argv(self, argv: Sequence[str]) -> list[str]:
         """argv run in the client namespace on the VM network (netns mode)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -20,6 +20,7 @@ from ..host.http import sse
 from ..host.registry import VMError
 from .job import MigrationJob
 from .journal import Journal, Record
+from .live import lost
 from .live import recovery as live_recovery
 from .live.source import SourceMigration
 from .offline.source import OfflineMigration
@@ -29,8 +30,8 @@ if TYPE_CHECKING:
     from ..host.context import Host
     from ..host.registry import VM
 
-_JOURNAL_STATES = {"released": "COMPLETED", "running": "COMPLETED", "rolled-back": "FAILED", "discarded": "FAILED",
-                   "lost": "FAILED"}
+_JOURNAL_STATES = {"released": "COMPLETED", "running": "COMPLETED", "landed": "COMPLETED",
+                   "rolled-back": "FAILED", "discarded": "FAILED", "lost": "FAILED"}
 
 
 def no_migration(name: str) -> QVError:
@@ -70,6 +71,22 @@ class Settling(MigrationJob):
             self.status.code = Reason.IN_DOUBT.value
         self.status.finished = time.time()
         self._publish("completed" if outcome == "released" else "failed")
+
+
+def _latest(journal: Journal, name: str) -> Record | None:
+    """The newest session of `name` on this host, whichever role it had here."""
+    records = [r for r in (journal.latest_for(name, "source"), journal.latest_for(name, "destination")) if r]
+    return max(records, key=lambda r: r.updated, default=None)
+
+
+def _journal_status(record: Record) -> dict[str, Any]:
+    status = {"vm": record.vm, "state": _JOURNAL_STATES.get(record.state, "MIGRATING"), "journal": record.as_dict(),
+              "session": record.session}
+    if record.role == "destination" and record.state == "lost":
+        status["doubt"] = (f"the incoming QEMU died after the commit; definition and images kept here, the source "
+                           f"{record.peer} keeps its copy paused; settle with "
+                           f"`quantavirt vm migrate-settle {record.vm} --discard-here` (the source then resumes it)")
+    return status
 
 
 def settling_job(host: Host, vm: VM, record: Record, journal: Journal) -> MigrationJob:
@@ -122,11 +139,15 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob], 
     async def status(request: web.Request) -> web.Response:
         name = request.match_info["name"]
         job = jobs.get(name)
+        wanted = request.query.get("session", "")
+        if _is_session(wanted) and (job is None or job.session != wanted):  # apply following one move
+            asked = journal.get(wanted)
+            if asked is not None and asked.vm == name:
+                return web.json_response(_journal_status(asked))
         if job is None:
-            record = journal.latest_for(name, "source") or journal.latest_for(name, "destination")
-            if record is not None:  # a migration before this agent's restart: the journal's word
-                return web.json_response({"vm": name, "state": _JOURNAL_STATES.get(record.state, "MIGRATING"),
-                                          "journal": record.as_dict(), "session": record.session})
+            record = _latest(journal, name)
+            if record is not None:  # a migration before this agent's restart, or an incoming one
+                return web.json_response(_journal_status(record))
             raise no_migration(name)
         return web.json_response(job.status.as_dict())
 
@@ -150,6 +171,9 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob], 
                              f"quantavirt vm migrate-settle {name} --resume-here|--discard-here")
         job = jobs.get(name)
         if job is None or job.status.done or not job.status.doubt:
+            record = journal.latest_for(name, "destination")
+            if record is not None and record.state == "lost":  # this host is its destination: lost.py
+                return web.json_response(await lost.settle_lost(host, journal, record, choice))
             raise refused_settle(name)
         if not job.decision.done():
             job.decision.set_result(choice)

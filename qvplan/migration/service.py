@@ -11,7 +11,7 @@ from aiohttp import web
 
 from ..host.context import Host, Operation
 from . import api
-from .incoming import discard_uncommitted
+from .incoming import INCOMING_MARK, discard_uncommitted
 from .job import MigrationJob
 from .journal import journal_for
 from .live import destination as live_dest
@@ -64,6 +64,7 @@ class MigrationService:
         for record in self.journal.open_records("destination"):
             if record.kind == "live" and record.state in ("loading", "loaded"):
                 self.journal.set(record.session, "discarded", settled_by="restart")
+        self._recover_offline()
         for record in self.journal.open_records("source"):
             if record.kind != "live":
                 continue
@@ -83,6 +84,27 @@ class MigrationService:
                     continue
                 self.outgoing[vm.name] = api.settling_job(self.host, vm, record, self.journal)
         offline_recovery.resume(self.host)
+
+    def _recover_offline(self) -> None:
+        """Offline sessions, by the same rule: before `committed` the VM stays here; from it on the
+        destination's word decides (the OUTGOING mark, offline/recovery.py, asks it). Their files
+        are the authority (the destination's commit point is its incoming mark's removal, run before
+        this by registry.load and discard_uncommitted); the journal is brought in line with them."""
+        registry = self.host.registry
+        for record in self.journal.open_records():
+            if record.kind != "offline":
+                continue
+            vm = registry.vms.get(record.vm)
+            if record.role == "destination":
+                ours = vm is not None and not (vm.dir / INCOMING_MARK).exists()
+                self.journal.set(record.session, "landed" if ours else "discarded", settled_by="restart")
+            elif record.state == "committed" and vm is None:  # released already, its line missing
+                self.journal.set(record.session, "released", settled_by="restart")
+            elif record.state != "committed" or not (vm.dir / offline_recovery.OUTGOING).exists():
+                # the commit never left (the mark precedes it): the VM is this host's
+                self.journal.set(record.session, "rolled-back", settled_by="restart",
+                                 error="the source agent stopped before commit")
+            # else: committed with its mark: offline_recovery.resume asks the destination and journals
 
     async def shutdown(self) -> None:
         """SIGTERM: roll back what has not committed, in order; leave what has to the journal."""

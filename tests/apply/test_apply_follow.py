@@ -4,6 +4,8 @@ restarted while the apply was gone (`--resume` learns the outcome from the agent
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -156,3 +158,71 @@ def test_one_ssh_connection_per_host_for_a_whole_apply(lab, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert ssh_logins(lab) - before == {"hv-a": 1, "hv-b": 1}
     assert json.loads(done.stdout)["placement"]["vm-1"] == "hv-b"
+
+
+OFFLINE = """
+inventory: {inventory}
+trust: {{exchange: true}}
+vms:
+  vm-9: {{host: hv-b, mode: offline, bandwidth: 1M}}
+"""
+
+
+def test_offline_move_completed_then_source_agent_restarted_then_resume(lab, tmp_path):
+    """An offline move ends while its apply is gone; the source agent restarts (forgetting its
+    in-memory moves); `--resume` learns from that agent's migration journal that it completed."""
+    pool = lab.host("hv-a").file("state") / "images"
+    pool.mkdir(parents=True, exist_ok=True)
+    disk = pool / "vm-9.raw"
+    with open(disk, "wb") as f:  # 6 MiB of noise: 6 s at 1 MiB/s, time to lose the apply mid-move
+        f.write(os.urandom(6 << 20))
+    digest = hashlib.sha256(disk.read_bytes()).hexdigest()
+    asyncio.run(api(lab, "hv-a", "POST", "vms", {"name": "vm-9", "memory": "64M", "vcpus": 1,
+                                                  "guest": {"test": {"working_set": "1M"}},
+                                                  "disks": [{"pool": "default", "file": "vm-9.raw", "format": "raw"}]}))
+    plan = tmp_path / "offline.yaml"
+    plan.write_text(OFFLINE.format(inventory=lab.inventory_path))
+    apply = subprocess.Popen([*QVPLAN, "apply", str(plan), "--auto-approve"], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: any(e["kind"] == "session" for e in read_journal(journal_of(tmp_path))), "the session")
+        os.kill(apply.pid, signal.SIGKILL)
+        apply.wait(10)
+    finally:
+        apply.kill()
+    assert not any(e["kind"] == "end" for e in read_journal(journal_of(tmp_path))), "the move ended too early"
+    wait_for(lambda: asyncio.run(api(lab, "hv-a", "GET", "vms/vm-9/migrate"))["state"] == "COMPLETED",
+             "the offline move completing without the apply", timeout=120)
+    lab.kill_agent("hv-a")
+    wait_for(lambda: agents.pid(lab.host("hv-a")) is None, "the killed agent gone", timeout=20)
+    lab.start_agent("hv-a")
+    errors = asyncio.run(lab.wait_agents())
+    assert not errors, (errors, agents.log_tail(lab.host("hv-a"), 40))
+    resumed = subprocess.run([*QVPLAN, "apply", "--resume", str(journal_of(tmp_path)), "--auto-approve", "--json"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["ok"] and {m["vm"]: (m["followed"], m["ok"]) for m in report["moves"]} == {"vm-9": (True, True)}
+    assert not any(e.get("not_started") for e in read_journal(journal_of(tmp_path)))
+    # The outcome from outside the agents: their journal files, folders and pools.
+    source = [r for r in migration_records(lab, "hv-a") if r["vm"] == "vm-9"]
+    dest = [r for r in migration_records(lab, "hv-b") if r["vm"] == "vm-9"]
+    assert [(r["kind"], r["role"], r["state"]) for r in source] == [("offline", "source", "released")]
+    assert [(r["kind"], r["role"], r["state"]) for r in dest] == [("offline", "destination", "landed")]
+    assert not (lab.host("hv-a").file("state") / "vms" / "vm-9").exists() and not disk.exists()
+    landed = lab.host("hv-b").file("state") / "images" / "vm-9.raw"
+    assert hashlib.sha256(landed.read_bytes()).hexdigest() == digest
+    assert asyncio.run(api(lab, "hv-a", "GET", "vms/vm-9/migrate"))["state"] == "COMPLETED"  # the journal's word
+    asyncio.run(api(lab, "hv-b", "DELETE", "vms/vm-9"))
+
+
+def migration_records(lab, host: str) -> list[dict]:
+    """A lab host's migration journal, read from its files (the last complete line of each)."""
+    out = []
+    for path in sorted((lab.host(host).file("state") / "migrations").glob("*.jsonl")):
+        record: dict = {}
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                record.update(json.loads(line))
+        out.append(record)
+    return out

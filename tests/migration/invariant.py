@@ -52,6 +52,12 @@ def journal(agent, session: str | None = None) -> list[dict]:
     return out
 
 
+def lost_session(agent, name: str) -> bool:
+    """Does `agent`'s journal (its files) hold a destination session of `name` lost after commit?"""
+    return any(r.get("vm") == name and r.get("role") == "destination" and r.get("state") == "lost"
+               for r in journal(agent))
+
+
 def exactly_one(here, there, name: str = "vm-1", timeout: float = 60) -> None:
     """`name` runs on `here` only: one live QEMU there whose serial markers advance, RAM verified;
     on `there` no QEMU, no VM folder, no VM, no image of it; and no open session in either journal."""

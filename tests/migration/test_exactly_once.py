@@ -175,3 +175,61 @@ def test_operator_settles_a_migration_in_doubt(make_agent):
     restart(b)
     wait_state(b, "discarded")
     exactly_one(a, b)
+
+
+def test_lost_destination_session_discarded_there_resumes_the_source(make_agent):
+    """The destination QEMU killed right after the commit (before `cont`): the session is lost
+    there, the source paused in doubt. The operator settles it on the destination with
+    --discard-here (the real CLI); the source, still asking, resumes its own copy."""
+    a, b = make_agent("hv-a", start=False), make_agent("hv-b", start=False)
+    b.env = {POINT: "dest-before-cont"}
+    a.start(), b.start()
+    mutual_trust(a, b)
+    start_guest(a, **SMALL, disks=[{"pool": "default", "file": "vm-1.qcow2", "size": "32M", "format": "qcow2"}])
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {**FAST, "storage_migrate": True}})
+    wait_point(b, "dest-before-cont")  # committing journaled, cont not sent
+    assert (b.root / "images" / "vm-1.qcow2").exists()  # the image this session landed
+    (pid,) = qemu_pids(b, "vm-1")
+    os.kill(pid, signal.SIGKILL)
+    while pid in qemu_pids(b, "vm-1"):
+        time.sleep(0.02)
+    release_point(b, "dest-before-cont")
+    lost = wait_state(b, "lost")
+    assert [i["path"] for i in lost["images"]] == [str(b.root / "images" / "vm-1.qcow2")]
+    deadline = time.monotonic() + 30
+    while "lost its QEMU" not in (a.api("GET", "vms/vm-1/migrate").get("doubt") or ""):
+        assert time.monotonic() < deadline, a.api("GET", "vms/vm-1/migrate")
+        time.sleep(0.2)
+    assert len(qemu_pids(a, "vm-1")) == 1 and a.vm("vm-1")["state"] == "migrating"  # paused, not resumed
+    shown = b.cli("vm", "migrate-status", "vm-1").stdout
+    assert "journal: destination lost" in shown and "--discard-here" in shown, shown
+
+    refused = b.cli("vm", "migrate-settle", "vm-1", "--resume-here")
+    assert refused.returncode != 0 and "(reason: qemu-lost)" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and journal(b)[-1]["state"] == "lost"
+    settled = b.cli("vm", "migrate-settle", "vm-1", "--discard-here")
+    assert settled.returncode == 0, settled.stderr
+    assert "1 image(s) removed" in settled.stdout and "resumes its paused copy" in settled.stdout, settled.stdout
+    assert journal(b)[-1]["state"] == "discarded" and journal(b)[-1]["settled_by"] == "operator"
+
+    status = wait_outcome(a, "vm-1", timeout=30)  # the source asks again within its 5 s backoff cap
+    assert status["state"] == "FAILED" and journal(a)[-1]["state"] == "rolled-back", status
+    exactly_one(a, b)
+    assert (a.root / "images" / "vm-1.qcow2").exists()  # the source's own disk stays
+    assert "journal: destination discarded" in b.cli("vm", "migrate-status", "vm-1").stdout
+
+
+def test_status_by_session_answers_for_that_move_after_a_newer_one(pair):
+    """`GET …/migrate?session=S` (apply follows its move by it): the journal's word on S, even once
+    a later migration of the same VM is the newest on that host."""
+    a, b = pair
+    start_guest(a, **SMALL)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    first = wait_outcome(a, "vm-1")
+    assert first["state"] == "COMPLETED", first
+    b.api("POST", "vms/vm-1/migrate", {"dest": a.migration, "flags": FAST})
+    assert wait_outcome(b, "vm-1")["state"] == "COMPLETED"
+    assert b.api("GET", "vms/vm-1/migrate")["session"] != first["session"]  # b's own, newer move
+    asked = b.api("GET", f"vms/vm-1/migrate?session={first['session']}")
+    assert (asked["session"], asked["state"], asked["journal"]["role"]) == (first["session"], "COMPLETED",
+                                                                             "destination")

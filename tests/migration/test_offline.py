@@ -34,6 +34,7 @@ from qvplan.migration.offline.disks import (
 
 from ..agents import ApiError, guest_vm, mutual_trust
 from .helpers import migrate, start_guest, wait_outcome
+from .invariant import journal
 from .proxy import TapProxy
 
 MIB = 1 << 20
@@ -196,6 +197,31 @@ def test_destination_killed_mid_copy_is_cleaned_at_restart(make_agent, tmp_path)
     assert leftovers(b)  # what the killed agent wrote is still there…
     b.start()
     wait_empty(b)  # …until it starts again
+    assert [(r["kind"], r["state"], r.get("settled_by")) for r in journal(b)] == [("offline", "discarded", "restart")]
+    assert [(r["kind"], r["role"], r["state"]) for r in journal(a)] == [("offline", "source", "rolled-back")]
+
+
+def test_source_killed_mid_copy_rolls_back_in_its_journal_at_restart(make_agent, tmp_path):
+    """The offline session is journaled like a live one: a source killed before the commit finds
+    it `transferring` at start and settles it `rolled-back` (the VM never left); status says so."""
+    a, b = make_agent("hv-a"), make_agent("hv-b")
+    mutual_trust(a, b)
+    disk = a.root / "images" / QCOW2["file"]
+    make_qcow2(disk, tmp_path, random_mib=24)
+    original = sha256(disk)
+    a.api("POST", "vms", guest_vm("vm-1", memory="64M", disks=[QCOW2]))
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"offline": True, "bandwidth": "6M"}})
+    wait_copied(a, "vm-1", 2 * MIB)
+    assert journal(a)[-1]["state"] == "transferring"
+    a.kill()
+    wait_empty(b)  # the destination saw the channel break and discarded what it had
+    assert [(r["kind"], r["role"], r["state"]) for r in journal(b)] == [("offline", "destination", "discarded")]
+    a.start()
+    (record,) = journal(a)
+    assert (record["kind"], record["state"], record["settled_by"]) == ("offline", "rolled-back", "restart")
+    status = a.api("GET", "vms/vm-1/migrate")
+    assert status["state"] == "FAILED" and status["session"] == record["session"], status
+    assert a.vm("vm-1")["state"] == "defined" and sha256(disk) == original
 
 
 def test_source_restarted_in_doubt_asks_the_destination(pair, tmp_path):

@@ -43,6 +43,7 @@ from ..qmp import configure, event_time
 from ..storage import exports
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, accept_stream
 from . import ramcheck
+from .lost import mark_lost
 
 if TYPE_CHECKING:
     from ...host.context import Host
@@ -307,7 +308,7 @@ async def resume(host: Host, journal: Journal, session: str, vm: VM, unexport: b
     except Exception as err:
         if not vm.running:
             log.error("%s: QEMU died after commit (%s): the session is lost", vm.name, err)
-            _mark_lost(journal, session, vm)
+            mark_lost(journal, session, vm)
             return None
         raise
     await vm.proc.announce()  # first: the network finds the guest sooner, the journal can wait
@@ -320,7 +321,7 @@ async def _resume_later(host: Host, journal: Journal, session: str, vm: VM) -> N
     delay = 0.5
     while True:
         if not vm.running:
-            _mark_lost(journal, session, vm)
+            mark_lost(journal, session, vm)
             return
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
@@ -337,14 +338,6 @@ def _mark_running(journal: Journal, session: str, vm: VM) -> None:
     journal.set(session, "running")
     vm.busy = None
     (vm.dir / INCOMING_MARK).unlink(missing_ok=True)  # the undo list goes: the VM is ours
-    (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
-
-
-def _mark_lost(journal: Journal, session: str, vm: VM) -> None:
-    """QEMU is gone after commit: keep the definition and images (they may hold the newest data)."""
-    journal.set(session, "lost")
-    vm.busy = None
-    (vm.dir / INCOMING_MARK).unlink(missing_ok=True)
     (vm.dir / INCOMING_FILES).unlink(missing_ok=True)
 
 

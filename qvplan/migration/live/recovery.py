@@ -157,15 +157,14 @@ async def roll_back_source(journal: Journal, vm: VM | None, record: Record) -> N
 async def recover_destination(host: Host, journal: Journal, record: Record) -> None:
     """A restarted destination: committing → resume; loading/loaded are discarded by the caller."""
     from .destination import resume
+    from .lost import mark_lost
 
     vm = host.registry.vms.get(record.vm)
     if record.state != "committing":
         return
     if vm is None or not vm.running:
         log.error("%s: QEMU gone after commit (session %s): lost", record.vm, record.session)
-        journal.set(record.session, "lost")
-        if vm is not None:
-            (vm.dir / INCOMING_MARK).unlink(missing_ok=True)
+        mark_lost(journal, record.session, vm)
         return
     vm.busy = "incoming"
     log.info("%s: resuming after restart (session %s committing)", vm.name, record.session)

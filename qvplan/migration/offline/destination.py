@@ -42,6 +42,7 @@ from ...units import format_size
 from ...vmm import VMSpec
 from ...vmm.spec import DiskSpec
 from ..incoming import INCOMING_FILES, INCOMING_MARK, identity, record_owned, remove_incoming_files
+from ..journal import journal_for
 from .disks import DiskSink, WireError, is_chunk
 
 if TYPE_CHECKING:
@@ -213,6 +214,9 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
         host.events.publish(name, Inbound.REFUSED, mode="offline", code=why.code)
         await channel.send_json({"ok": False, **why.as_dict()})
         return
+    journal = journal_for(host.state_dir)  # loading → landed | discarded, following the mark (the commit point)
+    journal.open_session(landing.session, "destination", landing.spec.name, channel.peer_name, "loading",
+                         kind="offline")
     host.events.publish(landing.spec.name, Inbound.STARTED, mode="offline", source=channel.peer_name)
     vm = host.registry.define(landing.spec)
     vm.busy = "incoming"
@@ -230,8 +234,9 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
         verdict = await asyncio.wait_for(channel.recv_json(), IDLE_TIMEOUT)
         if not verdict or verdict.get("cmd") != "commit":
             raise failure(Reason.CONNECTION_RESET, f"source did not commit ({verdict or 'connection closed'})")
-        await asyncio.to_thread(_commit, vm)
+        await asyncio.to_thread(_commit, vm)  # the commit point is the mark's removal; the journal follows it
         committed = True
+        journal.set(landing.session, "landed")
         vm.busy = None
         log.info("offline migration of %s from %s committed", vm.name, channel.peer_name)
         host.events.publish(vm.name, Inbound.LANDED, source=channel.peer_name, offline=True)
@@ -248,6 +253,7 @@ async def handle_receive(host: Host, channel: SecureChannel, request: dict[str, 
                                     {"ok": False, **why.as_dict()})
     finally:
         if not committed:
+            journal.set(landing.session, "discarded")
             await discard(host, vm, landing)
 
 
@@ -389,8 +395,11 @@ async def handle_state(host: Host, channel: SecureChannel, request: dict[str, An
         await channel.send_json({"ok": False, **failure(Reason.PROTOCOL_ERROR, str(err)).as_dict()})
         return
     assert isinstance(query, wire.OfflineStateQuery)
+    record = journal_for(host.state_dir).get(query.session)
     vm = host.registry.vms.get(query.vm)
-    if vm is None:
+    if record is not None and record.role == "destination" and record.state in ("landed", "discarded"):
+        state = "committed" if record.state == "landed" else "absent"  # this session's own word
+    elif vm is None:
         state = "absent"
     elif vm.busy or (vm.dir / INCOMING_MARK).exists():
         state = "pending"

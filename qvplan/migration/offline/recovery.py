@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ...contract import wire
+from ..journal import journal_for
 from ..peer import ask as ask_peer
 
 if TYPE_CHECKING:
@@ -99,6 +100,16 @@ def settle_later(host: Host, vm: VM) -> None:
     task.add_done_callback(_settling.discard)
 
 
+def _journal(host: Host, doubt: dict[str, Any], state: str) -> None:
+    """The session's outcome in the migration journal (a session from before journaling has none)."""
+    session = str(doubt.get("session"))
+    journal = journal_for(host.state_dir)
+    with contextlib.suppress(ValueError):
+        record = journal.get(session)
+        if record is not None and record.open:
+            journal.set(session, state, settled_by="destination")
+
+
 async def _settle(host: Host, vm: VM, doubt: dict[str, Any]) -> None:
     delay = 1.0
     while True:
@@ -109,11 +120,13 @@ async def _settle(host: Host, vm: VM, doubt: dict[str, Any]) -> None:
             log.info("%s was committed on %s: released here", vm.name, doubt.get("dest"))
             with contextlib.suppress(Exception):
                 release(host, vm)
+            _journal(host, doubt, "released")
             return
         if state == "absent":
             log.info("%s was not committed on %s: it stays here", vm.name, doubt.get("dest"))
             unmark(vm)
             vm.busy = None
+            _journal(host, doubt, "rolled-back")
             return
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_CAP)

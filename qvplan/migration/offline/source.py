@@ -129,6 +129,10 @@ class OfflineMigration(MigrationJob):
         self.channel = await open_peer(self.host, self.dest, "offline-migrate", self.flags.pqc_kem,
                                        dest_host=self.flags.dest_host,
                                        pin=self.flags.dest_fingerprint)
+        # Journaled before the request leaves, like a live session (journal.py): apply --resume
+        # and a restarted agent learn the move's outcome from it.
+        self.journal.open_session(self.session, "source", self.vm.name, self.dest, "transferring", kind="offline",
+                                  kem=self.flags.pqc_kem, peer_key=self.channel.peer_fingerprint)
         await self.channel.send_json({
             "op": "offline-receive", "session": self.session, "version": self.host.version,
             "vm": self.vm.spec.model_dump(mode="json"), "flags": self.flags.model_dump(mode="json"),
@@ -229,6 +233,8 @@ class OfflineMigration(MigrationJob):
         self._committing = True
         self.status.phase = 5
         self._publish("phase", phase=5)
+        # `committed` first, then the OUTGOING mark: committed without the mark means the commit never left
+        self.journal.set(self.session, "committed")
         await asyncio.to_thread(recovery.mark, self.vm, self.dest, self.session, self.flags.pqc_kem,
                                 self.channel.peer_fingerprint)
         await self.channel.send_json({"cmd": "commit"})
@@ -246,6 +252,7 @@ class OfflineMigration(MigrationJob):
                 raise channel_failure(ConnectionResetError("destination did not commit the VM"), self.dest)
         self._close_disks()
         recovery.release(self.host, self.vm)
+        self.journal.set(self.session, "released")
         self.host.events.publish(self.vm.name, "migrated-out", destination=self.dest)
         self.status.state = "COMPLETED"
         self.status.percent = 100.0
@@ -277,6 +284,9 @@ class OfflineMigration(MigrationJob):
                 await asyncio.wait_for(self.channel.send_json({"cmd": "abort"}), 5)
         if not self._in_doubt:
             self.vm.busy = None
+            record = self.journal.get(self.session)
+            if record is not None and record.open:
+                self.journal.set(self.session, "rolled-back", error=err.cause, code=err.code)
         cancelled = bool(self._cancel_reason) and not self._committing
         self.status.state = "CANCELLED" if cancelled else "FAILED"
         self.status.error = err.cause
