@@ -20,6 +20,7 @@ from . import local
 def agent(ctx: click.Context, config: str | None, log_level: str) -> None:
     """Run the QuantaVirt host agent (HTTP API and migration listener)."""
     from ..agent.daemon import Agent
+    from ..agent.memory import return_big_blocks
 
     os.umask(0o077)  # everything the agent creates (state, logs, sockets, images) is private
     root = ctx.find_root()
@@ -30,6 +31,7 @@ def agent(ctx: click.Context, config: str | None, log_level: str) -> None:
                              "give one of them")
         root.obj["config"] = config
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return_big_blocks()
     cfg = local.config(ctx)
     # A config given explicitly must exist; the default one may be absent (defaults apply).
     asyncio.run(Agent(cfg, root.obj.get("state_dir")).run_forever())
