@@ -15,10 +15,10 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import QVError
+from ..gcpause import gc_paused
 from ..inventory import HostEntry, read_inventory
 from .diagnostics import Diagnostic, PlanError
 from .facts import Facts
-from .gcpause import gc_paused
 from .modules import expand_modules
 from .schema import Placement, PlanSpec
 from .source import SCHEMA_FIX, Located, parse_yaml, pydantic_diagnostics, render

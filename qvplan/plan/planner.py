@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..gcpause import gc_paused
 from . import checks as C
 from .build import Build
 from .facts import Facts, facts_hash
-from .gcpause import gc_paused
 from .graph import transformers
 from .loader import LoadedPlan, load_plan
 from .model import Plan

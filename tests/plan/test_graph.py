@@ -126,9 +126,9 @@ def test_planning_pauses_the_cyclic_gc_and_gives_it_back() -> None:
 
     import pytest
 
+    from qvplan.gcpause import gc_paused
     from qvplan.plan import make_plan
     from qvplan.plan.diagnostics import PlanError
-    from qvplan.plan.gcpause import gc_paused
 
     assert gc.isenabled()
     with gc_paused():

@@ -26,6 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ... import gcpause
 from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
 from ...contract.events import Inbound
@@ -66,6 +67,7 @@ class Incoming:
     storage: bool = False
     peer_fingerprint: str | None = None  # its control channel's: every data channel must present it
     ram_key: bytes | None = None  # the source asked for a digest of the loaded RAM under this key (ramcheck.py)
+    gc_held: bool = False  # the garbage collector paused from "loaded" until the guest runs (gcpause.py)
     aborted: asyncio.Event = field(default_factory=asyncio.Event)  # a fence or the agent stopping
 
     def state(self, journal: Journal) -> str:
@@ -198,6 +200,9 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
             answer = wire.Failed(**why.as_dict()) if replied else wire.SetupReply(ok=False, **why.as_dict())
             await channel.send_json(answer.dump())
     finally:
+        if incoming.gc_held:
+            gcpause.release()
+            incoming.gc_held = False
         sessions.pop(incoming.session, None)
         if incoming.state(journal) in ("loading", "loaded", "discarded"):
             await discard_session(host, journal, incoming.session, vm, incoming.images)
@@ -244,6 +249,8 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
         if verdict in done or aborted in done:  # abort, EOF or a fence before QEMU finished loading
             raise failure(Reason.CANCELLED, f"source ended the migration: {_said(verdict)}")
         loaded.result()
+        gcpause.hold()  # the guest's pause is on: no full collection until it runs (released by handle_migrate)
+        incoming.gc_held = True
         check_images(incoming)
         digest = await ramcheck.digest(ram, incoming.ram_key) if ram and incoming.ram_key else None
         await channel.send_json(wire.Received(ram_digest=digest).dump())

@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ... import gcpause
 from ...contract import wire
 from ...contract.errors import MigrationError, failure
 from ...contract.flags import MigrateFlags
@@ -60,6 +61,8 @@ class SourceMigration(MigrationJob):
         self._passes_published = 0
         self._from_dest: asyncio.Future[Any] | None = None
         self._stop_at: float | None = None
+        self._gc_held = False  # the garbage collector paused since the guest stopped (gcpause.py)
+        self._ended = False  # _run is over: a late STOP event holds nothing
         self._ram_key: bytes | None = None  # our QEMU may lose guest writes: compare RAM before the commit
         self._ram_digest: asyncio.Future[str] | None = None  # ours, taken once our QEMU completed
         self._qemu_completed = 0.0  # monotonic time our QEMU reported the migration completed
@@ -85,7 +88,13 @@ class SourceMigration(MigrationJob):
             await self._rollback(failure(Reason.ERROR, f"migration failed: {err}", "see the source agent's log"))
         finally:
             self.setup_done.set()
-            await self._teardown()
+            try:
+                await self._teardown()  # stops the STOP watcher: nothing holds the collector after this
+            finally:
+                self._ended = True
+                if self._gc_held:
+                    gcpause.release()
+                    self._gc_held = False
 
     async def _setup(self) -> None:
         """Phase 1: handshake, the destination's checks, QEMU listening there, our sockets here."""
@@ -225,6 +234,9 @@ class SourceMigration(MigrationJob):
             async for event in listener:
                 self._stop_at = event_time(event)
                 self.status.history.stopped(self._stop_at)  # passes from here dirty nothing (passes.py)
+                if not self._gc_held and not self._ended:  # the guest paused: no full collection until the end
+                    gcpause.hold()
+                    self._gc_held = True
 
     async def _follow_passes(self) -> None:
         """A `pass` event per QEMU dirty-sync pass, with fresh figures (short passes fall between polls)."""
