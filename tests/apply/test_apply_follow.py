@@ -116,17 +116,22 @@ def test_ssh_connection_dropped_mid_move_is_reconnected_and_followed(lab, tmp_pa
     runs_only_on(lab, "hv-b", "hv-a")
 
 
-def test_source_agent_restarted_while_the_apply_was_gone_then_resume(lab, tmp_path):
-    plan = tmp_path / "back.yaml"
-    plan.write_text(SLOW.format(inventory=lab.inventory_path, dest="hv-a"))
+def apply_killed_once_its_move_started(plan: Path, folder: Path) -> None:
+    """`qvplan apply PLAN`, killed (SIGKILL) as soon as its journal shows the move's session."""
     apply = subprocess.Popen([*QVPLAN, "apply", str(plan), "--auto-approve"], cwd=ROOT,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: any(e["kind"] == "session" for e in read_journal(journal_of(tmp_path))), "the session")
+        wait_for(lambda: any(e["kind"] == "session" for e in read_journal(journal_of(folder))), "the session")
         os.kill(apply.pid, signal.SIGKILL)
         apply.wait(10)
     finally:
         apply.kill()
+
+
+def test_source_agent_restarted_while_the_apply_was_gone_then_resume(lab, tmp_path):
+    plan = tmp_path / "back.yaml"
+    plan.write_text(SLOW.format(inventory=lab.inventory_path, dest="hv-a"))
+    apply_killed_once_its_move_started(plan, tmp_path)
     wait_for(lambda: asyncio.run(api(lab, "hv-b", "GET", "vms/vm-1/migrate"))["state"] == "COMPLETED",
              "the move completing without the apply", timeout=240)
     lab.kill_agent("hv-b")  # the agent forgets its in-memory migrations; its journal stays
@@ -182,14 +187,7 @@ def test_offline_move_completed_then_source_agent_restarted_then_resume(lab, tmp
                                                   "disks": [{"pool": "default", "file": "vm-9.raw", "format": "raw"}]}))
     plan = tmp_path / "offline.yaml"
     plan.write_text(OFFLINE.format(inventory=lab.inventory_path))
-    apply = subprocess.Popen([*QVPLAN, "apply", str(plan), "--auto-approve"], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: any(e["kind"] == "session" for e in read_journal(journal_of(tmp_path))), "the session")
-        os.kill(apply.pid, signal.SIGKILL)
-        apply.wait(10)
-    finally:
-        apply.kill()
+    apply_killed_once_its_move_started(plan, tmp_path)
     assert not any(e["kind"] == "end" for e in read_journal(journal_of(tmp_path))), "the move ended too early"
     wait_for(lambda: asyncio.run(api(lab, "hv-a", "GET", "vms/vm-9/migrate"))["state"] == "COMPLETED",
              "the offline move completing without the apply", timeout=120)

@@ -143,13 +143,20 @@ def test_running_vm_is_refused_with_one_line(pair):
     assert b.vm_names() == []
 
 
-def test_cancel_and_link_cut_leave_vm_on_source_and_nothing_on_destination(make_agent, tmp_path):
+def two_hosts_and_a_stopped_vm(make_agent, tmp_path: Path):
+    """Two trusting agents, and vm-1 defined on the first with a 24 MiB-of-noise qcow2 disk:
+    (source, destination, the disk's path, its SHA-256)."""
     a, b = make_agent("hv-a"), make_agent("hv-b")
     mutual_trust(a, b)
     disk = a.root / "images" / QCOW2["file"]
     make_qcow2(disk, tmp_path, random_mib=24)
     original = sha256(disk)
     a.api("POST", "vms", guest_vm("vm-1", memory="64M", disks=[QCOW2]))
+    return a, b, disk, original
+
+
+def test_cancel_and_link_cut_leave_vm_on_source_and_nothing_on_destination(make_agent, tmp_path):
+    a, b, disk, original = two_hosts_and_a_stopped_vm(make_agent, tmp_path)
     host, port = b.migration.split(":")
     tap = TapProxy(a.address, (host, int(port)))
     slow = {"offline": True, "bandwidth": "6M"}
@@ -204,12 +211,7 @@ def test_destination_killed_mid_copy_is_cleaned_at_restart(make_agent, tmp_path)
 def test_source_killed_mid_copy_rolls_back_in_its_journal_at_restart(make_agent, tmp_path):
     """The offline session is journaled like a live one: a source killed before the commit finds
     it `transferring` at start and settles it `rolled-back` (the VM never left); status says so."""
-    a, b = make_agent("hv-a"), make_agent("hv-b")
-    mutual_trust(a, b)
-    disk = a.root / "images" / QCOW2["file"]
-    make_qcow2(disk, tmp_path, random_mib=24)
-    original = sha256(disk)
-    a.api("POST", "vms", guest_vm("vm-1", memory="64M", disks=[QCOW2]))
+    a, b, disk, original = two_hosts_and_a_stopped_vm(make_agent, tmp_path)
     a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"offline": True, "bandwidth": "6M"}})
     wait_copied(a, "vm-1", 2 * MIB)
     assert journal(a)[-1]["state"] == "transferring"

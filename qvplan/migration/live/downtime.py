@@ -50,18 +50,33 @@ class QMP(Protocol):
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
 
 
-class CommitCosts:
-    """How much the pauses of this host's recent sessions exceeded what their limit accounted
-    for, in seconds (one agent process: migrations run concurrently, so a lock)."""
+class _Worst:
+    """The worst of a host's last `keep` samples, `prior` before the first (one agent process:
+    migrations run concurrently, so a lock)."""
 
-    def __init__(self, prior: float = PRIOR_OVERHEAD, keep: int = SAMPLES) -> None:
+    def __init__(self, prior: float, keep: int) -> None:
         self._lock = threading.Lock()
         self._prior = prior
         self._samples: collections.deque[float] = collections.deque(maxlen=keep)
 
-    def overhead(self) -> float:
+    def worst(self) -> float:
         with self._lock:
             return max(self._samples) if self._samples else self._prior
+
+    def add(self, sample: float) -> None:
+        with self._lock:
+            self._samples.append(sample)
+
+
+class CommitCosts(_Worst):
+    """How much the pauses of this host's recent sessions exceeded what their limit accounted
+    for, in seconds."""
+
+    def __init__(self, prior: float = PRIOR_OVERHEAD, keep: int = SAMPLES) -> None:
+        super().__init__(prior, keep)
+
+    def overhead(self) -> float:
+        return self.worst()
 
     def record(self, pause: float, accounted: float, qemu_downtime: float | None) -> float:
         """One completed session: the real pause, what its last limit and drain accounted for,
@@ -69,30 +84,25 @@ class CommitCosts:
         account and the pause beyond QEMU's downtime (the commit alone); returns it."""
         beyond_qemu = pause - qemu_downtime if qemu_downtime is not None else 0.0
         sample = max(0.0, pause - accounted, beyond_qemu)
-        with self._lock:
-            self._samples.append(sample)
+        self.add(sample)
         return sample
 
 
 COSTS = CommitCosts()
 
 
-class RamCheckCosts:
-    """Seconds per byte of guest RAM this host's recent RAM comparisons took (the worst kept)."""
+class RamCheckCosts(_Worst):
+    """Seconds per byte of guest RAM this host's recent RAM comparisons took."""
 
     def __init__(self, prior: float = PRIOR_RAM_CHECK, keep: int = SAMPLES) -> None:
-        self._lock = threading.Lock()
-        self._prior = prior
-        self._samples: collections.deque[float] = collections.deque(maxlen=keep)
+        super().__init__(prior, keep)
 
     def per_byte(self) -> float:
-        with self._lock:
-            return max(self._samples) if self._samples else self._prior
+        return self.worst()
 
     def record(self, seconds: float, memory: int) -> None:
         if memory > 0:
-            with self._lock:
-                self._samples.append(seconds / memory)
+            self.add(seconds / memory)
 
 
 RAM_CHECKS = RamCheckCosts()
