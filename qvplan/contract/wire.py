@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class WireError(ValueError):
@@ -40,8 +40,9 @@ class MigrateRequest(Message):
     cpu: Any = None
     disks: list[dict[str, Any]] = []
     storage: list[dict[str, Any]] | None = None
-    ram_key: str | None = None  # the source's QEMU may lose writes: digest the loaded RAM under this
-    # hex key (live/ramcheck.py); None: no digest
+    # the source's QEMU may lose writes: digest the loaded RAM under this 256-bit key, in hex
+    # (live/ramcheck.py); None: no digest
+    ram_key: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class SetupReply(Message):
