@@ -106,6 +106,9 @@ class Row:
     pause: float | None = None  # seconds (STOP → RESUME)
     note: str = ""
     cpu: float | None = None  # agents' CPU seconds during the migration (ours only)
+    # rounds that ended in a forced stop-and-copy (--max-iterations reached): that pause holds all
+    # that was still dirty, which no downtime limit bounds (ours only)
+    forced: int = 0
 
     @property
     def cpu_per_gib(self) -> float | None:
@@ -282,7 +285,8 @@ def ours(name: str, src: AgentProc, dst: AgentProc, threads: int, vm: dict[str, 
     with contextlib.suppress(Exception):
         src.api("DELETE", "vms/vm-1")  # normally already forgotten after a completed migration
     return Row(name, transferred=int(status["transferred"]), total=float(status["elapsed"]),
-               downtime=status.get("downtime"), pause=status.get("pause"), cpu=cpu)
+               downtime=status.get("downtime"), pause=status.get("pause"), cpu=cpu,
+               forced=int(bool(status.get("forced_stop_and_copy"))))
 
 
 def _kill_leftover_qemu(root: Path) -> None:
@@ -326,6 +330,10 @@ def _ms(value: float | None) -> str:
     return f"{value * 1000:.0f}" if value is not None else "-"
 
 
+def _forced(r: Row) -> str:
+    return f"  (forced stop-and-copy in {r.forced} round{'s' if r.forced > 1 else ''})" if r.forced else ""
+
+
 def render(rows: list[Row], anchor: Row, floor: float) -> str:
     head = (f"{'path':30} {'Gb/s':>6} {'vs':>6} {'total s':>8} {'vs':>6} {'downtime ms':>12} {'vs':>6}"
             f" {'pause ms':>9} {'vs':>6} {'÷max':>5} {'GiB sent':>8} {'CPU s/GiB':>9} {'÷floor':>6}")
@@ -342,7 +350,7 @@ def render(rows: list[Row], anchor: Row, floor: float) -> str:
             f" {r.total:8.2f} {_ratio(r.total, anchor.total):>6}"
             f" {_ms(r.downtime):>12} {_ratio(r.downtime, anchor.downtime):>6}"
             f" {_ms(r.pause):>9} {_ratio(r.pause, anchor.pause):>6} {promise}"
-            f" {r.transferred / 2**30:8.2f}{cpu}{'  ' + r.note if r.note else ''}")
+            f" {r.transferred / 2**30:8.2f}{cpu}{'  ' + r.note if r.note else ''}{_forced(r)}")
     lines.append("(vs = ratio to plaintext direct, multifd 4; total = request → guest resumed on the destination; "
                  "÷max = pause ÷ max-downtime;")
     lines.append(f" CPU s/GiB = both agents' user+system CPU per GiB carried; floor = AES-256-GCM encrypt+decrypt "
@@ -387,7 +395,7 @@ def floor_checks(rows: list[Row]) -> list[str]:
                            f"{_ms(tls.pause)} ms — {'PASS' if ok else 'FAIL'}")
         ok = mine.pause is not None and mine.pause <= MAX_DOWNTIME
         out.append(f"floor ({threads} ch): ours pause {_ms(mine.pause)} ms ≤ max-downtime "
-                   f"{MAX_DOWNTIME * 1000:.0f} ms — {'PASS' if ok else 'FAIL'}")
+                   f"{MAX_DOWNTIME * 1000:.0f} ms — {'PASS' if ok else 'FAIL'}{_forced(mine)}")
         anchor = by_name.get("plaintext direct, multifd 4")
         if anchor is not None and anchor.measured:
             ratio = mine.total / anchor.total
@@ -416,7 +424,7 @@ def combine(rounds: list[list[Row]]) -> list[Row]:
         out.append(Row(name, transferred=int(statistics.median(r.transferred for r in measured)),
                        total=statistics.median(r.total for r in measured),
                        downtime=_median([r.downtime for r in measured]), pause=_median([r.pause for r in measured]),
-                       cpu=_median([r.cpu for r in measured]),
+                       cpu=_median([r.cpu for r in measured]), forced=sum(r.forced for r in measured),
                        note=f"{len(measured)}/{len(rows)} rounds" if len(measured) < len(rows) else ""))
     return out
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bench.migration import MAX_DOWNTIME, Row, cpu_seconds, parse_sizes, render
+from bench.migration import MAX_DOWNTIME, Row, combine, cpu_seconds, floor_checks, parse_sizes, render
 from qvplan.errors import UsageError
 
 
@@ -32,3 +32,14 @@ def test_table_shows_cpu_per_gib_against_the_floor_and_pause_against_the_promise
     line = next(x for x in table.splitlines() if x.startswith("ours"))
     assert f"{0.27 / MAX_DOWNTIME:.2f}" in line  # pause ÷ max-downtime
     assert line.split()[-2:] == ["0.50", "2.0"]  # 1 CPU s over 2 GiB, ÷ floor 0.25
+
+
+def test_a_forced_stop_and_copy_is_named_beside_its_pause() -> None:
+    anchor = Row("plaintext direct, multifd 4", transferred=2**30, total=2.0, downtime=0.1, pause=0.12)
+    rounds = [[Row("ours (PQC), 1 channel", transferred=2**30, total=3.0, pause=0.5, forced=1)],
+              [Row("ours (PQC), 1 channel", transferred=2**30, total=3.0, pause=0.2)]]
+    (ours,) = combine(rounds)
+    assert ours.forced == 1
+    line = next(x for x in render([anchor, ours], anchor, floor=0.25).splitlines() if x.startswith("ours"))
+    assert line.endswith("(forced stop-and-copy in 1 round)")
+    assert "forced stop-and-copy in 1 round" in next(c for c in floor_checks([anchor, ours]) if "max-downtime" in c)
