@@ -25,7 +25,6 @@ import asyncio
 import ctypes
 import hashlib
 import logging
-import mmap
 import os
 import re
 import uuid
@@ -134,15 +133,14 @@ async def _host_address(proc: QemuProcess, address: int) -> int:
 
 
 class _Chunks:
-    """Hashes guest RAM chunk by chunk into GMAC tags, through one reused buffer. The buffer is
-    its own mapping, returned to the kernel when the digest is done (a heap block this big is
-    memory the allocator keeps: glibc raises its mmap threshold after freeing one)."""
+    """Hashes guest RAM chunk by chunk into GMAC tags, through one reused buffer (returned to the
+    kernel when the digest is done: the agent keeps big blocks off the heap, agent/memory.py)."""
 
     def __init__(self, key: bytes) -> None:
         self.aead = AESGCM(key)
-        self.map = mmap.mmap(-1, CHUNK)
-        self.view = memoryview(self.map)
-        self.address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        self.buf = (ctypes.c_char * CHUNK)()
+        self.view = memoryview(self.buf).cast("B")
+        self.address = ctypes.addressof(self.buf)
 
     def tag(self, guest_address: int, length: int) -> bytes:
         # the chunk's guest address is its nonce: unique within the session's key
