@@ -94,13 +94,18 @@ class SecureChannel:
     def __repr__(self) -> str:
         return f"<SecureChannel {self.role} peer={self.peer_name} {self.kem} {self.state.value}>"
 
-    def _require_open(self) -> None:
+    @property
+    def protocol(self) -> RecordProtocol:
+        """What reads the socket into the opener (transport.py)."""
+        return self._proto
+
+    def require_open(self) -> None:
         if self.state is not ChannelState.OPEN:
             raise ChannelClosed(f"PQC channel to {self.peer_name} is {self.state.value}", "open a new channel")
 
     async def send(self, data: bytes | bytearray | memoryview) -> None:
         """Encrypt and send `data` (split into records of at most `sealer.max_record` bytes)."""
-        self._require_open()
+        self.require_open()
         view = memoryview(data)
         step = self.sealer.max_record
         for i in range(0, len(view), step):
@@ -111,7 +116,7 @@ class SecureChannel:
         """The next record's payload; None once the peer has ended its stream (authenticated)."""
         if self.opener.ended:
             return None
-        self._require_open()
+        self.require_open()
         try:
             while True:
                 record = self.opener.pull()
@@ -129,7 +134,7 @@ class SecureChannel:
                 raise ProtocolError(f"unexpected record type {rtype:#04x} after the handshake",
                                     "the peer is not speaking qvplan-pqc/1")
         except (RecordError, ProtocolError):
-            self._abort()
+            self.abort()
             raise
 
     async def send_json(self, obj: Any) -> None:
@@ -150,7 +155,7 @@ class SecureChannel:
 
     async def end(self) -> None:
         """Send the end-of-stream record (once) but keep receiving (a half-close)."""
-        self._require_open()
+        self.require_open()
         if not self.sealer.ended:
             self.writer.write(self.sealer.seal_end())
             await self.writer.drain()
@@ -166,7 +171,7 @@ class SecureChannel:
         with contextlib.suppress(OSError, ConnectionError):
             await self.writer.wait_closed()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         self.state = ChannelState.FAILED
         transport = self.writer.transport
         if transport is not None:

@@ -227,21 +227,24 @@ class RecordOpener(_Direction):
 
     def pull(self) -> tuple[int, bytes] | None:
         """The next complete record from the buffer as (type, payload), or None if incomplete."""
+        return self._pull(None)  # type: ignore[return-value]
+
+    def pull_into(self, out: bytearray | memoryview) -> tuple[int, int] | None:
+        """The next complete record from the buffer as (type, payload length), its payload
+        decrypted to the start of `out` (a buffer the caller reuses); None if incomplete."""
+        return self._pull(out)  # type: ignore[return-value]
+
+    def _pull(self, out: bytearray | memoryview | None) -> tuple[int, bytes] | tuple[int, int] | None:
         self._check_alive()
         avail = self._end - self._start
         if avail < HEADER_LEN:
             return None
-        with memoryview(self._buf) as view:
-            header = view[self._start: self._start + HEADER_LEN]
+        with memoryview(self._buf) as view, view[self._start: self._start + HEADER_LEN] as header:
             _, length = self.parse_header(header)
             if avail < HEADER_LEN + length:
                 return None
-            body = view[self._start + HEADER_LEN: self._start + HEADER_LEN + length]
-            try:
-                record = self.open(header, body)
-            finally:
-                header.release()
-                body.release()
+            with view[self._start + HEADER_LEN: self._start + HEADER_LEN + length] as body:
+                record = self.open(header, body) if out is None else self.open_into(header, body, out)
         self._start += HEADER_LEN + length
         return record
 

@@ -28,6 +28,7 @@ class RecordProtocol(asyncio.BufferedProtocol):
         self.lost: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._detached = False  # a worker thread reads the socket itself (bulk.py)
 
     @classmethod
     def install(cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -95,7 +96,20 @@ class RecordProtocol(asyncio.BufferedProtocol):
         if self._reading_paused and self.opener.pending < RESUME_BELOW:
             self._resume()
 
+    def detach(self) -> None:
+        """Stop reading the socket: a worker thread reads it, into the same opener, until `attach`."""
+        self._detached = True
+        if not self._reading_paused and not self.transport.is_closing():
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def attach(self, eof: bool) -> None:
+        """Read the socket again (or not, after `eof`: the worker thread saw the stream end)."""
+        self._detached = False
+        self.eof = self.eof or eof
+        if not eof and not self._reading_paused and not self.transport.is_closing():
+            self.transport.resume_reading()  # type: ignore[attr-defined]
+
     def _resume(self) -> None:
         self._reading_paused = False
-        if not self.transport.is_closing():
+        if not self._detached and not self.transport.is_closing():
             self.transport.resume_reading()  # type: ignore[attr-defined]

@@ -77,7 +77,10 @@ def exactly_one(here, there, name: str = "vm-1", timeout: float = 60) -> None:
         assert name not in there.vm_names()
     assert not (there.state / "vms" / name).exists(), f"{name}'s folder is left on {there.name}"
     images = there.root / "images"
-    assert not images.exists() or not [p for p in images.iterdir() if name in p.name]
+    deadline = time.monotonic() + 5  # a moved VM's disk files are deleted just after COMPLETED
+    while (left := images.exists() and [p for p in images.iterdir() if name in p.name]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"{name}'s files are left on {there.name}: {left}"
     for agent in (here, there):
         open_ = [r for r in journal(agent) if r.get("state") in
                  ("loading", "loaded", "committing", "transferring", "awaiting-commit", "committed")]

@@ -35,7 +35,7 @@ def peak_rss_mib() -> int:
 def test_a_zstd_bomb_is_refused_without_expanding(tmp_path: Path) -> None:
     payload = bomb(512 * MIB)
     assert len(payload) < 64 * 1024  # ~32,000:1
-    sink = DiskSink(tmp_path / "disk.raw", 8 * MIB)
+    sink = DiskSink(tmp_path / "disk.raw", 8 * MIB, key=bytes(32))
     before = peak_rss_mib()
     with pytest.raises(WireError) as err:
         sink.write(HEADER.pack(ZSTD, 0, CHUNK) + payload)
@@ -47,7 +47,7 @@ def test_a_zstd_bomb_is_refused_without_expanding(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", [RAW, ZSTD])
 def test_a_chunk_declaring_more_than_a_chunk_is_refused_before_any_work(tmp_path: Path, kind: int) -> None:
-    sink = DiskSink(tmp_path / "disk.raw", 64 * MIB)
+    sink = DiskSink(tmp_path / "disk.raw", 64 * MIB, key=bytes(32))
     with pytest.raises(WireError) as err:
         sink.write(HEADER.pack(kind, 0, 4 * MIB) + bomb(4 * MIB))
     assert err.value.reason_code == "bad-chunk"

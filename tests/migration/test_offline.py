@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from qvplan.migration.offline.destination import check_room
 from qvplan.migration.offline.disks import (
     HEADER,
     RAW,
-    RING,
     ChecksumMismatch,
     DiskSink,
     DiskSource,
@@ -72,7 +72,27 @@ def defined_only_on(host, other, name: str = "vm-1") -> None:
     assert host.vm(name)["state"] == "defined"
     assert name not in other.vm_names()
     assert not list((host.root / "images").glob(".qv-incoming-*"))
-    assert not (other.root / "images" / QCOW2["file"]).exists()  # the source's copy is gone
+    assert not (other.root / "images" / QCOW2["file"]).exists()  # the source's copy is gone at once…
+    deadline = time.monotonic() + 5
+    while list((other.root / "images").glob(".qv-removed-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list((other.root / "images").glob(".qv-removed-*"))  # …and its file deleted just after
+
+
+def test_disk_files_of_a_vm_that_moved_are_deleted_at_the_next_start(make_agent, tmp_path):
+    """A crash between the commit and the deletion of the moved VM's disk files (renamed out of
+    the way at commit) leaves them for the next start; a symlink among them is not followed."""
+    a = make_agent("hv-a", start=False)
+    images = a.root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    (images / ".qv-removed-0123456789ab-vm-1.raw").write_bytes(b"old disk")
+    elsewhere = tmp_path / "precious.raw"
+    elsewhere.write_bytes(b"keep")
+    (images / ".qv-removed-feedfacecafe-vm-2.raw").symlink_to(elsewhere)
+    (images / "vm-3.raw").write_bytes(b"a disk")
+    a.start()
+    assert sorted(p.name for p in images.iterdir()) == ["vm-3.raw"]
+    assert elsewhere.read_bytes() == b"keep"
 
 
 def starts_there(host, name: str = "vm-1") -> None:
@@ -293,7 +313,7 @@ def sparse_file(path: Path) -> Path:
 
 def copy_records(src: Path, dst: Path, compress: bool, tamper=None, data_delta: int = 0) -> DiskSink:
     source = DiskSource(src, compress=compress, chunk=MIB)  # several chunks per extent
-    sink = DiskSink(dst, source.size)
+    sink = DiskSink(dst, source.size, key=source.key)
     try:
         n = 0
         while (item := source.next_record()) is not None:
@@ -352,23 +372,20 @@ def test_malformed_chunks_are_refused(tmp_path):
         copy_records(src, tmp_path / "b.img", False, tamper=beyond_end)
 
 
-def test_digest_is_sha256_of_the_chunks_as_documented_while_buffers_are_reused(tmp_path):
-    """The source hashes in a thread while its read buffers go round; the test recomputes the
-    digest with hashlib from the file itself, and compares the bytes that landed."""
+def test_digest_is_the_documented_gmac_of_the_chunks(tmp_path):
+    """The test recomputes the digest with AES-GCM itself from the file (GMAC per chunk, its offset
+    the nonce, SHA-256 over the tags and the size), and compares the bytes that landed."""
     src, dst = tmp_path / "src.img", tmp_path / "dst.img"
     src.write_bytes(os.urandom(24 * MIB + 4096))
     source = DiskSource(src, compress=False)
-    sink = DiskSink(dst, source.size)
-    records = []
-    while (item := source.next_record()) is not None:  # read far ahead of any send: the ring must hold
-        records.append(sink.submit(item[0]))
-    assert len(records) > RING  # every buffer was reused at least once
-    assert all(f.result() > 0 for f in records)
+    sink = DiskSink(dst, source.size, key=source.key)
+    while (item := source.next_record()) is not None:  # one read buffer, reused for every record
+        assert sink.write(item[0]) > 0
     expected = hashlib.sha256()
+    gmac = AESGCM(source.key)
     data = src.read_bytes()
     for offset in range(0, len(data), source.chunk):
-        piece = data[offset:offset + source.chunk]
-        expected.update(struct.pack(">QQ", offset, len(piece)) + piece)
+        expected.update(gmac.encrypt(offset.to_bytes(12, "big"), b"", data[offset:offset + source.chunk]))
     expected.update(struct.pack(">Q", len(data)))
     digest = source.digest()
     assert digest == expected.hexdigest()
@@ -376,18 +393,22 @@ def test_digest_is_sha256_of_the_chunks_as_documented_while_buffers_are_reused(t
     source.close()
     sink.close()
     assert sha256(dst) == sha256(src)
+    other = DiskSink(tmp_path / "other.img", len(data), key=bytes(32))  # a key the source did not draw
+    for offset in range(0, len(data), source.chunk):
+        piece = data[offset:offset + source.chunk]
+        other.write(HEADER.pack(RAW, offset, len(piece)) + piece)
+    with pytest.raises(ChecksumMismatch):
+        other.finish(digest, len(data))
+    other.close()
 
 
 def test_after_a_bad_chunk_the_sink_writes_nothing(tmp_path):
-    sink = DiskSink(tmp_path / "dst.img", 16 * MIB)
-    bad = sink.submit(HEADER.pack(RAW, 8 * MIB, MIB) + b"\x01" * MIB)
-    good_but_before = sink.submit(HEADER.pack(RAW, 0, MIB) + b"\x02" * MIB)  # out of order after the bad one
+    sink = DiskSink(tmp_path / "dst.img", 16 * MIB, key=bytes(32))
+    assert sink.write(HEADER.pack(RAW, 8 * MIB, MIB) + b"\x01" * MIB) == MIB
     with pytest.raises(WireError):
-        good_but_before.result()
-    assert bad.result() == MIB  # the first was fine; the second goes backwards, so it and all after fail
-    later = sink.submit(HEADER.pack(RAW, 9 * MIB, MIB) + b"\x03" * MIB)
+        sink.write(HEADER.pack(RAW, 0, MIB) + b"\x02" * MIB)  # goes backwards: it and all after fail
     with pytest.raises(WireError):
-        later.result()
+        sink.write(HEADER.pack(RAW, 9 * MIB, MIB) + b"\x03" * MIB)
     sink.close()
     with open(tmp_path / "dst.img", "rb") as f:
         f.seek(9 * MIB)
@@ -397,7 +418,7 @@ def test_after_a_bad_chunk_the_sink_writes_nothing(tmp_path):
 def test_a_short_write_fails_the_disk_instead_of_landing_a_hole(tmp_path):
     """A file-size limit makes the kernel write part of a chunk (then EFBIG): the sink must not
     count the chunk as written (the old code took pwrite's short count for a whole chunk)."""
-    sink = DiskSink(tmp_path / "dst.img", 8 * MIB)
+    sink = DiskSink(tmp_path / "dst.img", 8 * MIB, key=bytes(32))
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (MIB + MIB // 2, hard))  # Python ignores SIGXFSZ
     try:

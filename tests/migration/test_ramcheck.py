@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from qvplan.migration.digest import digest_key
 from qvplan.migration.live import ramcheck
 from qvplan.vmm import QemuProcess, VMSpec
 from qvplan.vmm.debug import write_guest_memory
@@ -79,7 +80,7 @@ async def test_digest_tells_a_loaded_copy_from_a_damaged_one(tmp_path: Path, qem
             if (await dest.execute("query-migrate")).get("status") == "completed":
                 break
             await asyncio.sleep(0.05)
-        key = ramcheck.new_key()
+        key = digest_key()
         src_ram = await ramcheck.locate(source, spec.memory_bytes)
         dst_ram = await ramcheck.locate(dest, spec.memory_bytes)
         assert all(part.host is not None for part in dst_ram.ranges)  # read straight from QEMU's memory
@@ -88,7 +89,7 @@ async def test_digest_tells_a_loaded_copy_from_a_damaged_one(tmp_path: Path, qem
         # the two ways to read RAM agree (process_vm_readv, and QEMU's pmemsave as the fallback)
         by_dump = ramcheck.GuestRam(dest, tuple(replace(part, host=None) for part in dst_ram.ranges))
         assert await ramcheck.digest(by_dump, key) == mine
-        assert await ramcheck.digest(dst_ram, ramcheck.new_key()) != mine  # the key is the session's
+        assert await ramcheck.digest(dst_ram, digest_key()) != mine  # the key is the session's
         await write_guest_memory(dest, 0x2345678, b"\x42")  # one byte of one page, far from the guest's
         assert await ramcheck.digest(dst_ram, key) != mine
         assert not list((tmp_path / "dst").glob("ramcheck-*"))  # no dump left behind

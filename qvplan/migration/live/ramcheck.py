@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import hashlib
 import logging
 import os
 import re
@@ -31,9 +30,8 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from ...vmm.errors import QemuError
+from ..digest import ChunkDigest
 
 if TYPE_CHECKING:
     from ...vmm.process import QemuProcess
@@ -57,9 +55,6 @@ async def affected(qmp: Any) -> bool:
     return (int(version["major"]), int(version["minor"])) < FIXED_IN
 
 
-def new_key() -> bytes:
-    """The session's hash key, drawn by the source and sent to the destination."""
-    return AESGCM.generate_key(bit_length=256)
 
 
 def ram_ranges(memory: int) -> list[tuple[int, int]]:
@@ -108,20 +103,19 @@ async def digest(ram: GuestRam, key: bytes) -> str:
 
     Read from QEMU's memory with process_vm_readv; where that fails, QEMU writes each chunk with
     `pmemsave` instead. The digest is the same either way."""
-    total = hashlib.sha256()
     chunks = _Chunks(key)
     for part in ram.ranges:
-        tags = None
+        done = False
         if part.host is not None and ram.proc.pid is not None:
             try:
-                tags = await asyncio.to_thread(_read_tags, ram.proc.pid, part, chunks)
+                # tags join the digest once their whole range is read: a failure part-way adds none
+                chunks.add_all(await asyncio.to_thread(_read_tags, ram.proc.pid, part, chunks))
+                done = True
             except OSError as err:
                 log.info("%s: reading RAM of pid %s failed (%s): using pmemsave", ram.proc.spec.name, ram.proc.pid, err)
-        if tags is None:
-            tags = await _tags_by_pmemsave(ram.proc, part, chunks)
-        for tag in tags:
-            total.update(tag)
-    return total.hexdigest()
+        if not done:
+            chunks.add_all(await _tags_by_pmemsave(ram.proc, part, chunks))
+    return chunks.digest.hexdigest()
 
 
 async def _host_address(proc: QemuProcess, address: int) -> int:
@@ -137,14 +131,18 @@ class _Chunks:
     kernel when the digest is done: the agent keeps big blocks off the heap, agent/memory.py)."""
 
     def __init__(self, key: bytes) -> None:
-        self.aead = AESGCM(key)
+        self.digest = ChunkDigest(key)
         self.buf = (ctypes.c_char * CHUNK)()
         self.view = memoryview(self.buf).cast("B")
         self.address = ctypes.addressof(self.buf)
 
     def tag(self, guest_address: int, length: int) -> bytes:
-        # the chunk's guest address is its nonce: unique within the session's key
-        return self.aead.encrypt(guest_address.to_bytes(12, "big"), b"", self.view[:length])
+        """The tag of the buffer's first `length` bytes; the chunk's guest address is its place."""
+        return self.digest.tag(guest_address, self.view[:length])
+
+    def add_all(self, tags: list[bytes]) -> None:
+        for tag in tags:
+            self.digest.add_tag(tag)
 
 
 class _IoVec(ctypes.Structure):

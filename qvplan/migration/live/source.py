@@ -15,6 +15,7 @@ from ...contract.flags import MigrateFlags
 from ...contract.reasons import Reason
 from ...contract.rules import Policies
 from ...pqc import PQCError, SecureChannel
+from ..digest import digest_key
 from ..faults import pause_at
 from ..job import MigrationJob
 from ..peer import channel_failure, open_peer
@@ -112,7 +113,7 @@ class SourceMigration(MigrationJob):
         facts = host_facts(self.host)
         storage = await describe_disks(qmp, self.vm.spec, self.host.pools) if self.flags.storage_migrate else None
         if await ramcheck.affected(qmp):
-            self._ram_key = ramcheck.new_key()
+            self._ram_key = digest_key()
             self.budget.ram_checked = self.vm.spec.memory_bytes  # the pause will compare it all
         request = wire.MigrateRequest(
             session=self.session, version=self.host.version, vm=self.vm.spec.model_dump(mode="json"),

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import shutil
-from collections import deque
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +38,11 @@ from ...contract.network import missing_network
 from ...contract.reasons import Reason
 from ...host import pools
 from ...pqc import SecureChannel
+from ...pqc.bulk import receive_run
 from ...units import format_size
 from ...vmm import VMSpec
 from ...vmm.spec import DiskSpec
+from ..digest import parse_key
 from ..incoming import INCOMING_FILES, INCOMING_MARK, identity, record_owned, remove_incoming_files
 from ..journal import journal_for
 from .disks import DiskSink, WireError, is_chunk
@@ -51,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 IDLE_TIMEOUT = 60.0  # longest wait for the source's next record
-WRITE_AHEAD = 2  # chunk records received but not yet written, per disk
 STAGING_PREFIX = ".qv-incoming-"
 SESSION_RE = re.compile(r"^[0-9a-f]{32}$")
 ROOM_FIX = "free space in the destination pool, pick another pool with --dest-pool, or another host"
@@ -274,30 +275,28 @@ def _message(record: bytes) -> dict[str, Any]:
 
 
 async def _receive(channel: SecureChannel, landing: Landing) -> None:
-    """Every disk, in order; chunks are written (and hashed) by the sink's threads while the next
-    ones arrive, at most WRITE_AHEAD of them queued."""
+    """Every disk, in order. A worker thread receives, opens and writes (and hashes) each disk's
+    chunk records (pqc/bulk.py); the record after the last chunk is the disk's end message."""
     for target in landing.targets:
         start = _message(await _next(channel))
-        if start.get("disk") != target.index:
-            raise WireError(f"expected disk {target.index}, source sent {start}")
-        sink = target.sink = await asyncio.to_thread(DiskSink, target.staged, target.size, target.mode)
-        writing: deque[asyncio.Future[int]] = deque()
-        try:
-            while is_chunk(record := await _next(channel)):
-                if len(writing) >= WRITE_AHEAD:
-                    await writing.popleft()  # a bad chunk raises here, and the sink writes nothing after it
-                writing.append(asyncio.wrap_future(sink.submit(record)))
-            while writing:
-                await writing.popleft()
-        finally:
-            # Never leave a thread writing to a descriptor about to close; the first error is raised.
-            for pending in writing:
-                with contextlib.suppress(Exception):
-                    await pending
+        key = parse_key(start.get("key"))
+        if start.get("disk") != target.index or key is None:
+            raise WireError(f"expected disk {target.index} and its digest key, source sent {sorted(start)}")
+        sink = target.sink = await asyncio.to_thread(DiskSink, target.staged, target.size, target.mode, key=key)
+
+        def write(record: memoryview, sink: DiskSink = sink) -> bool:
+            if not is_chunk(record):
+                return False  # the disk's end message: back to the event loop
+            sink.write(record)
+            return True
+
+        record = await receive_run(channel, write, idle=IDLE_TIMEOUT, stop=threading.Event())
+        if record is None:
+            raise failure(Reason.CONNECTION_RESET, "source closed the connection mid-copy")
         end = _message(record)
         if end.get("disk_end") != target.index:
             raise WireError(f"disk {target.index} ended with {end}")
-        await asyncio.to_thread(sink.finish, str(end.get("sha256", "")), int(end.get("data", -1)))
+        await asyncio.to_thread(sink.finish, str(end.get("digest", "")), int(end.get("data", -1)))
         log.debug("disk %d of %s checked (%d bytes of data)", target.index, landing.spec.name, sink.written)
 
 

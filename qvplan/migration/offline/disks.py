@@ -1,4 +1,4 @@
-"""Disk images on the wire for an offline migration: data extents, chunk records, zstd, SHA-256.
+"""Disk images on the wire for an offline migration: data extents, chunk records, zstd, a digest.
 
 A disk crosses as a run of chunk records, one PQC record each, never more than `CHUNK` bytes of
 image data:
@@ -13,12 +13,12 @@ receiver creates the file at its full size and writes each chunk at its offset, 
 With compression, one streaming zstd compressor serves a whole disk (later chunks reuse the context
 of earlier ones) and is flushed at the end of every chunk, so each record decodes as it arrives.
 
-The disk digest is SHA-256 over the image as sent: for each chunk its offset and length (8 bytes
-each, big endian) then its data, and last the image size. That covers every byte of the image — a
-hole is the implied zeros between two chunks — without reading the holes. The source computes it
-while reading, the destination over the bytes it wrote; a difference refuses the disk. On both
-sides the hashing runs in its own thread (`_Digest`: hashlib lets go of the GIL on large buffers),
-so it overlaps reading and sending there, and receiving and writing here.
+The disk digest (migration/digest.py) is a GMAC of each chunk as sent, its offset the nonce, under
+a key the source draws for the disk and sends in the disk's opening message; then SHA-256 over the
+tags and the image size. That covers every byte of the image — a hole is the implied zeros between
+two chunks — without reading the holes. The source computes it while reading, the destination over
+the bytes it wrote; a difference refuses the disk. GMAC is cheap enough (≈17 GB/s) to run inline
+in the thread that reads or writes the disk.
 
 Control messages on the same channel are JSON objects; they start with `{`, which no chunk kind is.
 """
@@ -26,27 +26,23 @@ Control messages on the same channel are JSON objects; they start with `{`, whic
 from __future__ import annotations
 
 import errno
-import hashlib
 import hmac
 import os
 import struct
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import zstandard
 
 from ...contract.errors import MigrationError
+from ..digest import ChunkDigest, digest_key
 
 RAW, ZSTD = 0, 1
 HEADER = struct.Struct(">BQI")
 # Image bytes per chunk (one PQC record). Measured against 2 MiB and 4 MiB − 64 KiB (bench/storage.py):
 # no less CPU per byte, and slower on a loaded host, where smaller records keep the pipeline full.
 CHUNK = 1 << 20
-RING = 3  # read buffers of a DiskSource: one being read, one being sent, one its hash may still use
-HASH_AHEAD = 4  # chunk updates a _Digest may hold before the feeder waits (bounds memory here)
 ZSTD_LEVEL = 1  # as QEMU's multifd-zstd-level default: on these images level 3 compresses no better
 BLOCK = 4096
 # The decoder's output buffer: larger than any chunk, so a chunk that fits never fills it (zstd then
@@ -112,47 +108,13 @@ def allocated(extents: list[tuple[int, int]]) -> int:
     return sum(-(-length // BLOCK) * BLOCK for _, length in extents)
 
 
-class _Digest:
-    """The disk digest, fed chunk by chunk in order and computed in a worker thread of its own, so
-    hashing overlaps the caller's reading, compressing and sending. `feed` returns the update's
-    future (the caller must not change `data` before it is done) and waits while HASH_AHEAD
-    updates are pending."""
-
-    def __init__(self) -> None:
-        self._hash = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="qv-disk-sha256")
-        self._pending: deque[Future[None]] = deque()
-
-    def feed(self, offset: int, data: bytes | bytearray | memoryview) -> Future[None]:
-        while len(self._pending) >= HASH_AHEAD:
-            self._pending.popleft().result()
-        done = self._pool.submit(self._update, offset, data)
-        self._pending.append(done)
-        return done
-
-    def _update(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        self._hash.update(struct.pack(">QQ", offset, len(data)))
-        self._hash.update(data)
-
-    def hexdigest(self, size: int) -> str:
-        """The digest once every update is in, closed by the image size; call once."""
-        while self._pending:
-            self._pending.popleft().result()
-        self._hash.update(struct.pack(">Q", size))
-        return self._hash.hexdigest()
-
-    def close(self) -> None:
-        """Wait for a running update (it may read a buffer about to be freed); drop queued ones."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 class DiskSource:
-    """Reads one image chunk by chunk into records, hashing as it reads. Not thread-safe: one
-    `next_record` at a time (it may run in a worker thread). A record lives in one of RING
-    buffers, overwritten RING calls later: send it before then (source.py sends each one while
-    the next is read)."""
+    """Reads one image chunk by chunk into records, hashing as it reads, through one buffer: a
+    record is overwritten by the next `next_record`, so send it before asking for the next (the
+    bulk sender does, pqc/bulk.py). Not thread-safe; `key` is the disk's digest key (drawn here
+    unless given), which the destination needs."""
 
-    def __init__(self, path: Path, *, compress: bool, chunk: int = CHUNK) -> None:
+    def __init__(self, path: Path, *, compress: bool, chunk: int = CHUNK, key: bytes | None = None) -> None:
         self.path = path
         self.fd = os.open(path, os.O_RDONLY)
         st = os.fstat(self.fd)
@@ -161,12 +123,11 @@ class DiskSource:
         self.extents = data_extents(self.fd, self.size)
         self.data_bytes = sum(length for _, length in self.extents)
         self.chunk = min(chunk, CHUNK)
+        self.key = key or digest_key()
         self._chunks = split(self.extents, self.chunk)
-        self._digest = _Digest()
+        self._digest = ChunkDigest(self.key)
         self._zstd = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compressobj() if compress else None
-        self._ring: list[bytearray] = []  # allocated at the first read (a VM's disks are all opened at setup)
-        self._hashing: list[Future[None] | None] = [None] * RING
-        self._n = 0
+        self._buf: bytearray | None = None  # allocated at the first read (a VM's disks are all opened at setup)
 
     def next_record(self) -> tuple[bytes | bytearray | memoryview, int] | None:
         """(record, image bytes it carries), or None after the last chunk."""
@@ -174,32 +135,34 @@ class DiskSource:
         if nxt is None:
             return None
         offset, length = nxt
-        if not self._ring:
-            self._ring = [bytearray(HEADER.size + self.chunk) for _ in range(RING)]
-        slot = self._n % RING
-        self._n += 1
-        if (hashing := self._hashing[slot]) is not None:
-            hashing.result()  # its previous chunk is hashed before the buffer is overwritten
-        record = memoryview(self._ring[slot])[:HEADER.size + length]  # read straight in behind the header
+        if self._buf is None:
+            self._buf = bytearray(HEADER.size + self.chunk)
+        record = memoryview(self._buf)[:HEADER.size + length]  # read straight in behind the header
         data = record[HEADER.size:]
         if os.preadv(self.fd, [data], offset) != length:
             raise MigrationError(f"disk {self.path} shrank while it was being copied",
                                  "keep the VM stopped and its disk untouched during an offline migration",
                                  code="storage-failed")
-        self._hashing[slot] = self._digest.feed(offset, data)
+        self._digest.add(offset, data)
         if self._zstd is None:
             HEADER.pack_into(record, 0, RAW, offset, length)
             return record, length
         packed = self._zstd.compress(data) + self._zstd.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
         return HEADER.pack(ZSTD, offset, length) + packed, length
 
+    def records(self, sent: Callable[[int, int], None]) -> Iterator[bytes | bytearray | memoryview]:
+        """Every record in turn; `sent(image bytes, record bytes)` is called once each has gone."""
+        while (item := self.next_record()) is not None:
+            record, data = item
+            yield record
+            sent(data, len(record))
+
     def digest(self) -> str:
         """The disk digest; call once, after the last record."""
         return self._digest.hexdigest(self.size)
 
     def close(self) -> None:
-        self._digest.close()  # before the buffers go: its thread may be reading one
-        self._ring = []
+        self._buf = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -224,45 +187,34 @@ class _Overflow(Exception):
     pass
 
 
-def _frozen(record: bytes | bytearray | memoryview) -> bytes:
-    """The hash thread reads a record after it was written: it must not change meanwhile. The
-    channel's records are bytes already (no copy there)."""
-    return record if isinstance(record, bytes) else bytes(record)
-
-
 class DiskSink:
-    """Writes one incoming image from chunk records, hashing what it writes. `write` applies one
-    record where it is called; `submit` queues it on the sink's own writer thread, in order, so
-    the caller can receive the next record meanwhile (and the hash thread trails the writes)."""
+    """Writes one incoming image from chunk records, hashing what it writes, one record at a time
+    in the caller's thread (the bulk receiver's, pqc/bulk.py). After one bad record it writes
+    nothing more. `key` is the digest key the source drew for this disk."""
 
-    def __init__(self, path: Path, size: int, mode: int = 0o644) -> None:
+    def __init__(self, path: Path, size: int, mode: int = 0o644, *, key: bytes) -> None:
         self.path = path
         self.size = size
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
         os.ftruncate(self.fd, size)
         self.written = 0
         self._next = 0  # chunks come in increasing offsets, never overlapping
-        self._digest = _Digest()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="qv-disk-write")
-        self._failed: BaseException | None = None  # after one bad record, no later one is written
+        self._digest = ChunkDigest(key)
+        self._failed: BaseException | None = None
         self._zstd: Any = None  # the disk's streaming zstd decoder (a stream_writer into _Bounded)
         self._out: _Bounded | None = None
-
-    def submit(self, record: bytes | bytearray | memoryview) -> Future[int]:
-        """`write(record)` on the writer thread, after every record submitted before it."""
-        return self._writer.submit(self.write, _frozen(record))
 
     def write(self, record: bytes | bytearray | memoryview) -> int:
         """Apply one chunk record; return the image bytes it carried."""
         if self._failed is not None:
             raise self._failed
         try:
-            return self._write(_frozen(record))
+            return self._write(record)
         except BaseException as err:
             self._failed = err
             raise
 
-    def _write(self, record: bytes) -> int:
+    def _write(self, record: bytes | bytearray | memoryview) -> int:
         if len(record) < HEADER.size:
             raise WireError(f"short chunk record for {self.path.name}")
         kind, offset, length = HEADER.unpack_from(record)
@@ -281,7 +233,7 @@ class DiskSink:
                             f"the {self.size}-byte image")
         self._pwrite_all(data, offset)
         self._next = offset + length
-        self._digest.feed(offset, data)
+        self._digest.add(offset, data)
         self.written += length
         return length
 
@@ -318,16 +270,12 @@ class DiskSink:
         mine = self._digest.hexdigest(self.size)
         if self.written != data_bytes or not hmac.compare_digest(mine, str(digest)):
             raise ChecksumMismatch(
-                f"Migration rejected: checksum mismatch on {self.path.name} (sha256 {mine[:16]}… here, "
+                f"Migration rejected: checksum mismatch on {self.path.name} (digest {mine[:16]}… here, "
                 f"{str(digest)[:16]}… at the source; {self.written} of {data_bytes} bytes)",
                 "retry the migration; if it repeats, check the source disk and both hosts' memory")
         os.fsync(self.fd)
 
     def close(self) -> None:
-        """Wait for the write and hash under way (they use the descriptor and the records), drop
-        queued ones, then close."""
-        self._writer.shutdown(wait=True, cancel_futures=True)
-        self._digest.close()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

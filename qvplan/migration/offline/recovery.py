@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OUTGOING = "outgoing.json"
+TRASH_PREFIX = ".qv-removed-"  # a moved VM's disk file, renamed until it is deleted
 RETRY_CAP = 60.0
 _settling: set[asyncio.Task[None]] = set()  # strong references to running _settle tasks
 
@@ -66,22 +68,44 @@ async def ask(host: Host, dest: str, name: str, session: str, kem: str, pin: str
     return answer.state
 
 
-def release(host: Host, vm: VM) -> None:
-    """The VM lives on the destination now: forget it here and delete its (non-shared) disk files."""
+def release(host: Host, vm: VM) -> list[Path]:
+    """The VM lives on the destination now: forget it here and move its (non-shared) disk files
+    out of the way. Their names are free at once (for the VM moving back); the files are returned
+    for `remove`, off the event loop: freeing a large file's page cache takes tens of milliseconds
+    (≈70 ms for 384 MiB here). Trash left by a crash in between goes at the next start (`sweep`)."""
     paths = [d.resolve(host.pools) for d in vm.spec.disks]
     vm.busy = None
     host.registry.forget(vm.name)
+    trash = []
     for path in paths:
         if under(path, host.config.storage.shared) or not path.exists():
             continue
         try:
-            path.unlink()
+            moved = path.with_name(f"{TRASH_PREFIX}{uuid.uuid4().hex[:12]}-{path.name}")
+            os.rename(path, moved)
+            trash.append(moved)
         except OSError as err:
             log.warning("could not remove %s after migrating %s: %s", path, vm.name, err)
+    return trash
+
+
+def remove(trash: list[Path]) -> None:
+    for path in trash:
+        try:
+            path.unlink()
+        except OSError as err:
+            log.warning("could not remove %s: %s", path, err)
+
+
+def sweep(host: Host) -> None:
+    """At agent start: delete the disk files of VMs that moved away before a crash let `remove`
+    finish (only names `release` gives; a symlink among them is removed, never followed)."""
+    remove([p for pool in set(host.pools.values()) if pool.is_dir() for p in pool.glob(f"{TRASH_PREFIX}*")])
 
 
 def resume(host: Host) -> None:
     """At agent start: settle every VM left in doubt by a crash (see the module's docstring)."""
+    sweep(host)
     for vm in list(host.registry.vms.values()):
         if (vm.dir / OUTGOING).exists():
             log.warning("%s was committing an offline migration when the agent stopped", vm.name)
@@ -119,7 +143,7 @@ async def _settle(host: Host, vm: VM, doubt: dict[str, Any]) -> None:
         if state == "committed":
             log.info("%s was committed on %s: released here", vm.name, doubt.get("dest"))
             with contextlib.suppress(Exception):
-                release(host, vm)
+                await asyncio.to_thread(remove, release(host, vm))
             _journal(host, doubt, "released")
             return
         if state == "absent":

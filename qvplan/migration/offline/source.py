@@ -3,7 +3,7 @@
 Protocol on the channel (op "offline-receive" on :9410; destination side in destination.py):
   → {"op": "offline-receive", session, version, vm, flags, cpu, disks: [...]}
   ← {"ok": true} after the destination's checks, or {"ok": false, "error", "fix"}
-  → per disk to copy: {"disk": i}, its chunk records (disks.py), {"disk_end": i, "sha256", "data"}
+  → per disk to copy: {"disk": i, "key"}, its chunk records (disks.py), {"disk_end": i, "digest", "data"}
   ← {"event": "received"}  every disk checked and in place, the VM defined there but not committed
   → {"cmd": "commit"}      ← {"event": "committed"}
   → {"cmd": "abort"} (or any break before commit): the destination removes everything it wrote.
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,7 @@ from ...contract.flags import MigrateFlags
 from ...contract.reasons import Reason
 from ...contract.rules import Policies
 from ...pqc import PQCError, SecureChannel
+from ...pqc.bulk import send_run
 from ...units import format_duration
 from ..job import MigrationJob
 from ..peer import channel_failure, open_peer
@@ -77,10 +80,11 @@ class OfflineMigration(MigrationJob):
         self.channel: SecureChannel | None = None
         self.disks: list[SourceDisk] = []
         self._from_dest: asyncio.Future[Any] | None = None
-        self._reading: asyncio.Future[Any] | None = None
+        self._pump: asyncio.Future[None] | None = None  # the thread sending a disk's records
+        self._stop = threading.Event()
+        self._trash: list[Path] = []  # disk files of the VM that moved, to delete after COMPLETED
         self._committing = False
         self._in_doubt = False
-        self._published = 0.0
 
     def cancel(self, reason: str = "cancelled by operator") -> None:
         if not self._committing:  # after commit the VM belongs to the destination
@@ -152,8 +156,9 @@ class OfflineMigration(MigrationJob):
 
 
     async def _copy(self) -> None:
-        """Phase 2: every local disk, chunk by chunk; the next chunk is read (and compressed) in a
-        worker thread while this one is sent."""
+        """Phase 2: every local disk, chunk by chunk. A worker thread reads, seals and sends each
+        disk's records (pqc/bulk.py); this loop publishes progress, and stops the thread between
+        two records on cancel, timeout or a word from the destination."""
         assert self.channel is not None
         self.status.phase = 2
         self._publish("phase", phase=2)
@@ -163,32 +168,42 @@ class OfflineMigration(MigrationJob):
             source = disk.source
             assert source is not None
             self.status.disk = n
-            await self.channel.send_json({"disk": disk.index})
-            self._reading = asyncio.ensure_future(asyncio.to_thread(source.next_record))
-            while (item := await self._reading) is not None:
-                record, data = item
-                self._reading = asyncio.ensure_future(asyncio.to_thread(source.next_record))
-                await asyncio.wait_for(self.channel.send(record), STALL_LIMIT)
-                self.status.add_copied(data, len(record))
-                self._check()
-                await self._pace(started)
-            digest = await asyncio.to_thread(source.digest)  # waits for the hash thread to catch up
-            await self.channel.send_json({"disk_end": disk.index, "sha256": digest, "data": source.data_bytes})
+            await self.channel.send_json({"disk": disk.index, "key": source.key.hex()})
+            records = source.records(functools.partial(self._sent, started))
+            self._pump = asyncio.ensure_future(send_run(self.channel, records, stall=STALL_LIMIT, stop=self._stop))
+            while not self._pump.done():
+                await asyncio.wait({self._pump}, timeout=PUBLISH_EVERY)
+                self._progress(started)
+                try:
+                    self._check()
+                except MigrationError:
+                    await self._stop_pump()
+                    raise
+            await self._pump
+            await self.channel.send_json({"disk_end": disk.index, "digest": source.digest(), "data": source.data_bytes})
         self._publish("progress")
         await self._await_dest("received")
 
-    async def _pace(self, started: float) -> None:
-        """Publish progress now and then; hold to --bandwidth (counted on the wire)."""
-        now = time.monotonic()
-        elapsed = max(now - started, 1e-6)
-        self.status.transfer_rate = self.status.transferred / elapsed
-        if now - self._published >= PUBLISH_EVERY:
-            self._published = now
-            self._publish("progress")
+    def _sent(self, started: float, data: int, wire: int) -> None:
+        """One record has gone (in the sending thread): count it; hold to --bandwidth (on the wire)."""
+        self.status.add_copied(data, wire)
         if self.flags.bandwidth:
-            ahead = self.status.wire_bytes / self.flags.bandwidth - elapsed
+            ahead = self.status.wire_bytes / self.flags.bandwidth - (time.monotonic() - started)
             if ahead > 0:
-                await asyncio.sleep(ahead)
+                self._stop.wait(ahead)
+
+    def _progress(self, started: float) -> None:
+        self.status.transfer_rate = self.status.transferred / max(time.monotonic() - started, 1e-6)
+        self._publish("progress")
+
+    async def _stop_pump(self) -> None:
+        """Stop the sending thread between two records and wait for it (it uses the disk's buffer
+        and the channel); what it raised is the caller's to report, or moot."""
+        self._stop.set()
+        if self._pump is not None:
+            await asyncio.wait({self._pump})
+            if not self._pump.cancelled():
+                self._pump.exception()  # retrieved: the failure being handled is the one reported
 
     def _check(self) -> None:
         """Stop the copy on cancel, timeout or a word from the destination."""
@@ -251,7 +266,7 @@ class OfflineMigration(MigrationJob):
                 recovery.unmark(self.vm)
                 raise channel_failure(ConnectionResetError("destination did not commit the VM"), self.dest)
         self._close_disks()
-        recovery.release(self.host, self.vm)
+        self._trash = recovery.release(self.host, self.vm)
         self.journal.set(self.session, "released")
         self.host.events.publish(self.vm.name, "migrated-out", destination=self.dest)
         self.status.state = "COMPLETED"
@@ -299,14 +314,13 @@ class OfflineMigration(MigrationJob):
     async def _teardown(self) -> None:
         if self._from_dest is not None:
             self._from_dest.cancel()
-        if self._reading is not None:  # let the worker thread finish with the disk before closing it
-            with contextlib.suppress(Exception):
-                await self._reading
+        await self._stop_pump()  # the worker thread is done with the disk before it closes
         self._close_disks()
         if self.channel is not None:
             with contextlib.suppress(Exception):
                 await self.channel.close()
         self.vm.last_migration = self.status.as_dict()
+        await asyncio.to_thread(recovery.remove, self._trash)
 
     def _close_disks(self) -> None:
         for disk in self.disks:
