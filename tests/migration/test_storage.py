@@ -17,7 +17,7 @@ from qvplan.migration.storage import exports as pools
 from qvplan.vmm import VMSpec
 
 from ..agents import ApiError, mutual_trust
-from .helpers import runs_only_on, start_guest, wait_outcome
+from .helpers import migrate, runs_only_on, start_guest, wait_outcome
 from .proxy import TapProxy
 
 MIB = 1 << 20
@@ -182,6 +182,29 @@ def test_destination_agent_killed_during_block_phase_leaves_no_image(pair):
     b.start()  # the restarted agent removes the uncommitted VM and the image it had created
     runs_only_on(a, b, "vm-1")
     nothing_left_on(b)
+
+
+def test_source_agent_killed_during_block_phase_then_the_vm_moves_with_its_disk(pair):
+    """The killed agent cannot end its mirror or drop its NBD client; the restarted one rolls the
+    session back and removes them from QEMU, so the next storage migration of the VM works (it
+    failed before with "Duplicate nodes with node-name='mig-disk0'", found by bench/chaos.py)."""
+    a, b = pair
+    disk_guest(a, data_mib=32)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"storage_migrate": True, "bandwidth": "8M"}})
+    wait_status(a, lambda s: s["storage_phase"] and s["storage_copied"] >= 4 * MIB, "the block phase")
+    a.kill()  # its QEMU lives on, mirroring into the destination's export
+    a.start()
+    deadline = time.monotonic() + 30
+    while [n for n in a.api("POST", "vms/vm-1/test/block")["nodes"] if n and n.startswith("mig-")]:
+        assert time.monotonic() < deadline, "the killed agent's NBD client is still in QEMU"
+        time.sleep(0.2)
+    runs_only_on(a, b, "vm-1")
+    nothing_left_on(b)
+    write_disk(a, 0x5A, "8M", "1M")
+    status = migrate(a, b, "vm-1", storage_migrate=True)
+    assert status["state"] == "COMPLETED", status
+    runs_only_on(b, a, "vm-1")
+    assert has_pattern(b.root / "images" / DISK, 0x5A, "8M", "1M")
 
 
 def test_refusals_leave_the_vm_untouched(pair):

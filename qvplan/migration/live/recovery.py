@@ -26,6 +26,7 @@ from ..incoming import INCOMING_MARK
 from ..journal import MAY_HAVE_RUN, Journal, Record
 from ..peer import ask
 from ..qmp import ensure_running
+from ..storage.mirror import remove_leftovers
 
 if TYPE_CHECKING:
     from ...host import Host
@@ -145,9 +146,7 @@ async def roll_back_source(journal: Journal, vm: VM | None, record: Record) -> N
         qmp = vm.proc.qmp
         with contextlib.suppress(Exception):
             await qmp.execute("migrate_cancel")
-        with contextlib.suppress(Exception):
-            for job in await qmp.execute("query-block-jobs"):
-                await qmp.execute("block-job-cancel", {"device": job["device"], "force": True})
+        await remove_leftovers(qmp)  # the killed agent's mirrors and NBD clients
         await ensure_running(qmp)
         vm.busy = None
     journal.set(record.session, "rolled-back", error="the source agent stopped before commit", settled_by="restart")

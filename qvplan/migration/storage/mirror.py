@@ -41,12 +41,15 @@ def node(index: int) -> str:
     return f"disk{index}"
 
 
+TARGET_PREFIX, JOB_PREFIX = "mig-disk", "mirror-disk"
+
+
 def target_node(index: int) -> str:
-    return f"mig-disk{index}"
+    return f"{TARGET_PREFIX}{index}"
 
 
 def job_id(index: int) -> str:
-    return f"mirror-disk{index}"
+    return f"{JOB_PREFIX}{index}"
 
 
 async def describe_disks(qmp: QMPClient, spec: VMSpec, pools: Mapping[str, Path]) -> list[dict[str, Any]]:
@@ -88,6 +91,7 @@ class DiskMirrors:
 
     async def start(self, speed: int) -> None:
         """Connect an NBD client per disk, then start the mirrors (`speed` bytes/s each, 0 = unlimited)."""
+        await remove_leftovers(self.qmp)
         self.qmp.register_listener(self._listener)
         self._listening = True
         for i, export in zip(self.indices, self.exports, strict=True):
@@ -205,3 +209,27 @@ class DiskMirrors:
         counts = [bitmap["count"] for info in nodes if info.get("node-name") in wanted
                   for bitmap in info.get("dirty-bitmaps", []) if "name" not in bitmap]
         return sum(counts) if counts else fallback
+
+
+async def remove_leftovers(qmp: QMPClient, within: float = 10.0) -> None:
+    """Drop the mirror jobs and NBD client nodes an earlier migration left in this QEMU (its agent
+    was killed mid-copy, so nobody ended them): a new mirror would find its node name taken.
+    Best effort; the guest's own disks are never touched."""
+    with contextlib.suppress(Exception):
+        jobs = [job["id"] for job in await qmp.execute("query-jobs") if job["id"].startswith(JOB_PREFIX)]
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                await qmp.execute("block-job-cancel", {"device": job, "force": True})
+        deadline = time.monotonic() + within
+        while jobs and time.monotonic() < deadline:
+            states = {job["id"]: job["status"] for job in await qmp.execute("query-jobs")}
+            if all(states.get(job, "concluded") in ("concluded", "null") for job in jobs):
+                break
+            await asyncio.sleep(WAIT_POLL)
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                await qmp.execute("job-dismiss", {"id": job})
+        for info in await qmp.execute("query-named-block-nodes", {"flat": True}):
+            if str(info.get("node-name", "")).startswith(TARGET_PREFIX):
+                with contextlib.suppress(Exception):
+                    await qmp.execute("blockdev-del", {"node-name": info["node-name"]})
