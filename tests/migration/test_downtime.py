@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from qvplan.migration.live import downtime
-from qvplan.migration.live.downtime import FLOOR, MARGIN, CommitCosts, DowntimeBudget, RamCheckCosts, budget
+from qvplan.migration.live.downtime import FLOOR, MARGIN, RAMP, CommitCosts, DowntimeBudget, RamCheckCosts, budget
 
 MAX = 0.3
 
@@ -28,6 +28,15 @@ def test_unknown_rate_budgets_without_drain() -> None:
 def test_limit_is_clamped() -> None:
     assert budget(MAX, in_flight=10**10, rate=1e6, overhead=0.0) == pytest.approx(FLOOR * MAX)
     assert budget(MAX, in_flight=0, rate=1e9, overhead=-5.0) == MAX
+
+
+def test_the_limit_ramps_up_over_the_first_passes() -> None:
+    """A low limit in the bulk pass: QEMU sends what the guest dirtied meanwhile with the guest
+    running, instead of stopping it with all of that still to send."""
+    full = MAX * (1 - MARGIN) - 0.02
+    limits = [budget(MAX, in_flight=0, rate=1e9, overhead=0.02, passes=n) for n in (1, 2, 3, 4, 20)]
+    assert limits == pytest.approx([max(FLOOR * MAX, full * share) for share in RAMP] + [full, full])
+    assert FLOOR * MAX <= limits[0] < limits[1] < limits[2] < limits[3]
 
 
 def test_commit_costs_keep_the_worst_recent_sample() -> None:
@@ -52,7 +61,7 @@ class RecordingQMP:
         return {}
 
 
-def _info(status: str = "active", passes: int = 2) -> dict[str, Any]:
+def _info(status: str = "active", passes: int = 4) -> dict[str, Any]:  # past the ramp
     return {"status": status, "ram": {"dirty-sync-count": passes}}
 
 

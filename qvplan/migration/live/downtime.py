@@ -23,6 +23,13 @@ memory size times the seconds per byte this host's recent comparisons took (`Ram
 A smaller limit makes pre-copy harder to finish: in its last LAST_PASSES passes before
 --max-iterations the budget gives QEMU the whole max-downtime, since a forced stop-and-copy
 would pause the guest for all that is still dirty.
+
+The limit also ramps up over the first passes (RAMP, shares of the budget; as OpenStack Nova's
+downtime steps): QEMU stops the guest as soon as what is left fits its limit at its bandwidth, so
+with the whole budget from the start it stops right after the bulk pass with up to that much
+still dirty, pausing even an idle guest for most of --max-downtime. A low first limit sends that
+remainder with the guest running; a guest that dirties faster than the link reaches the whole
+budget by pass 4.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ MIN_CHANGE = 0.002  # seconds: smaller changes of the limit are not worth a QMP 
 RATE_WINDOW = 1.0  # seconds the carried-bytes rate is averaged over
 LAST_PASSES = 3  # passes before --max-iterations in which QEMU gets the whole max-downtime
 PRIOR_RAM_CHECK = 0.5e-9  # seconds per byte of RAM compared (2 GB/s) before this host measured one
+RAMP = (0.15, 0.35, 0.6)  # share of the budget QEMU gets in passes 1, 2, 3 (1 = the bulk pass); then all
 
 
 class QMP(Protocol):
@@ -108,10 +116,13 @@ class RamCheckCosts(_Worst):
 RAM_CHECKS = RamCheckCosts()
 
 
-def budget(max_downtime: float, *, in_flight: int, rate: float, overhead: float) -> float:
-    """The downtime limit (seconds) to give QEMU; `rate` in bytes/s (0 = not measured yet)."""
+def budget(max_downtime: float, *, in_flight: int, rate: float, overhead: float, passes: int = len(RAMP) + 1) -> float:
+    """The downtime limit (seconds) to give QEMU in pass `passes`; `rate` in bytes/s (0 = not
+    measured yet)."""
     drain = in_flight / rate if rate > 0 else 0.0
     target = max_downtime * (1 - MARGIN) - overhead - drain
+    if 1 <= passes <= len(RAMP):
+        target *= RAMP[passes - 1]
     return min(max_downtime, max(FLOOR * max_downtime, target))
 
 
@@ -149,7 +160,7 @@ class DowntimeBudget:
             limit = self.max_downtime  # converge now rather than be stopped with everything dirty
         else:
             overhead = self._costs.overhead() + self.ram_checked * self._ram_checks.per_byte()
-            limit = budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=overhead)
+            limit = budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=overhead, passes=passes)
         if self.limit is not None and abs(limit - self.limit) < MIN_CHANGE:
             return
         try:
