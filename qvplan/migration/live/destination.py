@@ -249,14 +249,17 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
         if verdict in done or aborted in done:  # abort, EOF or a fence before QEMU finished loading
             raise failure(Reason.CANCELLED, f"source ended the migration: {_said(verdict)}")
         loaded.result()
+        marks = [("loaded", time.monotonic())]  # the switchover's steps, logged once the guest runs
         gcpause.hold()  # the guest's pause is on: no full collection until it runs (released by handle_migrate)
         incoming.gc_held = True
         check_images(incoming)
         digest = await ramcheck.digest(ram, incoming.ram_key) if ram and incoming.ram_key else None
         await channel.send_json(wire.Received(ram_digest=digest).dump())
+        marks.append(("received sent", time.monotonic()))
         journal.set(incoming.session, "loaded", sync=False)  # not needed durable: loading/loaded alike never ran
         await pause_at(host.state_dir, "dest-after-received")
         done, _ = await asyncio.wait({verdict, aborted}, return_when=asyncio.FIRST_COMPLETED)
+        marks.append(("commit read", time.monotonic()))
     finally:
         loaded.cancel()
         aborted.cancel()
@@ -274,10 +277,14 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
         raise failure(Reason.QEMU_FAILED, "destination QEMU exited before the commit",
                       "see the VM's qemu.log on the destination")
     journal.set(incoming.session, "committing")  # durable before cont: from here on the guest may run here
+    marks.append(("journaled", time.monotonic()))
     await pause_at(host.state_dir, "dest-before-cont")
     resumed_at = await resume(host, journal, incoming.session, vm, unexport=incoming.storage, paused=True)
     if resumed_at is None:
         return  # `cont` is slow (QEMU frozen?): followed in the background, the session stays committing
+    marks.append(("resumed", time.monotonic()))
+    log.debug("%s: switchover here: %s", vm.name, ", ".join(
+        f"{name} +{(at - marks[0][1]) * 1000:.1f} ms" for name, at in marks[1:]))
     host.events.publish(vm.name, Inbound.LANDED, source=channel.peer_name)
     await channel.send_json(wire.Running(resumed_at=resumed_at, host=host.config.host.name).dump())
 

@@ -350,6 +350,7 @@ class SourceMigration(MigrationJob):
         """Phase 5: journal `committed`, send commit; the source VM is released only once the
         destination confirms it runs the guest (or says it discarded it: then the guest resumes here)."""
         assert self.control is not None
+        marks = [("received", time.time())]  # the switchover's steps after STOP, logged at the end
         if self._ram_key:
             await self._compare_ram()
         self.journal.set(self.session, "awaiting-commit", sync=False)  # like transferring for recovery
@@ -361,6 +362,7 @@ class SourceMigration(MigrationJob):
         running: wire.Message | None = None
         try:
             await self.control.send_json(wire.Commit().dump())
+            marks.append(("commit sent", time.time()))
             await pause_at(self.host.state_dir, "source-after-commit")
             self._publish("phase", phase=5)
             raw = await asyncio.wait_for(self.control.recv_json(), COMMIT_WAIT)
@@ -380,6 +382,9 @@ class SourceMigration(MigrationJob):
         if running.resumed_at and self._stop_at:
             self.status.pause = max(0.0, running.resumed_at - self._stop_at)
             self.status.stopped_at, self.status.resumed_at = self._stop_at, running.resumed_at
+            marks += [("guest resumed there", running.resumed_at), ("running read", time.time())]
+            log.debug("%s: switchover from STOP: %s", self.vm.name, ", ".join(
+                f"{name} +{(at - self._stop_at) * 1000:.1f} ms" for name, at in marks))
         with contextlib.suppress(Exception):
             final = await self.vm.proc.qmp.execute("query-migrate")
             self.status.update_from_qemu(final if final.get("status") == "completed" else info)
