@@ -23,6 +23,7 @@ VIOLATION.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -244,7 +245,8 @@ def one_run(pair: Pair, mode: str, kind: str, phase: str) -> str:
         release()
         time.sleep(3)
         if dest_pid:
-            os.kill(dest_pid, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):  # the destination discarded it meanwhile (SIGKILL)
+                os.kill(dest_pid, signal.SIGCONT)
     elif kind == "kill-dest-qemu":
         if dest_pid:
             os.kill(dest_pid, signal.SIGKILL)
