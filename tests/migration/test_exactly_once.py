@@ -177,10 +177,34 @@ def test_operator_settles_a_migration_in_doubt(make_agent):
     exactly_one(a, b)
 
 
+def test_destination_qemu_killed_before_cont_is_discarded_and_the_source_resumes(make_agent):
+    """The destination QEMU killed after the commit but before `cont` left (found by
+    bench/chaos.py: killed just before the commit, it was not yet reaped when the commit came):
+    the guest, started paused, never ran there, so the destination discards the session itself
+    and the source resumes its copy, no operator needed."""
+    a, b = make_agent("hv-a", start=False), make_agent("hv-b", start=False)
+    b.env = {POINT: "dest-before-cont"}
+    a.start(), b.start()
+    mutual_trust(a, b)
+    start_guest(a, **SMALL)
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(b, "dest-before-cont")  # committing journaled, cont not sent
+    (pid,) = qemu_pids(b, "vm-1")
+    os.kill(pid, signal.SIGKILL)
+    while pid in qemu_pids(b, "vm-1"):
+        time.sleep(0.02)
+    release_point(b, "dest-before-cont")
+    status = wait_outcome(a, "vm-1", timeout=60)
+    assert status["state"] == "FAILED" and journal(a)[-1]["state"] == "rolled-back", status
+    assert journal(b)[-1]["state"] == "discarded" and "settled_by" not in journal(b)[-1], journal(b)[-1]
+    exactly_one(a, b)
+
+
 def test_lost_destination_session_discarded_there_resumes_the_source(make_agent):
-    """The destination QEMU killed right after the commit (before `cont`): the session is lost
-    there, the source paused in doubt. The operator settles it on the destination with
-    --discard-here (the real CLI); the source, still asking, resumes its own copy."""
+    """The destination agent killed right after journaling the commit, its QEMU killed too: the
+    restarted agent cannot know whether `cont` left before, so the session is lost there and the
+    source paused in doubt. The operator settles it on the destination with --discard-here (the
+    real CLI); the source, still asking, resumes its own copy."""
     a, b = make_agent("hv-a", start=False), make_agent("hv-b", start=False)
     b.env = {POINT: "dest-before-cont"}
     a.start(), b.start()
@@ -190,10 +214,12 @@ def test_lost_destination_session_discarded_there_resumes_the_source(make_agent)
     wait_point(b, "dest-before-cont")  # committing journaled, cont not sent
     assert (b.root / "images" / "vm-1.qcow2").exists()  # the image this session landed
     (pid,) = qemu_pids(b, "vm-1")
+    b.kill()
     os.kill(pid, signal.SIGKILL)
     while pid in qemu_pids(b, "vm-1"):
         time.sleep(0.02)
-    release_point(b, "dest-before-cont")
+    b.env = {}
+    b.start()
     lost = wait_state(b, "lost")
     assert [i["path"] for i in lost["images"]] == [str(b.root / "images" / "vm-1.qcow2")]
     deadline = time.monotonic() + 30

@@ -26,6 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from qemu.qmp import StateError
+
 from ... import gcpause
 from ...contract import rules, wire
 from ...contract.errors import MigrationError, failure, refusal_error, refused
@@ -313,6 +315,15 @@ async def resume(host: Host, journal: Journal, session: str, vm: VM, unexport: b
                     resumed_at: float = event_time(resume_event)
                 else:
                     resumed_at = time.time()
+    except StateError as err:
+        if paused:
+            # QMP had closed (QEMU died, e.g. killed just before the commit): qemu.qmp refuses a
+            # command before sending it, so `cont` never left and the guest, started paused and
+            # resumed by no one before this first `cont`, never ran here.
+            journal.set(session, "discarded", error="QEMU died before cont")
+            raise failure(Reason.QEMU_FAILED, "destination QEMU exited before it resumed the guest",
+                          "see the VM's qemu.log on the destination") from None
+        return await _lost_or_raise(journal, session, vm, err)  # after a restart: an earlier `cont` may have left
     except TimeoutError:
         log.warning("%s: cont took over %.0fs; following the resume in the background", vm.name, CONT_TIMEOUT)
         task = asyncio.ensure_future(_resume_later(host, journal, session, vm))
@@ -320,15 +331,23 @@ async def resume(host: Host, journal: Journal, session: str, vm: VM, unexport: b
         task.add_done_callback(_resuming.discard)
         return None
     except Exception as err:
-        if not vm.running:
-            log.error("%s: QEMU died after commit (%s): the session is lost", vm.name, err)
-            mark_lost(journal, session, vm)
-            return None
-        raise
+        return await _lost_or_raise(journal, session, vm, err)
     await vm.proc.announce()  # first: the network finds the guest sooner, the journal can wait
     await pause_at(host.state_dir, "dest-after-cont")
     _mark_running(journal, session, vm)
     return resumed_at
+
+
+async def _lost_or_raise(journal: Journal, session: str, vm: VM, err: Exception, within: float = 2.0) -> None:
+    """`cont` may have left and failed: a QEMU that is gone (a killed one takes a moment) lost the
+    session; a live one raises `err`."""
+    deadline = time.monotonic() + within
+    while vm.running:
+        if time.monotonic() > deadline:
+            raise err
+        await asyncio.sleep(0.05)
+    log.error("%s: QEMU died after commit (%s): the session is lost", vm.name, err)
+    mark_lost(journal, session, vm)
 
 
 async def _resume_later(host: Host, journal: Journal, session: str, vm: VM) -> None:
