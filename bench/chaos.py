@@ -262,7 +262,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep the agents' logs and state there")
+    parser.add_argument("--keep", metavar="DIR", help="run in DIR and keep the agents' logs and state there "
+                        "(DIR/pair-N: a fresh pair of agents follows each violation)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     table: dict[str, Counter] = defaultdict(Counter)
@@ -271,7 +272,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="qv-chaos-") as scratch:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
-        pair = Pair(Path(tmp))
+        pair, generation = Pair(Path(tmp) / "pair-0"), 0
         try:
             setup(pair, Path(tmp))
             for i in range(args.n):
@@ -290,6 +291,17 @@ def main() -> int:
                 table[label][result if not result.startswith("VIOLATION") else "VIOLATION"] += 1
                 if result.startswith("VIOLATION"):
                     violations.append(f"#{i + 1} {label}: {result}")
+                    # A violation leaves the pair in a state no later run should inherit (a VM in
+                    # doubt fails every run after it): go on with a fresh pair; this one's state
+                    # and logs stay in its folder.
+                    for agent in (pair.a, pair.b):
+                        agent.stop_with_vms()
+                        for pid in (pid for vm in VMS.values() for pid in qemu_pids(agent, vm)):
+                            with contextlib.suppress(ProcessLookupError):  # a paused VM in doubt
+                                os.kill(pid, signal.SIGKILL)
+                    generation += 1
+                    pair = Pair(Path(tmp) / f"pair-{generation}")
+                    setup(pair, Path(tmp))
         finally:
             for agent in (pair.a, pair.b):
                 agent.stop_with_vms()
