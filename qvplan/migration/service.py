@@ -59,7 +59,11 @@ class MigrationService:
         registry = self.host.registry
         for record in self.journal.open_records("destination"):
             if record.kind == "live" and record.state == "committing":
-                await live_recovery.recover_destination(self.host, self.journal, record)
+                try:
+                    await live_recovery.recover_destination(self.host, self.journal, record)
+                except Exception:  # one session that cannot be resumed must not keep the agent down
+                    log.exception("%s: resuming after restart failed (session %s stays committing; the "
+                                  "source keeps asking)", record.vm, record.session)
         await discard_uncommitted(registry, keep=lambda vm: live_recovery.may_have_run(self.journal, vm))
         for record in self.journal.open_records("destination"):
             if record.kind == "live" and record.state in ("loading", "loaded"):

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import ExecuteError, QMPClient
 
 from ...contract.errors import refused
 from ...contract.reasons import Reason
@@ -124,6 +124,12 @@ async def export(qmp: QMPClient, addr: dict[str, Any], exports: list[str]) -> No
 
 
 async def unexport(qmp: QMPClient) -> None:
-    """Before the guest resumes: no one but the guest writes its disks. Closes every export."""
-    await qmp.execute("nbd-server-stop")
+    """Before the guest resumes: no one but the guest writes its disks. Closes every export.
+    Idempotent: an agent restarted after a commit may find the server stopped already (its
+    predecessor got that far); then QEMU refuses the stop, and no export is left to close."""
+    try:
+        await qmp.execute("nbd-server-stop")
+    except ExecuteError:
+        if await qmp.execute("query-block-exports"):
+            raise
 
