@@ -153,8 +153,9 @@ async def accept_stream(sockets: dict[str, str], channel: SecureChannel, operati
 
 # Measured with bench/storage_mirror.py: 4 MiB beat the ~200 KiB default clearly.
 LOCAL_SOCKET_BUFFER = 4 << 20
-# The destination channel socket's receive buffer for a migration stream (bench/migration.py).
-MIGRATE_RECEIVE_BUFFER = 1 << 20
+# The destination channel socket's receive buffer for a migration stream (bench/migration.py,
+# bench/soak.py: see relay.CHANNEL_SOCKET_BUFFER).
+MIGRATE_RECEIVE_BUFFER = 256 << 10
 
 
 def widen(sock: socket.socket | None) -> None:
