@@ -387,6 +387,7 @@ class SourceMigration(MigrationJob):
                 f"{name} +{(at - self._stop_at) * 1000:.1f} ms" for name, at in marks))
         with contextlib.suppress(Exception):
             final = await self.vm.proc.qmp.execute("query-migrate")
+            log.debug("%s: QEMU's figures at the end: %s", self.vm.name, final)
             self.status.update_from_qemu(final if final.get("status") == "completed" else info)
         self._publish_passes(self.status.iteration)
         # Release the source VM before the outcome is visible: whoever sees COMPLETED must find
