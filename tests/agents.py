@@ -49,6 +49,7 @@ class AgentProc:
     log_level: str = "debug"
     control_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="qv-ctl-")))
     api_extra: dict[str, Any] = field(default_factory=dict)  # more [api] keys (e.g. allow_monitor)
+    pools: dict[str, str] = field(default_factory=dict)  # more storage pools (e.g. one path shared by two agents)
 
     def __post_init__(self) -> None:
         # Others may walk to the socket (not list the dir): the socket's own mode and the agent's
@@ -78,7 +79,7 @@ class AgentProc:
             "host": {"name": self.name, "state_dir": str(self.state), "memory": self.memory},
             "api": {"listen": f"{self.address}:{self.api_port}", "socket": str(self.socket), **self.api_extra},
             "migration": {"listen": self.migration, "pqc_required": True},
-            "storage": {"pools": {"default": str(self.root / "images")}},
+            "storage": {"pools": {"default": str(self.root / "images"), **self.pools}},
         }).to_toml())
 
     def start(self, timeout: float = 30) -> AgentProc:

@@ -10,9 +10,11 @@ bandwidth it measured on its own socket. That estimate misses two costs of ours:
   and `cont` — plus whatever the destination's own buffers held. Neither is visible from here
   while the migration runs, so it is learned: each completed session records how much its
   real pause took beyond what its limit allowed (`CommitCosts`), and the next sessions keep
-  that much back.
+  that much back;
+- the guest's disk writes the host has not written back yet, which the stop flushes
+  (`flush`: the seconds live/flush.py expects that to take, from its rounds during pre-copy).
 
-    limit = max_downtime × (1 − MARGIN) − overhead − ram_check − in_flight / rate
+    limit = max_downtime × (1 − MARGIN) − overhead − ram_check − flush − in_flight / rate
             clamped to [FLOOR × max_downtime, max_downtime]
 
 `ram_check` is the RAM comparison of live/ramcheck.py (TCG before QEMU 9.0 only): the guest's
@@ -131,9 +133,9 @@ class DowntimeBudget:
 
     def __init__(self, max_downtime: float, max_iterations: int, in_flight: Callable[[], int],
                  carried: Callable[[], int], costs: CommitCosts = COSTS,
-                 ram_checks: RamCheckCosts = RAM_CHECKS) -> None:
+                 ram_checks: RamCheckCosts = RAM_CHECKS, flush: Callable[[], float] = lambda: 0.0) -> None:
         self.max_downtime, self.max_iterations = max_downtime, max_iterations
-        self._in_flight, self._carried = in_flight, carried
+        self._in_flight, self._carried, self._flush = in_flight, carried, flush
         self._costs, self._ram_checks = costs, ram_checks
         self.ram_checked = 0  # bytes of guest RAM the pause will compare (0: no RAM check)
         self.limit: float | None = None  # last limit given to QEMU
@@ -159,7 +161,7 @@ class DowntimeBudget:
         if passes >= self.max_iterations - LAST_PASSES:
             limit = self.max_downtime  # converge now rather than be stopped with everything dirty
         else:
-            overhead = self._costs.overhead() + self.ram_checked * self._ram_checks.per_byte()
+            overhead = self._costs.overhead() + self.ram_checked * self._ram_checks.per_byte() + self._flush()
             limit = budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=overhead, passes=passes)
         if self.limit is not None and abs(limit - self.limit) < MIN_CHANGE:
             return
@@ -174,11 +176,13 @@ class DowntimeBudget:
               ram_check: float | None = None) -> None:
         """After a completed session: what its pause cost beyond the account, for the next ones.
         `pause` leaves the RAM comparison out; `ram_check` is its seconds, learned per byte.
-        Not after a forced stop-and-copy: that pause is the dirty memory's, not the commit's."""
+        Not after a forced stop-and-copy: that pause is the dirty memory's, not the commit's.
+        The disk flush the stop was expected to do is the guest's writes', not the commit's either."""
         if ram_check is not None and self.ram_checked:
             self._ram_checks.record(ram_check, self.ram_checked)
         if pause is None or self.limit is None or forced:
             return
+        pause = max(0.0, pause - self._flush())
         sample = self._costs.record(pause, self.limit + self.drain, qemu_downtime)
         log.debug("pause %.0f ms against limit %.0f ms + drain %.0f ms: keep back %.0f ms", pause * 1000,
                   self.limit * 1000, self.drain * 1000, sample * 1000)

@@ -1,0 +1,96 @@
+"""The guest's unwritten disk data is flushed during pre-copy, not in the pause (live/flush.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from qvplan.migration.live import downtime
+from qvplan.migration.live.downtime import MARGIN, CommitCosts, DowntimeBudget
+from qvplan.migration.live.flush import DiskFlusher
+
+from ..agents import guest_vm, mutual_trust
+from .helpers import wait_outcome
+from .test_downtime import MAX, RecordingQMP, _info
+
+MiB = 1 << 20
+
+
+def _write_unsynced(path: Path, size: int) -> None:
+    """`size` bytes into `path` in place, left in the host's page cache (no sync)."""
+    block = bytes(range(256)) * (MiB // 256)
+    with open(path, "r+b") as f:
+        for _ in range(size // MiB):
+            f.write(block)
+
+
+def _resident(path: Path) -> int:
+    """Bytes of `path` in the page cache, as util-linux's fincore counts them (mincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip())
+
+
+def test_a_round_writes_the_image_back_and_drops_its_pages(tmp_path: Path) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"\0" * (64 * MiB))
+    _write_unsynced(image, 64 * MiB)
+    assert _resident(image) >= 32 * MiB  # the writes sit in the cache
+    flusher = DiskFlusher([image, tmp_path / "missing.raw"])  # an image it cannot open is skipped
+    try:
+        took = flusher.first()
+        assert _resident(image) < MiB  # written back (dirty pages cannot be dropped) and dropped
+        assert flusher.expected() == pytest.approx(took)
+        flusher.start()
+        time.sleep(0.3)  # a few rounds on its thread
+        assert flusher.expected() < 0.5
+    finally:
+        flusher.close()
+    flusher.close()  # twice is harmless
+
+
+async def test_the_budget_keeps_the_expected_flush_back_and_does_not_learn_it(monkeypatch):
+    monkeypatch.setattr(downtime.time, "monotonic", lambda: 100.0)
+    costs = CommitCosts(prior=0.05)
+    flush = [0.08]
+    b = DowntimeBudget(MAX, 30, lambda: 0, lambda: 0, costs, flush=lambda: flush[0])
+    qmp = RecordingQMP()
+    await b.update(qmp, _info())
+    kept = MAX * (1 - MARGIN) - 0.05 - 0.08  # margin, prior commit cost, the flush
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": round(kept * 1000)})
+    # The pause held the 80 ms flush (QEMU's downtime leaves it out) and 6 ms after QEMU's
+    # downtime of 100: the commit cost is the 6 ms.
+    b.learn(pause=0.08 + 0.1 + 0.006, qemu_downtime=0.1)
+    assert costs.overhead() == pytest.approx(0.006)
+
+
+def test_unwritten_disk_data_stays_out_of_the_pause(make_agent, tmp_path: Path) -> None:
+    """A guest whose disk holds 600 MiB the host has not written back: the stop's flush (QEMU's
+    bdrv_flush_all) and the destination's taking over the image's cached pages used to be paid
+    inside the pause (334 ms at --max-downtime 300 for 800 MiB). The pause is QEMU's own STOP →
+    RESUME; the cache is read by fincore, not the agents."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    image = shared / "data.raw"
+    subprocess.run(["truncate", "-s", "768M", str(image)], check=True)
+    a, b = make_agent("hv-a", start=False), make_agent("hv-b", start=False)
+    for agent in (a, b):
+        agent.pools["shared"] = str(shared)  # one path both hosts reach: shared storage
+        agent.start()
+    mutual_trust(a, b)
+    a.api("POST", "vms", guest_vm("vm-1", memory="64M", working_set="8M",
+                                  disks=[{"pool": "shared", "file": "data.raw", "format": "raw"}]))
+    a.api("POST", "vms/vm-1/start", {})
+    a.wait_markers("vm-1", 0)
+    _write_unsynced(image, 600 * MiB)  # a part of the disk the test guest never touches
+    assert _resident(image) >= 300 * MiB
+    max_downtime = 0.15
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"max_downtime": max_downtime}})
+    status = wait_outcome(a, "vm-1", poll=0.05)
+    assert status["state"] == "COMPLETED", status
+    assert status["pause"] <= max_downtime, status
+    assert _resident(image) < 300 * MiB
+    b.wait_markers("vm-1", b.vm("vm-1")["serial_markers"])  # the guest runs there
