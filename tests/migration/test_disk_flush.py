@@ -1,4 +1,5 @@
-"""The guest's unwritten disk data is flushed during pre-copy, not in the pause (live/flush.py)."""
+"""The guest's unwritten disk data is flushed during pre-copy, not in the pause, and an
+offline copy's as it arrives (migration/flush.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from qvplan.migration.flush import DiskFlusher
 from qvplan.migration.live import downtime
 from qvplan.migration.live.downtime import MARGIN, CommitCosts, DowntimeBudget
-from qvplan.migration.live.flush import DiskFlusher
 
 from ..agents import guest_vm, mutual_trust
 from .helpers import wait_outcome
@@ -39,7 +40,14 @@ def test_a_round_writes_the_image_back_and_drops_its_pages(tmp_path: Path) -> No
     image.write_bytes(b"\0" * (64 * MiB))
     _write_unsynced(image, 64 * MiB)
     assert _resident(image) >= 32 * MiB  # the writes sit in the cache
-    flusher = DiskFlusher([image, tmp_path / "missing.raw"])  # an image it cannot open is skipped
+    kept = DiskFlusher([image])  # an offline destination's: written back, its pages kept
+    try:
+        kept.first()
+        assert _resident(image) >= 32 * MiB
+    finally:
+        kept.close()
+    _write_unsynced(image, 64 * MiB)
+    flusher = DiskFlusher([image, tmp_path / "missing.raw"], drop=True)  # one it cannot open is skipped
     try:
         took = flusher.first()
         assert _resident(image) < MiB  # written back (dirty pages cannot be dropped) and dropped

@@ -12,7 +12,7 @@ bandwidth it measured on its own socket. That estimate misses two costs of ours:
   real pause took beyond what its limit allowed (`CommitCosts`), and the next sessions keep
   that much back;
 - the guest's disk writes the host has not written back yet, which the stop flushes
-  (`flush`: the seconds live/flush.py expects that to take, from its rounds during pre-copy).
+  (`flush`: the seconds migration/flush.py expects that to take, from its rounds during pre-copy).
 
     limit = max_downtime × (1 − MARGIN) − overhead − ram_check − flush − in_flight / rate
             clamped to [FLOOR × max_downtime, max_downtime]

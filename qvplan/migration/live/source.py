@@ -17,6 +17,7 @@ from ...contract.rules import Policies
 from ...pqc import PQCError, SecureChannel
 from ..digest import digest_key
 from ..faults import pause_at
+from ..flush import DiskFlusher
 from ..job import MigrationJob
 from ..peer import channel_failure, open_peer
 from ..qmp import configure, ensure_running, event_time, run_state
@@ -25,7 +26,6 @@ from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
 from . import ramcheck, recovery
 from .downtime import DowntimeBudget
-from .flush import DiskFlusher
 
 if TYPE_CHECKING:
     from ...host.context import Host
@@ -54,7 +54,8 @@ class SourceMigration(MigrationJob):
         super().__init__(host, vm, dest, flags, policies, status)
         self.control: SecureChannel | None = None
         self.carrier = StreamCarrier(self._open_data, self.session, vm.name)
-        self.flusher = DiskFlusher(disk.resolve(host.pools) for disk in vm.spec.disks)  # a running VM's: resolved
+        # the guest's unwritten disk data, written back before and during pre-copy (flush.py)
+        self.flusher = DiskFlusher((disk.resolve(host.pools) for disk in vm.spec.disks), drop=True)
         self.budget = DowntimeBudget(flags.max_downtime, flags.max_iterations, self.carrier.in_flight,
                                      self.carrier.carried, flush=self.flusher.expected)
         self.mirrors: DiskMirrors | None = None  # with --storage-migrate, once phase 1 passed

@@ -43,6 +43,7 @@ from ...units import format_size
 from ...vmm import VMSpec
 from ...vmm.spec import DiskSpec
 from ..digest import parse_key
+from ..flush import DiskFlusher
 from ..incoming import INCOMING_FILES, INCOMING_MARK, identity, record_owned, remove_incoming_files
 from ..journal import journal_for
 from .disks import DiskSink, WireError, is_chunk
@@ -290,7 +291,12 @@ async def _receive(channel: SecureChannel, landing: Landing) -> None:
             sink.write(record)
             return True
 
-        record = await receive_run(channel, write, idle=IDLE_TIMEOUT, stop=threading.Event())
+        flusher = DiskFlusher([target.staged])  # written back as it arrives: the final fsync has little left
+        flusher.start()
+        try:
+            record = await receive_run(channel, write, idle=IDLE_TIMEOUT, stop=threading.Event())
+        finally:
+            await asyncio.to_thread(flusher.close)
         if record is None:
             raise failure(Reason.CONNECTION_RESET, "source closed the connection mid-copy")
         end = _message(record)

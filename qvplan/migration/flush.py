@@ -1,20 +1,23 @@
-"""Write the guest's disk images back to their device while pre-copy runs, not in the pause.
+"""Disk images written back to their device by a thread of their own, while the data still moves.
 
-QEMU writes a guest's disks through this host's page cache (its default, cache=writeback), and
-stopping the guest for the switchover flushes them (bdrv_flush_all). Whatever the guest wrote
-that the host has not yet written back is paid inside the pause, and QEMU's downtime figure and
-estimate leave it out: a test guest moved right after 800 MiB were written to its disk paused
-334 ms against a 300 ms --max-downtime while QEMU reported 15 ms of downtime.
+Two moves pay for a host's writeback at a bad moment unless it starts early:
 
-So the source flushes the images itself: once before pre-copy starts (the backlog, with the
-guest running), then in rounds on a thread of its own until the guest stops. What the stop still
-has to write is what the guest wrote during the last round, so the longest recent round (or the
-one under way, if longer) is what the downtime budget keeps back for it (downtime.py).
-
-Each round also drops the images' clean cached pages (POSIX_FADV_DONTNEED): a VM that is
-leaving has no use for them here, and where both hosts share one page cache (the lab's hosts
-share a kernel) the destination's QEMU drops them at `cont`, inside the pause, when it takes
-the images over: 1.5 GiB cached cost ~100 ms of pause there.
+- live migration (live/source.py): QEMU writes a guest's disks through this host's page cache
+  (its default, cache=writeback), and stopping the guest for the switchover flushes them
+  (bdrv_flush_all): whatever the guest wrote that the host has not yet written back is paid
+  inside the pause, and QEMU's downtime figure and estimate leave it out. A test guest moved
+  right after 800 MiB were written to its disk paused 334 ms against a 300 ms --max-downtime
+  while QEMU reported 15 ms of downtime. The source flushes the images once before pre-copy
+  starts (the backlog, with the guest running), then in rounds until the guest stops; what the
+  stop still writes is what the guest wrote during the last round, so the longest recent round
+  (or the one under way, if longer) is what the downtime budget keeps back (live/downtime.py).
+  Each round also drops the images' clean cached pages (`drop`): a VM that is leaving has no
+  use for them here, and where both hosts share one page cache (the lab's hosts share a kernel)
+  the destination's QEMU drops them at `cont`, inside the pause, as it takes the images over
+  (1.5 GiB cached: ~100 ms of pause).
+- offline migration (offline/destination.py): each disk is made durable before the commit; an
+  fsync at the end wrote the whole image then (110–150 ms of a 384 MiB move that took ~360 ms).
+  Rounds while the disk arrives leave that fsync 0–50 ms.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ ROUNDS = 4  # recent rounds the estimate looks at
 
 
 class DiskFlusher:
-    """fdatasync (and dropping the clean pages) of a VM's disk images: `first()` once, then
-    `start()` rounds until `stop()`."""
+    """fdatasync of disk images (and, with `drop`, their clean pages dropped from the cache):
+    `first()` once if wanted, then `start()` rounds until `stop()`; `close()` at the end."""
 
-    def __init__(self, images: Iterable[Path]) -> None:
+    def __init__(self, images: Iterable[Path], *, drop: bool = False) -> None:
+        self._drop = drop
         self._fds: list[int] = []
         for path in images:
             try:  # read-only is enough for fdatasync; a disk that is a symlink is not ours to open
@@ -52,7 +56,7 @@ class DiskFlusher:
         self._thread: threading.Thread | None = None
 
     def first(self) -> float:
-        """One round now, on the calling thread (the backlog, before pre-copy); its seconds."""
+        """One round now, on the calling thread (a backlog to write first); its seconds."""
         return self._round()
 
     def start(self) -> None:
@@ -61,7 +65,7 @@ class DiskFlusher:
             self._thread.start()
 
     def stop(self) -> None:
-        """No more rounds (the guest stopped: QEMU flushes the rest itself). Returns at once."""
+        """No more rounds (e.g. the guest stopped: QEMU flushes the rest itself). Returns at once."""
         self._stopped.set()
 
     def close(self) -> None:
@@ -91,9 +95,10 @@ class DiskFlusher:
         with self._lock:
             self._round_started = started
         for fd in list(self._fds):
-            with contextlib.suppress(OSError):  # an image we cannot flush is QEMU's to flush at the stop
+            with contextlib.suppress(OSError):  # an image we cannot flush here is flushed by its owner later
                 os.fdatasync(fd)
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                if self._drop:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         took = time.monotonic() - started
         with self._lock:
             self._round_started = None
