@@ -217,7 +217,8 @@ class SourceMigration(MigrationJob):
     async def _start_memory(self) -> None:
         """Phase 2 begins: QEMU's pre-copy into the carrier's migration socket."""
         took = await asyncio.to_thread(self.flusher.first)  # the guest's unwritten disk data: not in the pause
-        log.debug("%s: disks flushed ahead of pre-copy in %.0f ms", self.vm.name, took * 1000)
+        (log.info if took >= 1.0 else log.debug)("%s: disks written back ahead of pre-copy in %.0f ms",
+                                                  self.vm.name, took * 1000)
         self.flusher.start()
         uri = f"unix:{self.vm.proc.qemu_path(self.vm.run_dir / 'migrate.sock')}"  # by name in its run dir
         await self.vm.proc.qmp.execute("migrate", {"uri": uri})
