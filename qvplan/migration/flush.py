@@ -11,10 +11,11 @@ Two moves pay for a host's writeback at a bad moment unless it starts early:
   starts (the backlog, with the guest running), then in rounds until the guest stops; what the
   stop still writes is what the guest wrote during the last round, so the longest recent round
   (or the one under way, if longer) is what the downtime budget keeps back (live/downtime.py).
-  Each round also drops the images' clean cached pages (`drop`): a VM that is leaving has no
-  use for them here, and where both hosts share one page cache (the lab's hosts share a kernel)
-  the destination's QEMU drops them at `cont`, inside the pause, as it takes the images over
-  (1.5 GiB cached: ~100 ms of pause).
+  The first round also drops the images' clean cached pages (`drop`): a VM that is leaving has
+  no use for the backlog's pages here, and where both hosts share one page cache (the lab's
+  hosts share a kernel) the destination's QEMU drops them at `cont`, inside the pause, as it
+  takes the images over (1.5 GiB cached: ~100 ms of pause). Later rounds keep the cache: a guest
+  reading its disk during pre-copy keeps its cached pages until it leaves.
 - offline migration (offline/destination.py): each disk is made durable before the commit; an
   fsync at the end wrote the whole image then (110–150 ms of a 384 MiB move that took ~360 ms).
   Rounds while the disk arrives leave that fsync 0–50 ms.
@@ -38,8 +39,8 @@ ROUNDS = 4  # recent rounds the estimate looks at
 
 
 class DiskFlusher:
-    """fdatasync of disk images (and, with `drop`, their clean pages dropped from the cache):
-    `first()` once if wanted, then `start()` rounds until `stop()`; `close()` at the end."""
+    """fdatasync of disk images: `first()` once if wanted (with `drop`, the images' clean pages
+    dropped from the cache then), `start()` rounds until `stop()`; `close()` at the end."""
 
     def __init__(self, images: Iterable[Path], *, drop: bool = False) -> None:
         self._drop = drop
@@ -57,7 +58,7 @@ class DiskFlusher:
 
     def first(self) -> float:
         """One round now, on the calling thread (a backlog to write first); its seconds."""
-        return self._round()
+        return self._round(drop=self._drop)
 
     def start(self) -> None:
         if self._fds and self._thread is None and not self._stopped.is_set():
@@ -90,14 +91,14 @@ class DiskFlusher:
         while not self._stopped.wait(INTERVAL):
             self._round()
 
-    def _round(self) -> float:
+    def _round(self, drop: bool = False) -> float:
         started = time.monotonic()
         with self._lock:
             self._round_started = started
         for fd in list(self._fds):
             with contextlib.suppress(OSError):  # an image we cannot flush here is flushed by its owner later
                 os.fdatasync(fd)
-                if self._drop:
+                if drop:
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         took = time.monotonic() - started
         with self._lock:
