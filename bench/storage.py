@@ -22,6 +22,10 @@ process) and image MB per CPU second, which moves much less with the load. Each 
 measures every row once, in turn (the load drifts); the median is shown with the spread of the
 times, and a last line checks the offline copy's targets (≥ 0.6 × the channel alone, ≥ 0.5 × the
 local copy). CPU ns/B is CPU per image byte. The files read are in the page cache for every row.
+On a virtual machine that hands freed memory back to its hypervisor (free page reporting: memory
+free for ~2 s) and pages out memory left idle (DAMON), a row that lands on such memory pays its
+first touch again (~4 ns per byte of system time here): an offline row then takes 1.6–2.2 s
+instead of 0.26–0.36 s. The spread column shows it; rerun when the median is one of them.
 
 A second table follows: live storage migration's block copy through our channel against a
 plaintext NBD mirror between the same two QEMUs (bench/storage_mirror.py, target ≥ 0.9).
