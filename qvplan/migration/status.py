@@ -10,6 +10,8 @@ from ..contract.events import PHASE_NAMES as PHASES
 from ..units import format_duration, format_rate, format_size
 from .passes import PassHistory
 
+WRITEBACK_SHOWN = 0.01  # seconds: a disk write-back shorter than this is not worth a line
+
 
 @dataclass
 class MigrationStatus:
@@ -32,6 +34,7 @@ class MigrationStatus:
     stopped_at: float | None = None  # wall time of the source's STOP (QEMU's event time)
     resumed_at: float | None = None  # wall time of the destination's RESUME
     ram_check: float | None = None  # seconds of the pause spent comparing RAM (live/ramcheck.py); None: not needed
+    disk_writeback: float = 0.0  # seconds the guest's stop is expected to spend flushing its disks (flush.py)
     error: str | None = None
     fix: str | None = None
     code: str | None = None  # the reason code of a failure or cancel
@@ -136,6 +139,9 @@ class MigrationStatus:
         ]
         if self.storage_total:
             lines.append(f"Storage:         {self.storage_line()}")
+        if self.disk_writeback >= WRITEBACK_SHOWN:
+            lines.append(f"Disk Write-back: ~{self.disk_writeback * 1000:.0f} ms per round, kept out of the pause "
+                         "(the guest writes its disks faster than this host writes them back)")
         if self.done:
             if self.downtime is not None:
                 lines.append(f"Downtime:        {format_duration(self.downtime)} (QEMU)")

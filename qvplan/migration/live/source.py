@@ -290,6 +290,7 @@ class SourceMigration(MigrationJob):
             info = await query
             self.status.update_from_qemu(info)
             await self.budget.update(qmp, info)  # QEMU's downtime-limit from what we measure (downtime.py)
+            self.status.disk_writeback = self.flusher.expected()
             state = info.get("status")
             if state in ENDINGS and state != "completed":
                 qemu_says = f"QEMU reports migration {state}: {info.get('error-desc', 'stream broken')}"
