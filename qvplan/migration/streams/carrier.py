@@ -105,8 +105,11 @@ class StreamCarrier:
             # state machine notices that through QMP.
             log.warning("%s stream of %s broke: %s", operation, self.vm_name, err)
             self.broken = self.broken or f"{operation} stream: {err or type(err).__name__}"
-            writer.close()
         finally:
+            # Also when cancelled (close()) before the relay took the stream, e.g. while the
+            # channel's handshake waits on a peer that went away: a QEMU thread writing to a
+            # socket nobody reads or closes keeps its migration "cancelling".
+            writer.close()
             self._relays.discard(task)
 
     def check(self) -> None:
