@@ -70,10 +70,19 @@ class DiskFlusher:
         """No more rounds (e.g. the guest stopped: QEMU flushes the rest itself). Returns at once."""
         self._stopped.set()
 
+    @property
+    def has_images(self) -> bool:
+        """Whether there is anything to flush (a VM without disks has nothing: no thread, no hop)."""
+        return bool(self._fds)
+
     def close(self) -> None:
+        """Stop the rounds and release the images; returns at once (a round under way finishes
+        its fdatasync on its thread, which then closes them)."""
         self.stop()
-        if self._thread is not None:
-            self._thread.join()  # a round under way ends with its fdatasync: the fds stay open until then
+        if self._thread is None:
+            self._close_fds()
+
+    def _close_fds(self) -> None:
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -91,6 +100,7 @@ class DiskFlusher:
     def _loop(self) -> None:
         while not self._stopped.wait(INTERVAL):
             self._round()
+        self._close_fds()
 
     def _round(self, drop: bool = False, counted: bool = True) -> float:
         started = time.monotonic()

@@ -216,10 +216,11 @@ class SourceMigration(MigrationJob):
 
     async def _start_memory(self) -> None:
         """Phase 2 begins: QEMU's pre-copy into the carrier's migration socket."""
-        took = await asyncio.to_thread(self.flusher.first)  # the guest's unwritten disk data: not in the pause
-        (log.info if took >= 1.0 else log.debug)("%s: disks written back ahead of pre-copy in %.0f ms",
-                                                  self.vm.name, took * 1000)
-        self.flusher.start()
+        if self.flusher.has_images:
+            took = await asyncio.to_thread(self.flusher.first)  # the guest's unwritten disk data: not in the pause
+            (log.info if took >= 1.0 else log.debug)("%s: disks written back ahead of pre-copy in %.0f ms",
+                                                      self.vm.name, took * 1000)
+            self.flusher.start()
         uri = f"unix:{self.vm.proc.qemu_path(self.vm.run_dir / 'migrate.sock')}"  # by name in its run dir
         await self.vm.proc.qmp.execute("migrate", {"uri": uri})
         self._publish("phase", phase=2)
@@ -521,7 +522,7 @@ class SourceMigration(MigrationJob):
                 watcher.cancel()
         if self.mirrors is not None:
             self.mirrors.close()
-        await asyncio.to_thread(self.flusher.close)  # waits for a round under way
+        self.flusher.close()
         self.carrier.close()
         if self.control is not None:
             with contextlib.suppress(Exception):

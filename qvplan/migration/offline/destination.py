@@ -296,7 +296,7 @@ async def _receive(channel: SecureChannel, landing: Landing) -> None:
         try:
             record = await receive_run(channel, write, idle=IDLE_TIMEOUT, stop=threading.Event())
         finally:
-            await asyncio.to_thread(flusher.close)
+            flusher.close()
         if record is None:
             raise failure(Reason.CONNECTION_RESET, "source closed the connection mid-copy")
         end = _message(record)
