@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.migration import _add_tls, _until, make_tls_dir
+from bench.migration import _add_tls, _until, make_tls_dir, resume_when_loaded
 from qvplan.contract.flags import MigrateFlags
 from qvplan.lab import Lab, images
 from qvplan.lab.linuxguest import Client, address_of, control, linux_vm, wait_serial
@@ -92,19 +92,10 @@ async def direct_move(src: QemuProcess, dst: QemuProcess, dst_host: LabHost, tls
             await _add_tls(src, tls_dir, "client")
             await _add_tls(dst, tls_dir, "server")
         uri = f"tcp:{dst_host.address}:{49000 + os.getpid() % 1000}"
-        await dst.execute("migrate-incoming", {"uri": uri})
-        await src.execute("migrate", {"uri": uri})
-
-        async def loaded() -> bool:
-            status = (await dst.execute("query-migrate")).get("status")
-            if status in ("failed", "cancelled"):
-                raise RuntimeError(f"destination QEMU: {status}")
-            return status == "completed"
-
-        await _until("the destination to load the guest", loaded)
-        with dst.listener("RESUME") as resumes:
-            await dst.execute("cont")
-            resume = await asyncio.wait_for(resumes.get(), 10)
+        with dst.listener("MIGRATION") as loads:
+            await dst.execute("migrate-incoming", {"uri": uri})
+            await src.execute("migrate", {"uri": uri})
+            resume = await resume_when_loaded(dst, loads, "direct")
         await dst.execute("announce-self", ANNOUNCE)
 
         async def done() -> dict[str, Any] | None:

@@ -48,6 +48,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
+from qemu.qmp import EventListener
+from qemu.qmp.message import Message
 
 from qvplan.contract.flags import MigrateFlags
 from qvplan.migration.qmp import configure, event_time
@@ -176,6 +178,18 @@ async def _until(what: str, check: Any, timeout: float | None = None, poll: floa
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+async def resume_when_loaded(dst: QemuProcess, loads: EventListener, name: str) -> Message:
+    """`cont` on the destination the moment its MIGRATION event (from `loads`, a listener taken
+    before `migrate`) says it loaded everything, as the agents do; the RESUME event. Waiting for
+    the event rather than polling query-migrate keeps a poll interval out of the anchor's pause."""
+    while (status := (await asyncio.wait_for(loads.get(), MIGRATION_TIMEOUT))["data"]["status"]) != "completed":
+        if status in ("failed", "cancelled"):
+            raise RuntimeError(f"{name}: destination reports {status}")
+    with dst.listener("RESUME") as resumes:
+        await dst.execute("cont")
+        return await asyncio.wait_for(resumes.get(), 10)
+
+
 async def _add_tls(proc: QemuProcess, tls_dir: Path, endpoint: str) -> None:
     await proc.execute("object-add", {"qom-type": "tls-creds-x509", "id": "tls0", "dir": str(tls_dir),
                                       "endpoint": endpoint, "verify-peer": True})
@@ -197,12 +211,6 @@ async def direct(name: str, base: Path, accel: str, threads: int, tls_dir: Path 
     await src.wait_markers(0, timeout=60)
     await asyncio.sleep(WARMUP)
 
-    async def dest_loaded() -> bool:
-        status = (await dst.execute("query-migrate")).get("status")
-        if status in ("failed", "cancelled"):
-            raise RuntimeError(f"{name}: destination reports {status}")
-        return status == "completed"
-
     async def source_done() -> dict[str, Any] | None:
         info = await src.execute("query-migrate")
         if info.get("status") in ("failed", "cancelled"):
@@ -218,12 +226,10 @@ async def direct(name: str, base: Path, accel: str, threads: int, tls_dir: Path 
             await _add_tls(src, tls_dir, "client")
             await _add_tls(dst, tls_dir, "server")
         port = free_port("127.0.0.1")
-        await dst.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
-        await src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
-        await _until("destination to load the guest", dest_loaded)
-        with dst.listener("RESUME") as resumes:
-            await dst.execute("cont")
-            resume = await asyncio.wait_for(resumes.get(), 10)
+        with dst.listener("MIGRATION") as loads:
+            await dst.execute("migrate-incoming", {"uri": f"tcp:127.0.0.1:{port}"})
+            await src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
+            resume = await resume_when_loaded(dst, loads, name)
         total = time.monotonic() - t0
         info = await _until("source to complete", source_done)
         stop = await asyncio.wait_for(stops.get(), 10)

@@ -8,7 +8,12 @@ a warm-up (`--warmup` round trips, by default enough to fill each agent's bounde
 recent migrations, migration/recent.py: what grows until then is that history and the
 allocator's first use of each code path, not a leak), and p50/p95/max of the guest pause
 (source STOP → destination RESUME, QEMU's own timestamps) and of pause minus QEMU's downtime,
-the commit's own cost (goal p95 ≤ 5 ms). Where QEMU loses guest writes (TCG before 9.0) the
+the commit's own cost (goal p95 ≤ 5 ms). The anchor, measured first in the same run
+(`--anchor` moves): the same guest moved QEMU → QEMU over loopback TCP with no agent in the path,
+`cont` sent the moment the destination's MIGRATION event says it loaded everything. Its pause −
+downtime is what QEMU's switchover costs by itself beyond its own downtime figure (the tail it
+still loads after the source counts the downtime as over, and one QMP round trip); the rows
+"ours ÷ anchor" compare the two. Where QEMU loses guest writes (TCG before 9.0) the
 pause also holds the RAM comparison before the commit (migration/live/ramcheck.py): its time is
 printed, and the commit's cost without it.
 """
@@ -16,14 +21,21 @@ printed, and the commit's cost without it.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.migration import _until, resume_when_loaded
+from qvplan.contract.flags import MigrateFlags
+from qvplan.migration.qmp import configure, event_time
 from qvplan.migration.recent import LIMIT
+from qvplan.vmm import QemuProcess, VMSpec, detect_accel
 from tests.agents import AgentProc, free_port, guest_vm, mutual_trust
 from tests.migration.helpers import wait_outcome
 
@@ -47,15 +59,63 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
+async def direct_move(src: QemuProcess, dst: QemuProcess) -> tuple[float, float]:
+    """One anchor move (see the docstring): (pause, QEMU's downtime) in seconds."""
+    flags = MigrateFlags(**FLAGS)
+    with src.listener("STOP") as stops:
+        await dst.start(incoming="defer", paused=True)
+        await configure(src.qmp, flags)
+        await configure(dst.qmp, flags)
+        uri = f"tcp:127.0.0.1:{free_port('127.0.0.1')}"
+        with dst.listener("MIGRATION") as loads:
+            await dst.execute("migrate-incoming", {"uri": uri})
+            await src.execute("migrate", {"uri": uri})
+            resume = await resume_when_loaded(dst, loads, "anchor")
+
+        async def completed() -> dict[str, Any] | None:
+            info = await src.execute("query-migrate")
+            return info if info.get("status") == "completed" else None
+
+        info = await _until("the source to complete", completed)
+        stop = await asyncio.wait_for(stops.get(), 10)
+    await src.stop()
+    return event_time(resume) - event_time(stop), info.get("downtime", 0) / 1000
+
+
+async def anchor(root: Path, count: int, working_set: str) -> tuple[list[float], list[float]]:
+    """`count` anchor moves back and forth: (pauses, pauses − downtime) in ms."""
+    spec = VMSpec.load(guest_vm("soak-anchor", memory="64M", working_set=working_set))
+    accel = detect_accel()
+    procs = [QemuProcess(spec, root / "anchor-0", accel)]
+    pauses, costs = [], []
+    try:
+        await procs[0].start()
+        await procs[0].wait_markers(0, timeout=60)
+        for i in range(count):
+            procs.append(QemuProcess(spec, root / f"anchor-{i + 1}", accel))
+            pause, downtime = await direct_move(procs[-2], procs[-1])
+            pauses.append(pause * 1000)
+            costs.append((pause - downtime) * 1000)
+        await procs[-1].wait_markers(procs[-1].serial_markers(), timeout=30)  # the guest runs at the end
+    finally:
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                await proc.stop(graceful=False)
+    return pauses, costs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--working-set", default="8M")
     parser.add_argument("--warmup", type=int, default=LIMIT + 1,
                         help="round trips before the start figures (default: fills the recent-migrations history)")
+    parser.add_argument("--anchor", type=int, default=20, help="direct QEMU → QEMU moves for the anchor rows")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qv-soak-") as tmp:
         root = Path(tmp)
+        anchor_pauses, anchor_costs = ([], []) if not args.anchor else asyncio.run(
+            anchor(root, args.anchor, args.working_set))
         a, b = agent(root, "hv-a", "127.0.77.2"), agent(root, "hv-b", "127.0.77.3")
         try:
             mutual_trust(a, b)
@@ -107,8 +167,16 @@ def main() -> int:
         rows = [("guest pause", pauses), ("pause − QEMU downtime", costs)]
         if checks:
             rows += [("RAM comparison", checks), ("  the rest (commit)", net)]
+        if anchor_pauses:
+            rows += [(f"anchor: pause ({len(anchor_pauses)})", anchor_pauses),
+                     ("anchor: pause − downtime", anchor_costs)]
         for label, values in rows:
             print(f"{label:<24}{statistics.median(values):>8.2f}{pct(values, 95):>8.2f}{max(values):>8.2f}")
+        for label, ours, floor in (("ours ÷ anchor: pause", pauses, anchor_pauses),
+                                   ("  pause − downtime", costs, anchor_costs)):
+            if floor:
+                print(f"{label:<24}{statistics.median(ours) / statistics.median(floor):>8.2f}"
+                      f"{pct(ours, 95) / pct(floor, 95):>8.2f}")
         print(f"goal: p95 of pause − downtime ≤ 5 ms: {'met' if pct(costs, 95) <= 5 else 'NOT met'}"
               + (f" (without the RAM comparison: {'met' if pct(net, 95) <= 5 else 'NOT met'})" if net else ""))
     return 1 if failures else 0
