@@ -59,7 +59,9 @@ class MigrationListener:
             self.gate.leave(source)
         try:
             request = await channel.recv_json()
-            op = self.operations.get((request or {}).get("op", ""))
+            if request is None:  # ended without asking: a data channel the source opened ahead and never used
+                return
+            op = self.operations.get(request.get("op", "") if isinstance(request, dict) else "")
             if op is None:
                 await channel.send_json({"ok": False, "error": f"unknown operation {request!r}"})
                 return

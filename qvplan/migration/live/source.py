@@ -215,12 +215,16 @@ class SourceMigration(MigrationJob):
         return progress
 
     async def _start_memory(self) -> None:
-        """Phase 2 begins: QEMU's pre-copy into the carrier's migration socket."""
+        """Phase 2 begins: QEMU's pre-copy into the carrier's migration socket, once a channel
+        waits there for each stream QEMU opens (the main one, and one per multifd channel)."""
+        self.carrier.prepare(MIGRATE_DATA, 1 + (self.flags.threads if self.flags.multifd else 0))
         if self.flusher.has_images:
             took = await asyncio.to_thread(self.flusher.first)  # the guest's unwritten disk data: not in the pause
             (log.info if took >= 1.0 else log.debug)("%s: disks written back ahead of pre-copy in %.0f ms",
                                                       self.vm.name, took * 1000)
             self.flusher.start()
+        await self.carrier.ready(MIGRATE_DATA)
+        await pause_at(self.host.state_dir, "source-before-migrate")
         uri = f"unix:{self.vm.proc.qemu_path(self.vm.run_dir / 'migrate.sock')}"  # by name in its run dir
         await self.vm.proc.qmp.execute("migrate", {"uri": uri})
         self._publish("phase", phase=2)

@@ -34,6 +34,9 @@ STORAGE_DATA = "storage-data"
 DATA_OPERATIONS = (MIGRATE_DATA, STORAGE_DATA)
 
 OpenChannel = Callable[[str], Awaitable[SecureChannel]]  # purpose → an authenticated channel
+# Handshakes `prepare` runs at once: each is CPU-bound (signatures, key exchange), and the
+# destination refuses a source with more than pqc.gate.MAX_HANDSHAKES_PER_SOURCE in progress.
+PREPARE_AT_ONCE = 2
 
 
 class StreamRefused(ConnectionError):
@@ -55,6 +58,8 @@ class StreamCarrier:
         self.pin: str | None = None
         self.refusal: MigrationError | None = None
         self._flows: list[tuple[str, Flow]] = []  # every stream carried, ended ones too (their bytes count)
+        self._spares: dict[str, list[asyncio.Future[SecureChannel]]] = {}  # prepare(): channels not yet taken
+        self._closing: set[asyncio.Task[None]] = set()
 
     def in_flight(self, operation: str = MIGRATE_DATA) -> int:
         """Bytes QEMU wrote to `operation`'s streams that have not left this host yet."""
@@ -63,6 +68,30 @@ class StreamCarrier:
     def carried(self, operation: str = MIGRATE_DATA) -> int:
         """Payload bytes of `operation`'s streams handed to the channels' sockets so far."""
         return sum(flow.handed for op, flow in self._flows if op == operation)
+
+    def prepare(self, operation: str, count: int) -> None:
+        """Open `count` channels for `operation`'s streams now, before QEMU connects. A channel
+        opened when QEMU connects costs a handshake (~10 ms of CPU a side) while QEMU already
+        counts its bytes as sent: with multifd, the destination QEMU starts loading only once
+        every stream is connected, and meanwhile the source QEMU fills our sockets, believes the
+        transfer fast, and may stop the guest before the destination has loaded a byte."""
+        limit = asyncio.Semaphore(PREPARE_AT_ONCE)
+
+        async def one() -> SecureChannel:
+            async with limit:
+                return await self._open(operation)
+
+        self._spares.setdefault(operation, []).extend(asyncio.ensure_future(one()) for _ in range(count))
+
+    async def ready(self, operation: str) -> None:
+        """Until every channel `prepare` opens for `operation` is up; raises the first failure."""
+        spares = list(self._spares.get(operation, []))
+        if spares:
+            await asyncio.gather(*spares)
+
+    async def _channel(self, operation: str) -> SecureChannel:
+        spares = self._spares.get(operation)
+        return await (spares.pop(0) if spares else self._open(operation))
 
     async def serve(self, sock: Path, operation: str) -> None:
         """Listen on `sock`; each connection QEMU makes is carried with `operation`."""
@@ -88,7 +117,7 @@ class StreamCarrier:
         assert task is not None
         self._relays.add(task)
         try:
-            channel = await self._open(operation)
+            channel = await self._channel(operation)
             if channel.peer_fingerprint != self.pin:
                 self.refusal = self.refusal or mismatch(operation, channel, self.pin)  # before QEMU sees the close
                 await channel.close()
@@ -122,6 +151,16 @@ class StreamCarrier:
             server.close()
         for task in list(self._relays):
             task.cancel()
+        for spare in (spare for spares in self._spares.values() for spare in spares):
+            if not spare.done():
+                spare.cancel()
+            elif not spare.cancelled() and spare.exception() is None:  # opened, never used: end it cleanly
+                closing = asyncio.ensure_future(spare.result().close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+            else:
+                spare.exception()  # seen: no "exception was never retrieved" at exit
+        self._spares.clear()
 
 
 def mismatch(operation: str, channel: SecureChannel, pin: str | None) -> MigrationError:
