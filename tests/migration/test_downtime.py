@@ -125,3 +125,16 @@ async def test_the_ram_comparison_is_kept_back_per_byte_of_guest_ram(monkeypatch
     unchecked.learn(pause=0.2, qemu_downtime=0.15, ram_check=None)
     await unchecked.update(qmp, _info())
     assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 220})  # no RAM check: nothing kept back
+
+
+async def test_the_bulk_pass_limit_is_set_before_migrate_and_steps_with_the_passes() -> None:
+    """QEMU starts with the whole --max-downtime (flags.py): `start` lowers it to the bulk pass's
+    share before `migrate`, so a bulk pass shorter than the first poll cannot end in a stop with
+    most of the budget still to send; each pass then gets its share."""
+    b = DowntimeBudget(MAX, 30, lambda: 0, lambda: 0, CommitCosts(prior=0.05))
+    qmp = RecordingQMP()
+    await b.start(qmp)
+    full = MAX * (1 - MARGIN) - 0.05
+    assert qmp.calls == [("migrate-set-parameters", {"downtime-limit": int(max(FLOOR * MAX, full * RAMP[0]) * 1000)})]
+    await b.update(qmp, _info(passes=2))
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": int(full * RAMP[1] * 1000)})

@@ -224,6 +224,7 @@ class SourceMigration(MigrationJob):
                                                       self.vm.name, took * 1000)
             self.flusher.start()
         await self.carrier.ready(MIGRATE_DATA)
+        await self.budget.start(self.vm.proc.qmp)
         await pause_at(self.host.state_dir, "source-before-migrate")
         uri = f"unix:{self.vm.proc.qemu_path(self.vm.run_dir / 'migrate.sock')}"  # by name in its run dir
         await self.vm.proc.qmp.execute("migrate", {"uri": uri})
@@ -260,7 +261,9 @@ class SourceMigration(MigrationJob):
                 number = int(event.get("data", {}).get("pass", 0))
                 self.status.history.synced(number, event_time(event))  # the pass's true start (passes.py)
                 with contextlib.suppress(Exception):
-                    self.status.update_from_qemu(await qmp.execute("query-migrate"))
+                    info = await qmp.execute("query-migrate")
+                    self.status.update_from_qemu(info)
+                    await self.budget.update(qmp, info)  # the ramp's next step from this pass on
                 if self.status.forced_stop_and_copy:
                     continue  # the guest is paused: what QEMU still counts is stop-and-copy
                 self.status.iteration = max(self.status.iteration, number)
