@@ -36,6 +36,8 @@ STREAM_BUFFER = 1 << 20
 # (with carrier.MIGRATE_RECEIVE_BUFFER): bench/soak.py's pause − QEMU downtime, 100 migrations
 # each, p50/p95 5.0/7.9 → 4.5/6.9 ms; bench/migration.py's totals moved within their noise.
 CHANNEL_SOCKET_BUFFER = 256 << 10
+# Seconds a stream's second direction may take to end by itself once the first ended cleanly.
+LINGER = 2.0
 
 
 class Traffic:
@@ -219,10 +221,14 @@ def _deliver(local: socket.socket, rtype: int, payload: bytes | memoryview) -> b
 
 async def relay(channel: SecureChannel, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 flow: Flow | None = None, receive_buffer: int | None = None) -> None:
-    """Pump both directions until either ends; then (or on any error or cancel) tear both down.
+    """Pump both directions until both end (the second gets LINGER seconds once the first ended
+    cleanly); on any error or cancel, tear both down at once.
 
     A QEMU stream ends when its writer closes it; the end-of-stream record carries that to the
-    far side, which half-closes its local socket in turn. `receive_buffer` narrows the channel
+    far side, which half-closes its local socket in turn. Tearing down as soon as one direction
+    ended cut the other before its own end-of-stream record left (the destination's QEMU closes
+    its side a moment after the source's): the far side then saw a truncated stream and warned
+    of a broken migration stream after a good migration. `receive_buffer` narrows the channel
     socket's receive buffer (see carrier.accept_stream).
     """
     first = bytes(reader._buffer)  # read by asyncio before we took over (no public accessor)
@@ -239,9 +245,13 @@ async def relay(channel: SecureChannel, reader: asyncio.StreamReader, writer: as
     tasks = [_thread(lambda: _local_to_channel(local, remote, channel, first, flow)),
              _thread(lambda: _channel_to_local(remote, local, channel))]
     try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
-            task.result()
+            task.result()  # a direction that failed ends both now
+        if pending:
+            done, _ = await asyncio.wait(pending, timeout=LINGER)
+            for task in done:
+                task.result()
     finally:
         _shut(local, remote)
         await asyncio.gather(*tasks, return_exceptions=True)  # threads end once sockets are shut
