@@ -21,6 +21,7 @@ def test_chaos_smoke_one_offline_fault():
 
 
 def test_soak_smoke_two_round_trips():
-    run = bench("bench/soak.py", "--count", "2", "--warmup", "1")
+    run = bench("bench/soak.py", "--count", "2", "--warmup", "1", "--anchor", "2")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "failures: 0" in run.stdout and "pause − QEMU downtime" in run.stdout
+    assert "anchor: pause (2)" in run.stdout and "ours ÷ anchor" in run.stdout
