@@ -37,7 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.migration import _add_tls, _until, make_tls_dir, resume_when_loaded
+from bench.migration import _add_tls, make_tls_dir, resume_when_loaded, source_completed
 from qvplan.contract.flags import MigrateFlags
 from qvplan.lab import Lab, images
 from qvplan.lab.linuxguest import Client, address_of, control, linux_vm, wait_serial
@@ -97,12 +97,7 @@ async def direct_move(src: QemuProcess, dst: QemuProcess, dst_host: LabHost, tls
             await src.execute("migrate", {"uri": uri})
             resume = await resume_when_loaded(dst, loads, "direct")
         await dst.execute("announce-self", ANNOUNCE)
-
-        async def done() -> dict[str, Any] | None:
-            info = await src.execute("query-migrate")
-            return info if info.get("status") == "completed" else None
-
-        info = await _until("the source to complete", done)
+        info = await source_completed(src, "direct")
         stop = await asyncio.wait_for(stops.get(), 10)
     await src.stop()
     return {"pause": event_time(resume) - event_time(stop), "downtime": info.get("downtime", 0) / 1000,

@@ -190,6 +190,19 @@ async def resume_when_loaded(dst: QemuProcess, loads: EventListener, name: str) 
         return await asyncio.wait_for(resumes.get(), 10)
 
 
+async def source_completed(src: QemuProcess, name: str) -> dict[str, Any]:
+    """The source's query-migrate once it says completed (it may lag the destination's resume)."""
+
+    async def done() -> dict[str, Any] | None:
+        info = await src.execute("query-migrate")
+        if info.get("status") in ("failed", "cancelled"):
+            raise RuntimeError(f"{name}: source reports {info.get('status')}: {info.get('error-desc')}")
+        return info if info.get("status") == "completed" else None
+
+    result: dict[str, Any] = await _until("the source to complete", done)
+    return result
+
+
 async def _add_tls(proc: QemuProcess, tls_dir: Path, endpoint: str) -> None:
     await proc.execute("object-add", {"qom-type": "tls-creds-x509", "id": "tls0", "dir": str(tls_dir),
                                       "endpoint": endpoint, "verify-peer": True})
@@ -211,12 +224,6 @@ async def direct(name: str, base: Path, accel: str, threads: int, tls_dir: Path 
     await src.wait_markers(0, timeout=60)
     await asyncio.sleep(WARMUP)
 
-    async def source_done() -> dict[str, Any] | None:
-        info = await src.execute("query-migrate")
-        if info.get("status") in ("failed", "cancelled"):
-            raise RuntimeError(f"{name}: source reports {info.get('status')}: {info.get('error-desc')}")
-        return info if info.get("status") == "completed" else None
-
     with src.listener("STOP") as stops:
         t0 = time.monotonic()
         await dst.start(incoming="defer", paused=True)
@@ -231,7 +238,7 @@ async def direct(name: str, base: Path, accel: str, threads: int, tls_dir: Path 
             await src.execute("migrate", {"uri": f"tcp:127.0.0.1:{port}"})
             resume = await resume_when_loaded(dst, loads, name)
         total = time.monotonic() - t0
-        info = await _until("source to complete", source_done)
+        info = await source_completed(src, name)
         stop = await asyncio.wait_for(stops.get(), 10)
     row = Row(name, transferred=int(info["ram"]["transferred"]), total=total,
               downtime=info.get("downtime", 0) / 1000, pause=event_time(resume) - event_time(stop))

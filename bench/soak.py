@@ -27,11 +27,10 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.migration import _until, resume_when_loaded
+from bench.migration import resume_when_loaded, source_completed
 from qvplan.contract.flags import MigrateFlags
 from qvplan.migration.qmp import configure, event_time
 from qvplan.migration.recent import LIMIT
@@ -71,12 +70,7 @@ async def direct_move(src: QemuProcess, dst: QemuProcess) -> tuple[float, float]
             await dst.execute("migrate-incoming", {"uri": uri})
             await src.execute("migrate", {"uri": uri})
             resume = await resume_when_loaded(dst, loads, "anchor")
-
-        async def completed() -> dict[str, Any] | None:
-            info = await src.execute("query-migrate")
-            return info if info.get("status") == "completed" else None
-
-        info = await _until("the source to complete", completed)
+        info = await source_completed(src, "anchor")
         stop = await asyncio.wait_for(stops.get(), 10)
     await src.stop()
     return event_time(resume) - event_time(stop), info.get("downtime", 0) / 1000

@@ -118,3 +118,16 @@ async def test_closing_the_carrier_ends_a_stream_still_waiting_for_its_channel(t
         assert await asyncio.wait_for(loop.sock_recv(qemu, 1), 5) == b""  # the stream ended
     finally:
         qemu.close()
+
+
+async def test_closing_after_the_wait_for_prepared_channels_was_cancelled() -> None:
+    """A migration cancelled while it waits in ready(): the spares are cancelled with it, and
+    the teardown's close() must still go through."""
+    carrier = StreamCarrier(Opener(), "s" * 32, "vm-1")
+    carrier.prepare(MIGRATE_DATA, 3)
+    waiting = asyncio.ensure_future(carrier.ready(MIGRATE_DATA))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    carrier.close()
