@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncssh
 
+from ..boot import boot_id
 from ..errors import QVError
 from ..remote import HostConnection, HostTarget, RemoteError
 from ..remote.pool import Connections
@@ -51,13 +52,6 @@ class LockFailed(LockError):
     """The lock could not be taken at all: an unsafe lock directory or file, no python3, no answer."""
 
     reason_code = code = "lock-failed"
-
-
-def boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def process_start(pid: int) -> str | None:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..boot import boot_id
 from .errors import QemuError
 
 QEMU = "qemu-system-x86_64"
@@ -68,11 +69,9 @@ def detect_accel() -> str:
 
 
 def _accel_key() -> str:
-    boot = Path("/proc/sys/kernel/random/boot_id")
-    boot_id = boot.read_text().strip() if boot.exists() else "?"
     binary = shutil.which(QEMU)
     stamp = os.stat(binary).st_mtime if binary else 0
-    return f"{boot_id}:{binary}:{stamp}"
+    return f"{boot_id() or '?'}:{binary}:{stamp}"
 
 
 def _kvm_works() -> bool:

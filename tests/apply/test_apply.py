@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from qvplan.apply.journal import read_journal
-from qvplan.apply.lock import HostLocks, LockError, boot_id, owner
+from qvplan.apply.lock import HostLocks, LockError, owner
 from qvplan.apply.report import most_at_once
+from qvplan.boot import boot_id
 from qvplan.lab.testing import lab_session
 from qvplan.remote import load_inventory
 
