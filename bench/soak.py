@@ -16,6 +16,10 @@ still loads after the source counts the downtime as over, and one QMP round trip
 "ours ÷ anchor" compare the two. Where QEMU loses guest writes (TCG before 9.0) the
 pause also holds the RAM comparison before the commit (migration/live/ramcheck.py): its time is
 printed, and the commit's cost without it.
+
+`--disk-writer` adds a busy neighbour on the agents' disk for the measured moves: a thread that
+writes and flushes 8 MiB at a time in a loop (what a journal flush on the guest's pause would wait
+behind).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,6 +57,42 @@ def usage(a: AgentProc) -> tuple[int, int]:
     rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                if line.startswith("VmRSS:"))
     return rss, len(list(Path(f"/proc/{pid}/fd").iterdir()))
+
+
+class DiskWriter:
+    """A busy neighbour on the disk of `path`: 8 MiB written and flushed at a time, over a 256 MiB
+    file, until the block ends."""
+
+    CHUNK = 8 << 20
+    SPAN = 256 << 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.flushes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="disk-writer", daemon=True)
+
+    def __enter__(self) -> DiskWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
+
+    def _run(self) -> None:
+        data = os.urandom(self.CHUNK)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            at = 0
+            while not self._stop.is_set():
+                os.pwrite(fd, data, at)
+                os.fdatasync(fd)
+                self.flushes += 1
+                at = (at + self.CHUNK) % self.SPAN
+        finally:
+            os.close(fd)
 
 
 def pct(values: list[float], p: float) -> float:
@@ -105,6 +147,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=LIMIT + 1,
                         help="round trips before the start figures (default: fills the recent-migrations history)")
     parser.add_argument("--anchor", type=int, default=20, help="direct QEMU → QEMU moves for the anchor rows")
+    parser.add_argument("--disk-writer", action="store_true",
+                        help="a busy neighbour writing and flushing on the agents' disk during the measured moves")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qv-soak-") as tmp:
         root = Path(tmp)
@@ -126,22 +170,24 @@ def main() -> int:
             checks: list[float] = []  # the RAM comparison's share of the pause, where it ran
             net: list[float] = []  # pause − downtime − RAM comparison
             here, there = a, b
-            for i in range(args.count):
-                here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
-                status = wait_outcome(here, "soak-1", poll=0.05)
-                if status["state"] != "COMPLETED":
-                    failures.append(f"#{i + 1} {here.name}→{there.name}: {status['state']} {status.get('error')}")
-                    continue
-                report = there.api("POST", "vms/soak-1/verify-ram")
-                if not report.get("ok"):
-                    failures.append(f"#{i + 1}: RAM not verified on {there.name}: {report}")
-                if status.get("pause") is not None and status.get("downtime") is not None:
-                    pauses.append(status["pause"] * 1000)
-                    costs.append((status["pause"] - status["downtime"]) * 1000)
-                    if status.get("ram_check") is not None:
-                        checks.append(status["ram_check"] * 1000)
-                        net.append((status["pause"] - status["downtime"] - status["ram_check"]) * 1000)
-                here, there = there, here
+            writer = DiskWriter(root / "neighbour.bin") if args.disk_writer else contextlib.nullcontext()
+            with writer:
+                for i in range(args.count):
+                    here.api("POST", "vms/soak-1/migrate", {"dest": there.migration, "flags": FLAGS})
+                    status = wait_outcome(here, "soak-1", poll=0.05)
+                    if status["state"] != "COMPLETED":
+                        failures.append(f"#{i + 1} {here.name}→{there.name}: {status['state']} {status.get('error')}")
+                        continue
+                    report = there.api("POST", "vms/soak-1/verify-ram")
+                    if not report.get("ok"):
+                        failures.append(f"#{i + 1}: RAM not verified on {there.name}: {report}")
+                    if status.get("pause") is not None and status.get("downtime") is not None:
+                        pauses.append(status["pause"] * 1000)
+                        costs.append((status["pause"] - status["downtime"]) * 1000)
+                        if status.get("ram_check") is not None:
+                            checks.append(status["ram_check"] * 1000)
+                            net.append((status["pause"] - status["downtime"] - status["ram_check"]) * 1000)
+                    here, there = there, here
             end_use = {x.name: usage(x) for x in (a, b)}
         finally:
             for x in (a, b):
@@ -149,7 +195,8 @@ def main() -> int:
                     if vm["state"] == "running":
                         x.api("POST", f"vms/{vm['name']}/stop", {}, timeout=20)
                 x.stop()
-    print(f"migrations: {args.count} (after {2 * args.warmup} of warm-up), failures: {len(failures)}")
+    print(f"migrations: {args.count} (after {2 * args.warmup} of warm-up), failures: {len(failures)}"
+          + (f"; disk writer: {writer.flushes} flushes of 8 MiB meanwhile" if isinstance(writer, DiskWriter) else ""))
     for line in failures:
         print(f"  {line}")
     print(f"{'agent':<8}{'RSS start':>12}{'RSS end':>12}{'Δ':>8}{'fds start':>11}{'fds end':>9}")
