@@ -7,7 +7,8 @@ Live migration, on the control channel (source → destination unless marked ←
   Abort (or EOF before Commit)   ← Discarded once nothing is left there
   ← Failed                       the destination gave up (a refusal's {error, fix, code})
 On a fresh channel, from either side: SessionQuery → SessionAnswer (the journal's word on a
-session; see docs/exactly-once.md). Offline: OfflineStateQuery → OfflineStateAnswer.
+session, asked by the source after commit, or by a destination restarted after a host crash; see
+docs/exactly-once.md). Offline: OfflineStateQuery → OfflineStateAnswer.
 
 `parse()` turns a received dict into its message (or raises `WireError`): no side reads bare dicts.
 """
@@ -43,6 +44,9 @@ class MigrateRequest(Message):
     # the source's QEMU may lose writes: digest the loaded RAM under this 256-bit key, in hex
     # (live/ramcheck.py); None: no digest
     ram_key: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # where the destination reaches the source's migration listener (HOST:PORT), to ask it about
+    # the session after a host crash (live/reboot.py); None from older sources
+    source: str | None = Field(None, max_length=300)
 
 
 class SetupReply(Message):
@@ -83,10 +87,13 @@ class Failed(Message):
     code: str | None = None
 
 
-# The destination's word on a session, from its journal:
+# An agent's word on a session, from its journal. As its destination:
 #   unknown (no record), loading, loaded (never resumed: the source's copy is the guest),
 #   committing (resuming: the guest may run there), running, discarded, lost (QEMU died after commit).
-SessionState = Literal["unknown", "loading", "loaded", "committing", "running", "discarded", "lost"]
+# As its source (asked by a destination that restarted after a host crash, live/reboot.py):
+#   transferring, awaiting-commit, rolled-back (no commit ever left), committed, released.
+SessionState = Literal["unknown", "loading", "loaded", "committing", "running", "discarded", "lost",
+                       "transferring", "awaiting-commit", "committed", "released", "rolled-back"]
 
 
 class SessionQuery(Message):

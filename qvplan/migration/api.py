@@ -82,8 +82,16 @@ def _latest(journal: Journal, name: str) -> Record | None:
 def _journal_status(record: Record) -> dict[str, Any]:
     status = {"vm": record.vm, "state": _JOURNAL_STATES.get(record.state, "MIGRATING"), "journal": record.as_dict(),
               "session": record.session}
+    if record.role == "destination" and record.state == "rebooted":
+        status["doubt"] = (f"this host restarted before the commit's record reached its disk: the guest may have "
+                           f"run here; asking the source {record.peer} whether it committed (definition and images "
+                           f"kept meanwhile); if it never answers, settle with "
+                           f"`quantavirt vm migrate-settle {record.vm} --discard-here` (the source then resumes it)")
     if record.role == "destination" and record.state == "lost":
-        status["doubt"] = (f"the incoming QEMU died after the commit; definition and images kept here, the source "
+        why = ("the incoming QEMU died after the commit" if "source_state" not in record.extra else
+               f"this host restarted before the commit's record reached its disk and the source says "
+               f"{record.extra['source_state']}: the guest may have run here")
+        status["doubt"] = (f"{why}; definition and images kept here, the source "
                            f"{record.peer} keeps its copy paused; settle with "
                            f"`quantavirt vm migrate-settle {record.vm} --discard-here` (the source then resumes it)")
     return status
@@ -172,7 +180,7 @@ def add_routes(app: web.Application, host: Host, jobs: dict[str, MigrationJob], 
         job = jobs.get(name)
         if job is None or job.status.done or not job.status.doubt:
             record = journal.latest_for(name, "destination")
-            if record is not None and record.state == "lost":  # this host is its destination: lost.py
+            if record is not None and record.state in ("lost", "rebooted"):  # this host is its destination: lost.py
                 return web.json_response(await lost.settle_lost(host, journal, record, choice))
             raise refused_settle(name)
         if not job.decision.done():

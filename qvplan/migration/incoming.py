@@ -89,10 +89,15 @@ async def discard_uncommitted(registry: Registry, keep: Callable[[VM], bool] = l
     """At agent start: remove every incoming VM that never committed (its QEMU never ran the guest);
     `keep` spares those whose journal says the commit arrived (they may have run)."""
     for vm in list(registry.vms.values()):
-        if not (vm.dir / INCOMING_MARK).exists() or keep(vm):
-            continue
-        log.info("removing uncommitted incoming VM %s", vm.name)
-        if vm.proc is not None:
-            await vm.proc.stop(graceful=False)
-        await asyncio.to_thread(remove_incoming_files, vm.dir)
+        if (vm.dir / INCOMING_MARK).exists() and not keep(vm):
+            await remove_incoming(registry, vm)
+
+
+async def remove_incoming(registry: Registry, vm: VM) -> None:
+    """An incoming VM that never ran here goes: its QEMU, every file of its undo list, its folder."""
+    log.info("removing uncommitted incoming VM %s", vm.name)
+    if vm.proc is not None:
+        await vm.proc.stop(graceful=False)
+    await asyncio.to_thread(remove_incoming_files, vm.dir)
+    if registry.vms.get(vm.name) is vm:
         registry.forget(vm.name)  # and its folder

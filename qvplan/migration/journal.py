@@ -8,10 +8,14 @@ The states and what a restarted agent does in each are in docs/exactly-once.md.
 
 Each file starts as one block of zeros after its first line (written and synced when the session
 opens), and later lines overwrite those zeros in place: a flush of bytes already allocated needs
-no filesystem journal commit, so the flush of `committing`, the one on the guest's pause, costs a
-data write and a cache flush only (measured on this ext4: p95 0.14 ms in place vs 0.32 ms
-appended, max 0.2 vs 3.5 ms; far more when the filesystem is busy). The reader skips the zeros
-like a torn line.
+no filesystem journal commit (measured on this ext4: p95 0.14 ms in place vs 0.32 ms appended,
+max 0.2 vs 3.5 ms; far more when the filesystem is busy). The reader skips the zeros like a torn
+line.
+
+The first line names the boot it was written in (boot.py). A line written but not yet flushed
+(sync=False or "behind") survives a killed agent, since the page cache keeps it, but not a host
+crash: `Record.unsynced_may_be_lost` tells a restarted agent which case it is in. That is what
+lets the destination flush `committing` behind the guest's resume (docs/exactly-once.md).
 
 Records of ended sessions stay (they answer a restarted source and `qvplan apply --resume`); the
 oldest beyond KEEP are pruned when a session opens.
@@ -30,17 +34,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .faults import current_boot
+
 log = logging.getLogger(__name__)
 KEEP = 500  # ended session records kept per host
 BLOCK = 4096  # a new file is its first line padded with zeros to this (see the docstring)
 
 # destination: loading → loaded → committing → running | discarded (| lost: QEMU died after commit)
+#              loading/loaded found after a host crash → rebooted → discarded | lost (the source decides)
 #              offline: loading → landed | discarded
 # source:      transferring → awaiting-commit → committed → released | rolled-back (offline: no awaiting-commit)
-DEST_OPEN = ("loading", "loaded", "committing")
+DEST_OPEN = ("loading", "loaded", "committing", "rebooted")
 SOURCE_OPEN = ("transferring", "awaiting-commit", "committed")
 ENDED = ("running", "landed", "discarded", "lost", "released", "rolled-back")
-MAY_HAVE_RUN = ("committing", "running", "lost")  # a destination state in which the guest may have run
+MAY_HAVE_RUN = ("committing", "rebooted", "running", "lost")  # a destination state in which the guest may have run
 _SESSION = re.compile(r"^[0-9a-f]{8,64}$")
 
 
@@ -60,6 +67,13 @@ class Record:
     @property
     def open(self) -> bool:
         return self.state not in ENDED
+
+    @property
+    def unsynced_may_be_lost(self) -> bool:
+        """Opened in another boot than this one (a host crash or reboot since): lines written
+        without a flush may be missing. False for records that predate the boot field."""
+        boot = self.extra.get("boot")
+        return isinstance(boot, str) and bool(boot) and boot != current_boot()
 
     def as_dict(self) -> dict[str, Any]:
         return {"session": self.session, "role": self.role, "vm": self.vm, "peer": self.peer,
@@ -81,6 +95,7 @@ class Journal:
     def open_session(self, session: str, role: str, vm: str, peer: str, state: str, kind: str = "live",
                      **extra: Any) -> Record:
         """The session's first line (durable, folder included) before anything of it happens."""
+        extra = {"boot": current_boot(), **extra}
         record = Record(session, role, vm, peer, state, kind, extra=dict(extra))
         self._records[session] = record
         self._append(record, {"session": session, "role": role, "vm": vm, "peer": peer, "kind": kind,

@@ -15,6 +15,7 @@ from .incoming import INCOMING_MARK, discard_uncommitted
 from .job import MigrationJob
 from .journal import journal_for
 from .live import destination as live_dest
+from .live import reboot, session_state
 from .live import recovery as live_recovery
 from .offline import destination as offline_dest
 from .offline import recovery as offline_recovery
@@ -39,7 +40,7 @@ class MigrationService:
             "migrate": partial(live_dest.handle_migrate, self.host, self.journal, self.incoming),
             "migrate-data": partial(live_dest.handle_data, self.journal, self.incoming),
             "storage-data": partial(live_dest.handle_data, self.journal, self.incoming),
-            "session-state": partial(live_dest.handle_session_state, self.host, self.journal, self.incoming),
+            "session-state": partial(session_state.handle_session_state, self.host, self.journal, self.incoming),
             "offline-receive": partial(offline_dest.handle_receive, self.host),
             "offline-state": partial(offline_dest.handle_state, self.host),
         }
@@ -58,7 +59,9 @@ class MigrationService:
         in live/recovery.py and docs/exactly-once.md)."""
         registry = self.host.registry
         for record in self.journal.open_records("destination"):
-            if record.kind == "live" and record.state == "committing":
+            if reboot.crashed_before_commit_flushed(record):  # first: kept by discard_uncommitted below
+                reboot.mark_rebooted(self.host, self.journal, record)
+            elif record.kind == "live" and record.state == "committing":
                 try:
                     await live_recovery.recover_destination(self.host, self.journal, record)
                 except Exception:  # one session that cannot be resumed must not keep the agent down
@@ -68,6 +71,8 @@ class MigrationService:
         for record in self.journal.open_records("destination"):
             if record.kind == "live" and record.state in ("loading", "loaded"):
                 self.journal.set(record.session, "discarded", settled_by="restart")
+            elif record.kind == "live" and record.state == "rebooted":  # also one an earlier start left
+                reboot.ask_source_later(self.host, self.journal, record)
         self._recover_offline()
         for record in self.journal.open_records("source"):
             if record.kind != "live":

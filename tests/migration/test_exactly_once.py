@@ -7,6 +7,7 @@ the invariant is checked from /proc, the serial logs and the state directories (
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -20,6 +21,7 @@ SMALL = {"memory": "64M", "working_set": "8M"}
 SLOW = {"bandwidth": "2M", "auto_converge": False, "max_downtime": "10ms", "threads": 1}
 FAST = {"threads": 1}
 POINT = "QUANTAVIRT_TEST_PAUSE_AT"
+BOOT = "QUANTAVIRT_TEST_BOOT_ID"  # the boot id a restarted agent believes it runs in (faults.py)
 
 
 def two_agents(make_agent, a_at: str = "", b_at: str = ""):
@@ -243,6 +245,81 @@ def test_lost_destination_session_discarded_there_resumes_the_source(make_agent)
     exactly_one(a, b)
     assert (a.root / "images" / "vm-1.qcow2").exists()  # the source's own disk stays
     assert "journal: destination discarded" in b.cli("vm", "migrate-status", "vm-1").stdout
+
+
+def forget_unflushed(agent, state: str) -> None:
+    """What a host crash does to a journal line still in the page cache: the line is gone (zeros,
+    as in the block allocated when the session opened)."""
+    (path,) = (agent.state / "migrations").glob("*.jsonl")
+    content = path.read_bytes()
+    start = content.index(f'"state": "{state}"'.encode())
+    start = content.rindex(b"\n", 0, start) + 1
+    end = content.index(b"\n", start) + 1
+    path.write_bytes(content[:start] + bytes(end - start) + content[end:])
+    assert journal(agent)[-1]["state"] != state
+
+
+def kill_with_its_qemu(agent, name: str) -> None:
+    """The agent and its QEMU gone at once, as in a host crash."""
+    (pid,) = qemu_pids(agent, name)
+    agent.kill()
+    os.kill(pid, signal.SIGKILL)
+    while pid in qemu_pids(agent, name):
+        time.sleep(0.02)
+
+
+def states(agent) -> list[str]:
+    """Every state the agent's one session went through, from its journal file."""
+    (path,) = (agent.state / "migrations").glob("*.jsonl")
+    return [line["state"] for line in map(json.loads, path.read_bytes().rstrip(b"\0").splitlines()) if "state" in line]
+
+
+def test_destination_host_crash_before_committing_reached_its_disk_is_lost_not_discarded(make_agent):
+    """`committing` is flushed behind the destination's `cont` (off the guest's pause). A host crash
+    right after it may lose that line: the restarted destination, in another boot, finds `loaded`
+    and must not take it at its word (the guest may have run and written to disk there). It asks
+    the source, which committed: lost; the operator settles, the source resumes its paused copy."""
+    a, b = two_agents(make_agent, b_at="dest-before-cont")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(b, "dest-before-cont")  # committing written (its flush behind), cont not sent
+    kill_with_its_qemu(b, "vm-1")
+    forget_unflushed(b, "committing")
+    b.env = {BOOT: "after-a-crash"}
+    b.start()
+    lost = wait_state(b, "lost")
+    assert lost["source_state"] == "committed" and "rebooted" in states(b), states(b)
+    deadline = time.monotonic() + 30
+    while "lost its QEMU" not in (a.api("GET", "vms/vm-1/migrate").get("doubt") or ""):
+        assert time.monotonic() < deadline, a.api("GET", "vms/vm-1/migrate")
+        time.sleep(0.2)
+    assert len(qemu_pids(a, "vm-1")) == 1 and a.vm("vm-1")["state"] == "migrating"  # paused, not resumed
+    shown = b.cli("vm", "migrate-status", "vm-1").stdout
+    assert "restarted before the commit's record reached its disk" in shown and "--discard-here" in shown, shown
+    settled = b.cli("vm", "migrate-settle", "vm-1", "--discard-here")
+    assert settled.returncode == 0, settled.stderr
+    status = wait_outcome(a, "vm-1", timeout=30)
+    assert status["state"] == "FAILED" and journal(a)[-1]["state"] == "rolled-back", status
+    exactly_one(a, b)
+
+
+def test_destination_host_crash_before_the_commit_is_discarded_by_the_source_s_word(make_agent):
+    """The destination host crashes while the source has not committed yet: the restarted
+    destination, in another boot, asks the source (awaiting-commit: no commit ever left), discards
+    the session by itself, and the source resumes its copy. No operator."""
+    a, b = two_agents(make_agent, a_at="source-before-commit")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(a, "source-before-commit")  # guest paused here, loaded there, no commit sent
+    kill_with_its_qemu(b, "vm-1")
+    b.env = {BOOT: "after-a-crash"}
+    b.start()
+    ended = wait_state(b, "discarded")
+    assert (ended["settled_by"], ended["source_state"]) == ("source", "awaiting-commit"), ended
+    assert states(b)[-2:] == ["rebooted", "discarded"], states(b)
+    assert not (b.state / "vms" / "vm-1").exists()  # VM and files gone before the source moved on
+    release_point(a, "source-before-commit")
+    status = wait_outcome(a, "vm-1", timeout=60)
+    assert status["state"] == "FAILED" and journal(a)[-1]["state"] == "rolled-back", status
+    exactly_one(a, b)
 
 
 def test_status_by_session_answers_for_that_move_after_a_newer_one(pair):

@@ -150,3 +150,42 @@ def test_a_pinned_fingerprint_wins_over_any_trust_entry(make_agent) -> None:
     a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {"offline": True, "dest_fingerprint": b_key}})
     assert wait_outcome(a, "vm-1")["state"] == "COMPLETED"
     assert b.vm("vm-1")["state"] == "defined"
+
+
+def test_session_state_is_answered_to_the_session_s_peer_only(make_agent) -> None:
+    """`session-state` tells a session's state, and on a destination it is a fence (a session not
+    yet committed is discarded). A third trusted host asking either side learns nothing (`unknown`)
+    and fences nothing; the session's own peer is answered (the destination, after a host crash,
+    asks its source this way: live/reboot.py)."""
+    a = make_agent("hv-a", start=False)
+    a.env[PAUSE_ENV] = "source-before-commit"
+    a.start()
+    b, c = make_agent("hv-b"), make_agent("hv-c")
+    mutual_trust(a, b)
+    for x, y in ((a, c), (b, c)):
+        mutual_trust(x, y)
+    start_guest(a, memory="64M", working_set="2M")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {}})
+    paused = a.state / "faults" / "source-before-commit.reached"
+    deadline = time.monotonic() + 60
+    while not paused.exists():
+        assert time.monotonic() < deadline, a.api("GET", "vms/vm-1/migrate")
+        time.sleep(0.1)
+    session = a.api("GET", "vms/vm-1/migrate")["session"]
+
+    async def ask(asker, target) -> dict:
+        channel = await open_channel(*hostport(target), identity=HostIdentity.load_or_create(asker.state),
+                                     trust=TrustStore(asker.state), hello_extra={"host": asker.name})
+        try:
+            await channel.send_json({"op": "session-state", "session": session, "vm": "vm-1"})
+            return await asyncio.wait_for(channel.recv_json(), 10)
+        finally:
+            await channel.close()
+
+    assert asyncio.run(ask(c, a))["state"] == "unknown"
+    assert asyncio.run(ask(c, b))["state"] == "unknown"  # and no fence: the session is still loaded there
+    assert asyncio.run(ask(b, a))["state"] == "awaiting-commit"  # the session's destination asks its source
+    (a.state / "faults" / "source-before-commit.go").touch()
+    status = wait_outcome(a, "vm-1")
+    assert status["state"] == "COMPLETED", status
+    runs_only_on(b, a, "vm-1")

@@ -8,6 +8,8 @@ destination's states, each written before it takes effect:
   running    the guest resumed here; "running" sent                         (ended: ours)
   discarded  abort, EOF or a fence before commit: QEMU and files removed    (ended: never ran)
   lost       QEMU died after commit                                         (ended: operator settles)
+  rebooted   at start: loading/loaded found after a host crash, which may have lost a
+             `committing` line (flushed behind cont); the source's word decides (reboot.py)
 The destination never resumes the guest without the commit, never accepts a commit once it
 answered "discarded" to a fence, and never discards a guest after "committing". The state table
 and the recovery rule are in docs/exactly-once.md.
@@ -160,8 +162,10 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
     log.info("incoming migration of %s from %s", request.vm.get("name"), channel.peer_name)
     try:
         spec, flags, placement = preflight(host, channel, request)
+        # the source's address and key: a restart after a host crash asks it about the session (reboot.py)
         journal.open_session(request.session, "destination", spec.name, channel.peer_name, "loading",
-                             storage=placement is not None)
+                             storage=placement is not None, source=request.source,
+                             peer_key=channel.peer_fingerprint, kem=flags.pqc_kem)
     except (MigrationError, ValueError) as err:
         why = err if isinstance(err, MigrationError) else failure(Reason.PROTOCOL_ERROR, str(err))
         host.events.publish(str(request.vm.get("name")), Inbound.REFUSED, mode="live", code=why.code)
@@ -278,7 +282,9 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
     if not vm.running:
         raise failure(Reason.QEMU_FAILED, "destination QEMU exited before the commit",
                       "see the VM's qemu.log on the destination")
-    journal.set(incoming.session, "committing")  # durable before cont: from here on the guest may run here
+    # Written before cont (a killed agent finds it), flushed behind it: the device flush is off the
+    # guest's pause. A host crash that loses the line is caught at start by the boot id (reboot.py).
+    journal.set(incoming.session, "committing", sync="behind")
     marks.append(("journaled", time.monotonic()))
     await pause_at(host.state_dir, "dest-before-cont")
     resumed_at = await resume(host, journal, incoming.session, vm, unexport=incoming.storage, paused=True)
@@ -419,33 +425,3 @@ async def handle_data(journal: Journal, sessions: dict[str, Incoming], channel: 
     started = time.monotonic()
     await accept_stream(incoming.sockets, channel, request["op"], pin=incoming.peer_fingerprint)
     log.debug("%s stream for %s done after %.1fs", request["op"], incoming.vm.name, time.monotonic() - started)
-
-
-async def handle_session_state(host: Host, journal: Journal, sessions: dict[str, Incoming],
-                               channel: SecureChannel, raw: dict[str, Any]) -> None:
-    """The journal's word on a session, asked by its source (after a lost confirmation or a restart).
-
-    The question is a fence: a session not yet committed is discarded on the spot (journaled before
-    the answer), so a commit still in flight can never resume it after the source was told
-    "discarded"."""
-    try:
-        query = wire.parse(raw, wire.SessionQuery)
-        assert isinstance(query, wire.SessionQuery)
-    except wire.WireError as err:
-        await channel.send_json({"ok": False, **failure(Reason.PROTOCOL_ERROR, str(err)).as_dict()})
-        return
-    record = journal.get(query.session)
-    if record is None or record.role != "destination":
-        await channel.send_json(wire.SessionAnswer(state="unknown").dump())
-        return
-    if record.state in ("loading", "loaded") and record.peer == channel.peer_name:  # only its source fences it
-        journal.set(query.session, "discarded")
-        incoming = sessions.get(query.session)
-        if incoming is not None:
-            incoming.aborted.set()  # its handler removes QEMU and files
-        else:
-            vm = host.registry.vms.get(record.vm)
-            if vm is not None and (vm.dir / INCOMING_MARK).exists():
-                await discard(host, vm)
-    state = journal.get(query.session).state  # type: ignore[union-attr]
-    await channel.send_json(wire.SessionAnswer(state=state, running=state == "running").dump())  # type: ignore[arg-type]

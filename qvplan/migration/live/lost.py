@@ -1,4 +1,5 @@
-"""A destination session `lost`: its QEMU died after the commit, and what the operator does with it.
+"""A destination session `lost`: its QEMU died after the commit (or a host crash left it unknown
+whether the commit arrived, reboot.py), and what the operator does with it.
 
 At `lost` the definition and the images the session landed stay (they may hold the newest data),
 and the journal's `lost` line lists those images with the file each one is (device, inode), so a
@@ -49,10 +50,10 @@ def landed_images(vm_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
-def mark_lost(journal: Journal, session: str, vm: VM | None) -> None:
+def mark_lost(journal: Journal, session: str, vm: VM | None, **extra: Any) -> None:
     """QEMU is gone after commit: journal `lost` with the images kept (they may hold the newest data)."""
     images = landed_images(vm.dir) if vm is not None else []
-    journal.set(session, "lost", images=images)
+    journal.set(session, "lost", images=images, **extra)
     if vm is None:
         return
     vm.busy = None
@@ -60,8 +61,8 @@ def mark_lost(journal: Journal, session: str, vm: VM | None) -> None:
     (vm.dir / INCOMING_FILES).unlink(missing_ok=True)  # the journal's `lost` line lists them now
 
 
-def qemu_lost(name: str, session: str) -> QVError:
-    return QVError(f"the destination QEMU of {name} died after the commit (session {session}): its RAM is gone, "
+def qemu_lost(name: str, session: str, how: str = "died after the commit") -> QVError:
+    return QVError(f"the destination QEMU of {name} {how} (session {session}): its RAM is gone, "
                    "nothing to resume here",
                    f"run `quantavirt vm migrate-settle {name} --discard-here` here; the source resumes its "
                    "paused copy", code=Reason.QEMU_LOST)
@@ -70,7 +71,9 @@ def qemu_lost(name: str, session: str) -> QVError:
 async def settle_lost(host: Host, journal: Journal, record: Record, decision: str) -> dict[str, Any]:
     """The operator's word on a lost destination session; the record as it ends."""
     if decision == "resume-here":
-        raise qemu_lost(record.vm, record.session)
+        rebooted = record.state == "rebooted" or "source_state" in record.extra
+        raise qemu_lost(record.vm, record.session, "went with this host's restart" if rebooted else
+                        "died after the commit")
     vm = host.registry.vms.get(record.vm)
     if vm is not None and vm.running:  # started by hand since: it may be the only running copy
         raise VMError(f"VM {record.vm!r} runs on this host since its session was lost",

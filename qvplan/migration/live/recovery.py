@@ -11,7 +11,8 @@ discarded there before the answer), again and again with backoff, the VM paused 
                        there, and `quantavirt vm migrate-settle NAME --resume-here|--discard-here`
                        settles it by the operator's word.
 Destination: loading/loaded → discarded (the guest never ran here); committing → resume (it may
-have run: never discarded); QEMU gone after commit → lost (definition and images kept).
+have run: never discarded); QEMU gone after commit → lost (definition and images kept);
+loading/loaded found after a host crash → rebooted, and the source's word decides (reboot.py).
 """
 
 from __future__ import annotations
@@ -41,12 +42,12 @@ SETTLE_FIX = "quantavirt vm migrate-settle {name} --resume-here|--discard-here"
 _background: set[asyncio.Task[Any]] = set()
 
 
-async def ask_destination(host: Host, dest: str, session: str, vm: str, kem: str,
-                          pin: str | None = None) -> tuple[str | None, str]:
-    """(the destination's state of the session or None, why not). `pin`: the key the session's
-    destination presented (journaled as `peer_key`): only that host is believed."""
+async def ask_session_state(host: Host, peer: str, session: str, vm: str, kem: str,
+                            pin: str | None = None) -> tuple[str | None, str]:
+    """(the peer's state of the session or None, why not). `pin`: the key the session's peer
+    presented (journaled as `peer_key`): only that host is believed."""
     try:
-        raw = await ask(host, dest, wire.SessionQuery(session=session, vm=vm).dump(), kem, timeout=ASK_TIMEOUT,
+        raw = await ask(host, peer, wire.SessionQuery(session=session, vm=vm).dump(), kem, timeout=ASK_TIMEOUT,
                         pin=pin)
         answer = wire.parse(raw, wire.SessionAnswer)
         assert isinstance(answer, wire.SessionAnswer)
@@ -70,7 +71,7 @@ async def settle_source(host: Host, journal: Journal, vm: VM, session: str, dest
             if choice == "resume-here":
                 return await _resume_here(journal, vm, session, status, by="operator")
             return await _release_here(host, journal, vm, session, status, delete_disks, by="operator")
-        state, why = await ask_destination(host, dest, session, vm.name, kem, pin)
+        state, why = await ask_session_state(host, dest, session, vm.name, kem, pin)
         if state == "running":
             return await _release_here(host, journal, vm, session, status, delete_disks)
         if state == "discarded":

@@ -122,7 +122,7 @@ class SourceMigration(MigrationJob):
             session=self.session, version=self.host.version, vm=self.vm.spec.model_dump(mode="json"),
             flags=self.flags.model_dump(mode="json"), policies=self.policies.model_dump(),
             cpu=facts["cpu"], disks=self.host.registry.disk_facts(self.vm.spec), storage=storage,
-            ram_key=self._ram_key.hex() if self._ram_key else None,
+            ram_key=self._ram_key.hex() if self._ram_key else None, source=self.host.config.advertised_migration,
         )
         self.journal.open_session(self.session, "source", self.vm.name, self.dest, "transferring",
                                   kem=self.flags.pqc_kem, peer_key=self.control.peer_fingerprint,
