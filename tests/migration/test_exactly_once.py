@@ -48,6 +48,15 @@ def wait_state(agent, session_state: str, timeout: float = 60) -> dict:
     raise AssertionError(f"{agent.name}: journal never reached {session_state}: {journal(agent)}")
 
 
+def wait_doubt(agent, says: str, timeout: float = 30) -> dict:
+    """Until the agent's migration status of vm-1 is in doubt and its doubt says `says`."""
+    deadline = time.monotonic() + timeout
+    while says not in ((status := agent.api("GET", "vms/vm-1/migrate")).get("doubt") or ""):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.2)
+    return status
+
+
 def test_source_agent_killed_in_phase_2_rolls_back_on_restart(make_agent):
     a, b = two_agents(make_agent)
     a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": SLOW})
@@ -88,10 +97,7 @@ def test_destination_killed_between_received_and_commit(make_agent):
     a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
     wait_point(b, "dest-after-received")
     b.kill()
-    deadline = time.monotonic() + 30
-    while not (status := a.api("GET", "vms/vm-1/migrate")).get("doubt"):
-        assert time.monotonic() < deadline, status
-        time.sleep(0.2)
+    status = wait_doubt(a, "paused on this host")
     assert "paused on this host" in status["doubt"] and "migrate-settle" in status["doubt"]
     assert len(qemu_pids(a, "vm-1")) == 1 and a.vm("vm-1")["state"] == "migrating"
     restart(b)  # discards what never committed; the source, asking again, resumes its copy
@@ -224,10 +230,7 @@ def test_lost_destination_session_discarded_there_resumes_the_source(make_agent)
     b.start()
     lost = wait_state(b, "lost")
     assert [i["path"] for i in lost["images"]] == [str(b.root / "images" / "vm-1.qcow2")]
-    deadline = time.monotonic() + 30
-    while "lost its QEMU" not in (a.api("GET", "vms/vm-1/migrate").get("doubt") or ""):
-        assert time.monotonic() < deadline, a.api("GET", "vms/vm-1/migrate")
-        time.sleep(0.2)
+    wait_doubt(a, "lost its QEMU")
     assert len(qemu_pids(a, "vm-1")) == 1 and a.vm("vm-1")["state"] == "migrating"  # paused, not resumed
     shown = b.cli("vm", "migrate-status", "vm-1").stdout
     assert "journal: destination lost" in shown and "--discard-here" in shown, shown
@@ -288,10 +291,7 @@ def test_destination_host_crash_before_committing_reached_its_disk_is_lost_not_d
     b.start()
     lost = wait_state(b, "lost")
     assert lost["source_state"] == "committed" and "rebooted" in states(b), states(b)
-    deadline = time.monotonic() + 30
-    while "lost its QEMU" not in (a.api("GET", "vms/vm-1/migrate").get("doubt") or ""):
-        assert time.monotonic() < deadline, a.api("GET", "vms/vm-1/migrate")
-        time.sleep(0.2)
+    wait_doubt(a, "lost its QEMU")
     assert len(qemu_pids(a, "vm-1")) == 1 and a.vm("vm-1")["state"] == "migrating"  # paused, not resumed
     shown = b.cli("vm", "migrate-status", "vm-1").stdout
     assert "restarted before the commit's record reached its disk" in shown and "--discard-here" in shown, shown

@@ -16,6 +16,7 @@ from qvplan.pqc import HostIdentity, TrustStore, open_channel
 
 from ..agents import ApiError, guest_vm, mutual_trust
 from ..migration.helpers import runs_only_on, start_guest, wait_outcome
+from ..migration.invariant import wait_point
 from ..migration.proxy import TapProxy
 
 MIB = 1 << 20
@@ -89,11 +90,7 @@ def test_a_data_channel_from_another_trusted_host_is_refused_by_the_destination(
     c.trust(b)
     start_guest(a, memory="64M", working_set="2M")
     a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {}})
-    paused = a.state / "faults" / "source-before-commit.reached"
-    deadline = time.monotonic() + 60
-    while not paused.exists():
-        assert time.monotonic() < deadline, a.api("GET", "vms/vm-1/migrate")
-        time.sleep(0.1)
+    wait_point(a, "source-before-commit")
     session = a.api("GET", "vms/vm-1/migrate")["session"]
 
     async def intrude() -> dict:
@@ -166,11 +163,7 @@ def test_session_state_is_answered_to_the_session_s_peer_only(make_agent) -> Non
         mutual_trust(x, y)
     start_guest(a, memory="64M", working_set="2M")
     a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": {}})
-    paused = a.state / "faults" / "source-before-commit.reached"
-    deadline = time.monotonic() + 60
-    while not paused.exists():
-        assert time.monotonic() < deadline, a.api("GET", "vms/vm-1/migrate")
-        time.sleep(0.1)
+    wait_point(a, "source-before-commit")
     session = a.api("GET", "vms/vm-1/migrate")["session"]
 
     async def ask(asker, target) -> dict:
