@@ -190,7 +190,8 @@ def migrate_cancel(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def migrate_settle(ctx: click.Context, name: str, decision: str | None) -> None:
     """Settle a migration left in doubt: on the source, the VM paused here after commit and the destination
-    silent; on the destination, a session whose QEMU died after commit (--discard-here only)."""
+    silent; on the destination, a session whose QEMU died after commit, or that a host restart left
+    waiting for the source's word (--discard-here only)."""
     if decision is None:
         raise UsageError("say where the guest lives: --resume-here or --discard-here",
                          f"check the destination first: `quantavirt vm migrate-status {name}` there")

@@ -322,6 +322,31 @@ def test_destination_host_crash_before_the_commit_is_discarded_by_the_source_s_w
     exactly_one(a, b)
 
 
+def test_a_rebooted_destination_whose_source_is_silent_keeps_asking_until_the_operator_settles(make_agent):
+    """The destination host crashes in the switchover while its source agent is down too: the
+    restarted destination keeps the session `rebooted` (definition kept, asking with backoff) and
+    says so; the operator settles it there with --discard-here. The source agent, restarted before
+    its commit, then rolls back on its own: the guest runs there, once."""
+    a, b = two_agents(make_agent, a_at="source-before-commit")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(a, "source-before-commit")  # awaiting-commit: the guest paused here, loaded there
+    kill_with_its_qemu(b, "vm-1")
+    a.kill()  # its QEMU stays, paused
+    b.env = {BOOT: "after-a-crash"}
+    b.start()
+    wait_state(b, "rebooted")
+    time.sleep(2)  # a few rounds of asking a source that does not answer
+    assert journal(b)[-1]["state"] == "rebooted" and (b.state / "vms" / "vm-1").exists()
+    shown = b.cli("vm", "migrate-status", "vm-1").stdout
+    assert "asking the source" in shown and "--discard-here" in shown, shown
+    settled = b.cli("vm", "migrate-settle", "vm-1", "--discard-here")
+    assert settled.returncode == 0, settled.stderr
+    assert journal(b)[-1]["state"] == "discarded" and journal(b)[-1]["settled_by"] == "operator"
+    restart(a)
+    wait_state(a, "rolled-back")
+    exactly_one(a, b)
+
+
 def test_status_by_session_answers_for_that_move_after_a_newer_one(pair):
     """`GET …/migrate?session=S` (apply follows its move by it): the journal's word on S, even once
     a later migration of the same VM is the newest on that host."""
