@@ -1,5 +1,5 @@
-"""Smoke runs of the long benches (bench/chaos.py, bench/soak.py), so they keep working; their
-full runs (chaos 50/200, soak 100) are not part of the suite."""
+"""Smoke runs of the long benches (bench/chaos.py, bench/soak.py, bench/pqc_channel.py), so they
+keep working; their full runs (chaos 50/200, soak 100, the channel's GiB) are not part of the suite."""
 
 from __future__ import annotations
 
@@ -21,7 +21,14 @@ def test_chaos_smoke_one_offline_fault():
 
 
 def test_soak_smoke_two_round_trips():
-    run = bench("bench/soak.py", "--count", "2", "--warmup", "1", "--anchor", "2")
+    run = bench("bench/soak.py", "--count", "2", "--warmup", "1", "--anchor", "2", "--disk-writer")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "failures: 0" in run.stdout and "pause − QEMU downtime" in run.stdout
+    assert "flushes of 8 MiB meanwhile" in run.stdout
     assert "anchor: pause (2)" in run.stdout and "ours ÷ anchor" in run.stdout
+
+
+def test_channel_bench_smoke_carries_the_migration_data_path():
+    run = bench("bench/pqc_channel.py", "--size", "64M", "--handshakes", "3", "--repeat", "1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "migration data path (streams/relay.py)" in run.stdout and "s/GiB" in run.stdout, run.stdout
