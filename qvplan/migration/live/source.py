@@ -262,12 +262,19 @@ class SourceMigration(MigrationJob):
                 self.status.history.synced(number, event_time(event))  # the pass's true start (passes.py)
                 with contextlib.suppress(Exception):
                     info = await qmp.execute("query-migrate")
-                    self.status.update_from_qemu(info)
+                    self._figures(info)
                     await self.budget.update(qmp, info)  # the ramp's next step from this pass on
                 if self.status.forced_stop_and_copy:
                     continue  # the guest is paused: what QEMU still counts is stop-and-copy
                 self.status.iteration = max(self.status.iteration, number)
                 self._publish_passes(number)
+
+    def _figures(self, info: dict[str, Any]) -> None:
+        """QEMU's figures into the status, and a `pass` event for every pass they count that had
+        none yet: a status read at any moment (an events stream's first snapshot) never counts a
+        pass whose event is still to come."""
+        self.status.update_from_qemu(info)
+        self._publish_passes(self.status.iteration)
 
     def _publish_passes(self, upto: int) -> None:
         """Exactly one `pass` event per pass up to `upto`, in order, whoever sees it first."""
@@ -296,7 +303,7 @@ class SourceMigration(MigrationJob):
                 query.add_done_callback(_ignore)  # its answer no longer matters: commit comes first
                 return info
             info = await query
-            self.status.update_from_qemu(info)
+            self._figures(info)
             await self.budget.update(qmp, info)  # QEMU's downtime-limit from what we measure (downtime.py)
             self.status.disk_writeback = self.flusher.expected()
             state = info.get("status")
@@ -405,7 +412,7 @@ class SourceMigration(MigrationJob):
         with contextlib.suppress(Exception):
             final = await self.vm.proc.qmp.execute("query-migrate")
             log.debug("%s: QEMU's figures at the end: %s", self.vm.name, final)
-            self.status.update_from_qemu(final if final.get("status") == "completed" else info)
+            self._figures(final if final.get("status") == "completed" else info)
         self._publish_passes(self.status.iteration)
         # Release the source VM before the outcome is visible: whoever sees COMPLETED must find
         # the VM on the destination only.
