@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,6 +16,8 @@ from ..units import parse_size
 from .config import AgentConfig
 from .events import EventHub
 from .registry import Registry
+
+log = logging.getLogger(__name__)
 
 # Tests of the version policies need two agents of different versions from one checkout: this
 # variable (documented in the README, test and lab use only) sets the version an agent reports.
@@ -29,6 +32,7 @@ class Host:
 
     def __init__(self, config: AgentConfig, state_override: str | None = None) -> None:
         from ..vmm import detect_accel
+        from ..vmm.confine import Confinement
 
         self.config = config
         self.state_dir: Path = config.state_dir(state_override)
@@ -37,9 +41,14 @@ class Host:
         self.identity = HostIdentity.load_or_create(self.state_dir)
         self.trust = TrustStore(self.state_dir)
         self.provider_name = get_provider().name
-        self.accel = detect_accel()
+        accel = detect_accel()
+        confinement = Confinement.for_agent(kvm=accel == "kvm")  # sandbox; own user under a root agent
+        if accel == "kvm" and not confinement.kvm:
+            log.warning("KVM works here but QEMU's user %s cannot open /dev/kvm (no group grants it): "
+                        "guests run under TCG", confinement.user)
+        self.accel = "kvm" if confinement.kvm else "tcg"
         self.events = EventHub()
-        self.registry = Registry(self.state_dir, self.pools, self.accel, self.events,
+        self.registry = Registry(self.state_dir, self.pools, self.accel, self.events, confinement,
                                  shared=config.storage.shared)
         self.version = os.environ.get(VERSION_OVERRIDE) or __version__  # what peers and facts are told
 

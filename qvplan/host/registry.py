@@ -66,7 +66,7 @@ class VM:
 
 class Registry:
     def __init__(self, state_dir: Path, pools: dict[str, Path], accel: str, events: EventHub,
-                 shared: list[str] | None = None) -> None:
+                 confinement: Confinement, shared: list[str] | None = None) -> None:
         self.root = state_dir / "vms"
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.pools = pools
@@ -74,7 +74,7 @@ class Registry:
         self.accel = accel
         self.events = events
         self.vms: dict[str, VM] = {}
-        self.confinement = Confinement.for_agent()  # sandbox; own user under a root agent
+        self.confinement = confinement
 
     # -- loading -------------------------------------------------------------------------
 

@@ -19,7 +19,10 @@ before exec instead. That user can reach only what the agent hands it:
   into the run directory;
 - the pidfile, written by the agent (QEMU's own `-pidfile` resolves the full path);
 - its disks, opened by the agent and passed as file descriptors (`-add-fd` + `/dev/fdset/N`):
-  QEMU needs no access to the pools at all, and never opens a path of its own choosing.
+  QEMU needs no access to the pools at all, and never opens a path of its own choosing;
+- `/dev/kvm`, through the device's group (`kvm` on Debian) as QEMU's one supplementary group,
+  when the agent found KVM working and the device grants its group read and write. Otherwise
+  that user cannot open it, and the agent runs its guests under TCG instead.
 
 An unprivileged agent cannot switch user: its QEMU keeps the agent's user, in the sandbox.
 """
@@ -46,6 +49,7 @@ QEMU_USER = "quantavirt-qemu"
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 RUN_DIR_MODE = 0o1770  # root:qemu-group, sticky: QEMU adds files, cannot replace the agent's
 USERADD = f"useradd --system --no-create-home --shell /usr/sbin/nologin {QEMU_USER}"
+KVM_DEVICE = "/dev/kvm"
 
 
 class ConfinementError(QemuError):
@@ -73,12 +77,16 @@ class Confinement:
     user: str | None = None
     uid: int | None = None
     gid: int | None = None
+    groups: tuple[int, ...] = ()  # supplementary groups QEMU keeps (the KVM device's)
+    kvm: bool = False  # QEMU under this confinement can open /dev/kvm
 
     @classmethod
-    def for_agent(cls, user: str = QEMU_USER) -> Confinement:
-        """Sandbox always; under a root agent also the unprivileged user, which must exist."""
+    def for_agent(cls, user: str = QEMU_USER, kvm: bool = False, device: str = KVM_DEVICE) -> Confinement:
+        """Sandbox always; under a root agent also the unprivileged user, which must exist.
+        `kvm`: the agent found KVM working (vmm.host.detect_accel); QEMU keeps it only where its
+        user can reach `device` through the device's group."""
         if os.geteuid() != 0:
-            return cls()
+            return cls(kvm=kvm)  # QEMU keeps the agent's user, which the detection ran as
         try:
             entry = pwd.getpwnam(user)
         except KeyError:
@@ -86,7 +94,9 @@ class Confinement:
                                    f"run make setup, or create it: {USERADD}") from None
         if entry.pw_uid == 0 or entry.pw_gid == 0:
             raise ConfinementError(f"the QEMU user {user!r} has uid or gid 0", "make it an unprivileged system user")
-        return cls(user=user, uid=entry.pw_uid, gid=entry.pw_gid)
+        group = device_group(device) if kvm else None
+        return cls(user=user, uid=entry.pw_uid, gid=entry.pw_gid, groups=(group,) if group is not None else (),
+                   kvm=group is not None)
 
     @property
     def switches_user(self) -> bool:
@@ -105,7 +115,8 @@ class Confinement:
         if taps:
             prefix += [sys.executable, "-c", TAP_OPENER, *(f"{name}:{fd}" for name, fd in taps), "--"]
         if self.switches_user:
-            prefix += ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups", "--"]
+            groups = f"--groups={','.join(map(str, self.groups))}" if self.groups else "--clear-groups"
+            prefix += ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", groups, "--"]
         return [*prefix, *argv], {"umask": 0o077}
 
     def popen_args(self) -> dict[str, Any]:
@@ -113,7 +124,7 @@ class Confinement:
         run directory and before exec; files QEMU creates are private (umask 077)."""
         args: dict[str, Any] = {"umask": 0o077}
         if self.switches_user:
-            args.update(user=self.uid, group=self.gid, extra_groups=[])
+            args.update(user=self.uid, group=self.gid, extra_groups=list(self.groups))
         return args
 
     def prepare_run_dir(self, run_dir: Path) -> None:
@@ -143,6 +154,17 @@ class Confinement:
         if self.switches_user:
             os.chown(path, 0, self.gid)
             os.chmod(path, 0o660)
+
+
+def device_group(path: str) -> int | None:
+    """The group through which an unprivileged user may read and write device `path`: its own
+    group, when the mode grants that group rw and the group is not root's; else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    granted = st.st_mode & (stat.S_IRGRP | stat.S_IWGRP) == stat.S_IRGRP | stat.S_IWGRP
+    return st.st_gid if stat.S_ISCHR(st.st_mode) and granted and st.st_gid != 0 else None
 
 
 def sandbox_args(qemu: str) -> list[str]:

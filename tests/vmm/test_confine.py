@@ -244,3 +244,72 @@ async def test_a_tap_nic_is_created_for_qemu_of_its_own_user(tmp_path: Path) -> 
     while link_exists(tap) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not link_exists(tap)
+
+
+def proc_groups(pid: int) -> set[int]:
+    """A process's supplementary groups, as the kernel lists them."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Groups:"):
+            return {int(g) for g in line.split()[1:]}
+    raise AssertionError(f"no Groups line for {pid}")
+
+
+def char_device(path: Path, gid: int, mode: int) -> str:
+    """A character device node (/dev/null's numbers) standing in for /dev/kvm."""
+    os.mknod(path, stat.S_IFCHR | mode, os.makedev(1, 3))
+    os.chown(path, 0, gid)
+    os.chmod(path, mode)
+    return str(path)
+
+
+@root_only
+def test_the_kvm_device_is_reached_only_through_a_group_that_grants_it(tmp_path: Path) -> None:
+    granted = Confinement.for_agent(kvm=True, device=char_device(tmp_path / "kvm-g", 4242, 0o660))
+    assert granted.kvm and granted.groups == (4242,)
+    for name, gid, mode in (("kvm-private", 4242, 0o600), ("kvm-root", 0, 0o660)):
+        refused = Confinement.for_agent(kvm=True, device=char_device(tmp_path / name, gid, mode))
+        assert not refused.kvm and refused.groups == ()
+    assert Confinement.for_agent(kvm=True, device=str(tmp_path / "absent")).groups == ()
+    not_asked = Confinement.for_agent(kvm=False, device=str(tmp_path / "kvm-g"))
+    assert not not_asked.kvm and not_asked.groups == ()
+
+
+def test_an_unprivileged_agent_keeps_the_kvm_it_detected(monkeypatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert Confinement.for_agent(kvm=True).kvm and not Confinement.for_agent(kvm=False).kvm
+
+
+@needs_qemu
+@root_only
+async def test_qemu_keeps_the_kvm_group_and_no_other(tmp_path: Path) -> None:
+    """The user switch keeps exactly the device's group as QEMU's supplementary group, by both
+    launch paths (Popen's user switch, and setpriv after `ip netns exec`)."""
+    conf = Confinement.for_agent(kvm=True, device=char_device(tmp_path / "kvm", 4242, 0o660))
+    proc = QemuProcess(guest_spec("tg"), run_dir=tmp_path / "run", accel="tcg", confinement=conf)
+    await proc.start()
+    try:
+        assert proc.pid is not None and ps_user(proc.pid) == QEMU_USER
+        assert proc_groups(proc.pid) == {4242}
+    finally:
+        await proc.stop(graceful=False)
+    argv, _ = conf.launch(["true"], netns="qv-any")
+    assert argv[argv.index("setpriv") + 3] == "--groups=4242"
+    assert "--clear-groups" in Confinement.for_agent().launch(["true"], netns="qv-any")[0]
+
+
+@needs_qemu
+@root_only
+def test_the_agent_runs_its_guests_with_the_accelerator_it_reports(make_agent) -> None:
+    """Where KVM works, the agent's QEMU (its own user) must be able to use it; where it does not,
+    TCG. Checked on QEMU's command line and by the guest running."""
+    from qvplan.vmm import detect_accel
+
+    agent = make_agent("hv-a")
+    reported = agent.api("GET", "host")["accelerator"]
+    assert reported == detect_accel()
+    agent.api("POST", "vms", guest_vm("vm-1", memory="64M", working_set="4M"))
+    agent.api("POST", "vms/vm-1/start", {})
+    pid = int((agent.state / "vms/vm-1/run/qemu.pid").read_text())
+    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    assert argv[argv.index(b"-accel") + 1].decode().split(",")[0] == reported
+    assert agent.vm("vm-1")["state"] == "running"
