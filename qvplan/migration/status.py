@@ -44,6 +44,8 @@ class MigrationStatus:
     storage_rate: float = 0.0  # bytes/s of the bulk copy (first mirror start → last in sync)
     storage_phase: bool = False  # the block phase: disks copying, memory not yet moving
     forced_stop_and_copy: bool = False
+    # past --max-iterations, the source holds its stop until the pause would fit --max-downtime
+    waiting_to_fit: bool = False
     cpu_throttle: int = 0  # auto-converge's vCPU throttle, % (QEMU only raises it; kept after the end)
     percent: float = 0.0  # never runs backwards
     doubt: str | None = None  # after commit, while the destination's word is missing: where the VM is, what settles it
@@ -133,7 +135,8 @@ class MigrationStatus:
             f"Progress:        {self.percent:.0f}% ({format_size(self.transferred)} / "
             f"{format_size(self.total)} transferred)",
             f"Iteration:       {self.iteration} / {self.max_iterations}"
-            + (" (forced stop-and-copy)" if self.forced_stop_and_copy else ""),
+            + (" (forced stop-and-copy)" if self.forced_stop_and_copy else "")
+            + (" (past the budget: stopping once the pause fits --max-downtime)" if self.waiting_to_fit else ""),
             f"Dirty Rate:      {format_rate(self.dirty_rate)}",
             f"Transfer Rate:   {format_rate(self.transfer_rate)}",
         ]

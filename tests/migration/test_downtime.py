@@ -138,3 +138,21 @@ async def test_the_bulk_pass_limit_is_set_before_migrate_and_steps_with_the_pass
     assert qmp.calls == [("migrate-set-parameters", {"downtime-limit": int(max(FLOOR * MAX, full * RAMP[0]) * 1000)})]
     await b.update(qmp, _info(passes=2))
     assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": int(full * RAMP[1] * 1000)})
+
+
+async def test_a_stop_fits_only_when_the_remainder_and_costs_drain_within_max_downtime(monkeypatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(downtime.time, "monotonic", lambda: clock[0])
+    carried, in_flight = [0], [0]
+    b = DowntimeBudget(MAX, 4, lambda: in_flight[0], lambda: carried[0], CommitCosts(prior=0.03))
+    qmp = RecordingQMP()
+    await b.update(qmp, _info(passes=5))
+    assert b.expected_pause(1) is None and not b.fits(0)  # no rate measured yet: never "fits"
+    clock[0] += 1.0
+    carried[0] = 100_000_000  # 100 MB/s
+    in_flight[0] = 5_000_000  # 50 ms of it
+    await b.update(qmp, _info(passes=5))
+    # 20 MB left + 5 MB in flight at 100 MB/s, and the 30 ms the commit costs: 280 ms
+    assert b.expected_pause(20_000_000) == pytest.approx(0.28)
+    assert not b.fits(20_000_000)  # over 300 ms × (1 − MARGIN)
+    assert b.fits(15_000_000)  # 230 ms

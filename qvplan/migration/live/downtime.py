@@ -24,7 +24,11 @@ memory size times the seconds per byte this host's recent comparisons took (`Ram
 (streams/carrier.accept_stream), so a backlog waits in this host's sockets where it is counted.
 A smaller limit makes pre-copy harder to finish: in its last LAST_PASSES passes before
 --max-iterations the budget gives QEMU the whole max-downtime, since a forced stop-and-copy
-would pause the guest for all that is still dirty.
+would pause the guest for all that is still dirty. Past --max-iterations the source stops the
+guest itself, but with auto-converge on only once `fits` says the pause stays within
+max-downtime (the throttle keeps rising meanwhile; --timeout bounds the wait): the pause
+promise holds for a forced stop too. Without auto-converge nothing would ever make it fit, so
+the stop comes at --max-iterations, as the spec says, and pauses for all that is left.
 
 The limit also ramps up over the first passes (RAMP, shares of the budget; as OpenStack Nova's
 downtime steps): QEMU stops the guest as soon as what is left fits its limit at its bandwidth, so
@@ -143,6 +147,7 @@ class DowntimeBudget:
         self.ram_checked = 0  # bytes of guest RAM the pause will compare (0: no RAM check)
         self.limit: float | None = None  # last limit given to QEMU
         self.drain = 0.0  # the in-flight drain the last limit assumed
+        self.rate = 0.0  # bytes/s the relays carried, as of the last update
         self._marks: collections.deque[tuple[float, int]] = collections.deque()
 
     def _rate(self) -> float:
@@ -167,15 +172,31 @@ class DowntimeBudget:
             return  # before setup completes there is nothing to budget; after, QEMU has decided
         rate = self._rate()
         in_flight = self._in_flight()
+        self.rate = rate
         self.drain = in_flight / rate if rate > 0 else 0.0
         passes = int((info.get("ram") or {}).get("dirty-sync-count", 0))
         await self._set(qmp, self._limit(passes, in_flight, rate))
 
+    def _overhead(self) -> float:
+        return self._costs.overhead() + self.ram_checked * self._ram_checks.per_byte() + self._flush()
+
     def _limit(self, passes: int, in_flight: int, rate: float) -> float:
         if passes >= self.max_iterations - LAST_PASSES:
             return self.max_downtime  # converge now rather than be stopped with everything dirty
-        overhead = self._costs.overhead() + self.ram_checked * self._ram_checks.per_byte() + self._flush()
-        return budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=overhead, passes=passes)
+        return budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=self._overhead(), passes=passes)
+
+    def expected_pause(self, remaining: int) -> float | None:
+        """Seconds a stop now would pause the guest: what QEMU still has to send and what is in
+        flight, at the rate the relays carry, plus the commit's and the stop's own costs. None
+        before a rate was measured."""
+        if self.rate <= 0:
+            return None
+        return (remaining + self._in_flight()) / self.rate + self._overhead()
+
+    def fits(self, remaining: int) -> bool:
+        """Would a stop now keep the pause within max-downtime (with the noise MARGIN)?"""
+        pause = self.expected_pause(remaining)
+        return pause is not None and pause <= self.max_downtime * (1 - MARGIN)
 
     async def _set(self, qmp: QMP, limit: float) -> None:
         if self.limit is not None and abs(limit - self.limit) < MIN_CHANGE:

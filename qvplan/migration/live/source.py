@@ -247,6 +247,7 @@ class SourceMigration(MigrationJob):
         with qmp.listener(("STOP",)) as listener:
             async for event in listener:
                 self._stop_at = event_time(event)
+                self.status.waiting_to_fit = False  # stopped, by us or by QEMU: nothing waits any more
                 self.flusher.stop()  # QEMU flushes what is left itself, as the guest stops
                 self.status.history.stopped(self._stop_at)  # passes from here dirty nothing (passes.py)
                 if not self._gc_held and not self._ended:  # the guest paused: no full collection until the end
@@ -322,7 +323,7 @@ class SourceMigration(MigrationJob):
             self._publish("progress")
             self._check_limits()
             if (self.status.iteration >= self.flags.max_iterations and not self.status.forced_stop_and_copy
-                    and state == "active" and await run_state(qmp) == "running"):
+                    and state == "active" and self._stop_fits(info) and await run_state(qmp) == "running"):
                 # Force stop-and-copy: pause the guest so nothing more is dirtied; QEMU then sends
                 # what is left and the destination resumes it. Not once QEMU has stopped the guest
                 # itself (finish-migrate): its stop-and-copy passes count too, but it converged.
@@ -335,6 +336,24 @@ class SourceMigration(MigrationJob):
             elif time.monotonic() - last_move_time > STALL_LIMIT:
                 raise self._reset(f"no progress for {STALL_LIMIT:.0f}s")
             await asyncio.wait({self._from_dest}, timeout=POLL)
+
+    def _stop_fits(self, info: dict[str, Any]) -> bool:
+        """Past --max-iterations: stop now? With auto-converge, only once the pause would stay
+        within --max-downtime (downtime.py); until then the throttle keeps rising and the status
+        says why the passes go on. Without it, at once (the spec's forced stop-and-copy)."""
+        if not self.flags.auto_converge:
+            return True
+        remaining = int((info.get("ram") or {}).get("remaining", 0))
+        if self.budget.fits(remaining):
+            return True
+        if not self.status.waiting_to_fit:
+            self.status.waiting_to_fit = True
+            expected = self.budget.expected_pause(remaining)
+            log.info("%s: past --max-iterations with %d bytes dirty (a stop now would pause ~%s ms): waiting "
+                     "for auto-converge to bring it within --max-downtime", self.vm.spec.name, remaining,
+                     "?" if expected is None else f"{expected * 1000:.0f}")
+            self._publish("progress")
+        return False
 
     def _received(self) -> bool:
         assert self._from_dest is not None
