@@ -156,3 +156,15 @@ async def test_a_stop_fits_only_when_the_remainder_and_costs_drain_within_max_do
     assert b.expected_pause(20_000_000) == pytest.approx(0.28)
     assert not b.fits(20_000_000)  # over 300 ms × (1 − MARGIN)
     assert b.fits(15_000_000)  # 230 ms
+
+
+async def test_a_stop_that_waits_to_fit_keeps_the_budget_in_the_last_passes() -> None:
+    """With auto-converge the forced stop waits until the pause fits, so the last passes before
+    --max-iterations need not hand QEMU the whole max-downtime (its own estimate overruns it)."""
+    qmp = RecordingQMP()
+    waits = DowntimeBudget(MAX, 30, lambda: 0, lambda: 0, CommitCosts(prior=0.05), forced_stop_fits=True)
+    await waits.update(qmp, _info(passes=27))
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 220})  # 270 - 50, as before the end
+    spec = DowntimeBudget(MAX, 30, lambda: 0, lambda: 0, CommitCosts(prior=0.05))
+    await spec.update(qmp, _info(passes=27))
+    assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": 300})

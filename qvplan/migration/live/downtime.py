@@ -22,13 +22,14 @@ memory size times the seconds per byte this host's recent comparisons took (`Ram
 
 `rate` is what the relays carried over the last second. The destination keeps its queues short
 (streams/carrier.accept_stream), so a backlog waits in this host's sockets where it is counted.
-A smaller limit makes pre-copy harder to finish: in its last LAST_PASSES passes before
---max-iterations the budget gives QEMU the whole max-downtime, since a forced stop-and-copy
-would pause the guest for all that is still dirty. Past --max-iterations the source stops the
-guest itself, but with auto-converge on only once `fits` says the pause stays within
-max-downtime (the throttle keeps rising meanwhile; --timeout bounds the wait): the pause
-promise holds for a forced stop too. Without auto-converge nothing would ever make it fit, so
-the stop comes at --max-iterations, as the spec says, and pauses for all that is left.
+Past --max-iterations the source stops the guest itself, but with auto-converge on only once
+`fits` says the pause stays within max-downtime (the throttle keeps rising meanwhile; --timeout
+bounds the wait): the pause promise holds for a forced stop too, and every pass keeps the margin
+and the costs back (the whole max-downtime in the last passes let QEMU's own misestimate
+through: a 2 GiB guest paused 348 ms at 300). Without auto-converge nothing would ever make it
+fit, so the stop comes at --max-iterations, as the spec says, and pauses for all that is left;
+then, as a smaller limit makes pre-copy harder to finish, QEMU gets the whole max-downtime in
+the last LAST_PASSES passes before it.
 
 The limit also ramps up over the first passes (RAMP, shares of the budget; as OpenStack Nova's
 downtime steps): QEMU stops the guest as soon as what is left fits its limit at its bandwidth, so
@@ -140,8 +141,13 @@ class DowntimeBudget:
 
     def __init__(self, max_downtime: float, max_iterations: int, in_flight: Callable[[], int],
                  carried: Callable[[], int], costs: CommitCosts = COSTS,
-                 ram_checks: RamCheckCosts = RAM_CHECKS, flush: Callable[[], float] = lambda: 0.0) -> None:
+                 ram_checks: RamCheckCosts = RAM_CHECKS, flush: Callable[[], float] = lambda: 0.0,
+                 forced_stop_fits: bool = False) -> None:
         self.max_downtime, self.max_iterations = max_downtime, max_iterations
+        # True when the stop at --max-iterations waits until `fits` (auto-converge on): then no
+        # pass needs the whole max-downtime to escape an unbounded forced stop, and every pass
+        # keeps the margin and the measured costs back
+        self.forced_stop_fits = forced_stop_fits
         self._in_flight, self._carried, self._flush = in_flight, carried, flush
         self._costs, self._ram_checks = costs, ram_checks
         self.ram_checked = 0  # bytes of guest RAM the pause will compare (0: no RAM check)
@@ -181,7 +187,7 @@ class DowntimeBudget:
         return self._costs.overhead() + self.ram_checked * self._ram_checks.per_byte() + self._flush()
 
     def _limit(self, passes: int, in_flight: int, rate: float) -> float:
-        if passes >= self.max_iterations - LAST_PASSES:
+        if passes >= self.max_iterations - LAST_PASSES and not self.forced_stop_fits:
             return self.max_downtime  # converge now rather than be stopped with everything dirty
         return budget(self.max_downtime, in_flight=in_flight, rate=rate, overhead=self._overhead(), passes=passes)
 

@@ -57,7 +57,8 @@ class SourceMigration(MigrationJob):
         # the guest's unwritten disk data, written back before and during pre-copy (flush.py)
         self.flusher = DiskFlusher((disk.resolve(host.pools) for disk in vm.spec.disks), drop=True)
         self.budget = DowntimeBudget(flags.max_downtime, flags.max_iterations, self.carrier.in_flight,
-                                     self.carrier.carried, flush=self.flusher.expected)
+                                     self.carrier.carried, flush=self.flusher.expected,
+                                     forced_stop_fits=flags.auto_converge)  # see _stop_fits
         self.mirrors: DiskMirrors | None = None  # with --storage-migrate, once phase 1 passed
         self._switched = False  # pre-switchover handled (mirrors completed, migration continued)
         self._watch_stop: asyncio.Future[None] | None = None
