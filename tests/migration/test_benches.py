@@ -1,5 +1,6 @@
-"""Smoke runs of the long benches (bench/chaos.py, bench/soak.py, bench/pqc_channel.py), so they
-keep working; their full runs (chaos 50/200, soak 100, the channel's GiB) are not part of the suite."""
+"""Smoke runs of the long benches (bench/chaos.py, bench/soak.py, bench/pqc_channel.py,
+bench/storage.py), so they keep working; their full runs (chaos 50/200, soak 100, the channel's
+GiB, 384 MiB disks) are not part of the suite."""
 
 from __future__ import annotations
 
@@ -32,3 +33,11 @@ def test_channel_bench_smoke_carries_the_migration_data_path():
     run = bench("bench/pqc_channel.py", "--size", "64M", "--handshakes", "3", "--repeat", "1")
     assert run.returncode == 0, run.stdout + run.stderr
     assert "migration data path (streams/relay.py)" in run.stdout and "s/GiB" in run.stdout, run.stdout
+
+
+def test_storage_bench_smoke_times_every_offline_row():
+    run = bench("bench/storage.py", "--size", "16M", "--runs", "1", "--warmup", "0", "--no-mirror")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for path in ("local copy", "PQC channel alone", "offline via agents", "--compress (zstd)"):
+        assert path in run.stdout, run.stdout
+    assert "target: offline ≥ 0.6" in run.stdout, run.stdout
