@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 OUTGOING = "outgoing.json"
 TRASH_PREFIX = ".qv-removed-"  # a moved VM's disk file, renamed until it is deleted
+# Bytes freed per truncation when `remove` deletes a disk file: each step is one short filesystem
+# transaction (see `remove`).
+DELETE_STEP = 32 << 20
 RETRY_CAP = 60.0
 _settling: set[asyncio.Task[None]] = set()  # strong references to running _settle tasks
 
@@ -90,11 +94,37 @@ def release(host: Host, vm: VM) -> list[Path]:
 
 
 def remove(trash: list[Path]) -> None:
+    """Delete the files, a large one by shrinking it DELETE_STEP at a time before the unlink.
+
+    Freeing all of a large file's blocks at once holds one ext4 transaction open for as long as it
+    takes (~70 ms for 384 MiB here), and every fsync on the host waits for it: the next
+    migration's first journal line took 15–76 ms instead of 1–2 (bench/storage.py, back-to-back
+    moves). In steps, each fsync waits for one step at most. Only a regular file with no other
+    link is shrunk (a hard link planted under a trash name keeps its data); anything else,
+    symlinks included, is just unlinked."""
     for path in trash:
+        try:
+            _shrink(path)
+        except OSError as err:
+            log.debug("%s not shrunk before removal: %s", path, err.strerror)
         try:
             path.unlink()
         except OSError as err:
             log.warning("could not remove %s: %s", path, err)
+
+
+def _shrink(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            return
+        size = info.st_size
+        while size > DELETE_STEP:
+            size -= DELETE_STEP
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
 
 
 def sweep(host: Host) -> None:
