@@ -21,7 +21,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from qvplan.migration.offline import direct as direct_module
+from qvplan.migration.offline import recovery
 from qvplan.migration.offline.destination import check_room
+from qvplan.migration.offline.direct import DirectWriter
 from qvplan.migration.offline.disks import (
     HEADER,
     RAW,
@@ -415,21 +418,85 @@ def test_after_a_bad_chunk_the_sink_writes_nothing(tmp_path):
         assert f.read(MIB) == bytes(MIB)  # nothing of the later record landed
 
 
-def test_a_short_write_fails_the_disk_instead_of_landing_a_hole(tmp_path):
-    """A file-size limit makes the kernel write part of a chunk (then EFBIG): the sink must not
-    count the chunk as written (the old code took pwrite's short count for a whole chunk)."""
+@pytest.mark.parametrize("direct", [True, False], ids=["past-the-cache", "page-cache"])
+def test_a_short_write_fails_the_disk_instead_of_landing_a_hole(tmp_path, monkeypatch, direct):
+    """A file-size limit makes the kernel write part of a chunk (then EFBIG): the disk must fail
+    (the old code took pwrite's short count for a whole chunk). Through the page cache the chunk's
+    own write raises; past it (offline/direct.py) the writing thread's error fails the next write
+    or, at the latest, `finish`, before any digest is compared."""
+    if not direct:
+        monkeypatch.setattr(DirectWriter, "open", classmethod(lambda cls, fd, name, chunk: None))
     sink = DiskSink(tmp_path / "dst.img", 8 * MIB, key=bytes(32))
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (MIB + MIB // 2, hard))  # Python ignores SIGXFSZ
     try:
         with pytest.raises(OSError) as err:
             sink.write(HEADER.pack(RAW, MIB, MIB) + os.urandom(MIB))
+            sink.finish("0" * 64, MIB)
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
     assert err.value.errno == errno.EFBIG
-    assert sink.written == 0
+    assert sink.written == (MIB if direct else 0)  # queued past the cache, never finished
     assert (tmp_path / "dst.img").stat().st_blocks * 512 == MIB // 2  # the kernel did write half of it
     sink.close()
+
+
+def _resident(path: Path) -> int:
+    """Bytes of `path` in the page cache, as util-linux's fincore counts them (mincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip())
+
+
+def test_aligned_chunks_land_past_the_page_cache_and_an_odd_tail_through_it(tmp_path):
+    """The fresh image is written with O_DIRECT (offline/direct.py): after the copy almost none of
+    it is in this host's page cache (fincore), where buffered writes left all 24 MiB there."""
+    src, dst = tmp_path / "src.img", tmp_path / "dst.img"
+    src.write_bytes(os.urandom(24 * MIB + 1000))  # 24 aligned chunks, then a 1000-byte tail
+    copy_records(src, dst, compress=False)
+    assert _resident(dst) <= 64 << 10  # the tail's page, not the image
+    assert sha256(dst) == sha256(src)
+
+
+def test_where_o_direct_is_refused_the_image_goes_through_the_page_cache(tmp_path, monkeypatch):
+    """A file system that refuses O_DIRECT (EINVAL at open) gets the buffered writes, whole."""
+    real_open = direct_module.os.open
+
+    def refusing(path, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(direct_module.os, "open", refusing)
+    fd = os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT, 0o600)
+    assert DirectWriter.open(fd, "probe", MIB) is None
+    os.close(fd)
+    src, dst = sparse_file(tmp_path / "src.img"), tmp_path / "dst.img"
+    copy_records(src, dst, compress=True)
+    assert sha256(dst) == sha256(src)
+    assert _resident(dst) >= 4 * MIB  # the data extents stayed in the cache: written through it
+
+
+def test_trash_is_deleted_in_steps_and_a_planted_link_keeps_its_data(tmp_path, monkeypatch):
+    """recovery.remove shrinks a moved disk in DELETE_STEP truncations before the unlink (each a
+    short filesystem transaction); a hard link or a symlink under a trash name is only unlinked,
+    so whatever it points at keeps every byte."""
+    steps = []
+    real_ftruncate = os.ftruncate
+    monkeypatch.setattr(recovery.os, "ftruncate", lambda fd, size: (steps.append(size), real_ftruncate(fd, size)))
+    monkeypatch.setattr(recovery, "DELETE_STEP", 4 * MIB)
+    disk = tmp_path / f"{recovery.TRASH_PREFIX}a-disk.img"
+    disk.write_bytes(os.urandom(16 * MIB + 5))
+    precious = tmp_path / "precious.img"
+    precious.write_bytes(b"keep me" * MIB)
+    linked = tmp_path / f"{recovery.TRASH_PREFIX}b-link.img"
+    os.link(precious, linked)
+    symlinked = tmp_path / f"{recovery.TRASH_PREFIX}c-symlink.img"
+    symlinked.symlink_to(precious)
+    recovery.remove([disk, linked, symlinked])
+    assert steps == [12 * MIB + 5, 8 * MIB + 5, 4 * MIB + 5, 5]  # only the moved disk, down to one last step
+    assert not disk.exists() and not linked.exists() and not symlinked.is_symlink()
+    assert precious.read_bytes() == b"keep me" * MIB
 
 
 def test_room_is_checked_per_filesystem():

@@ -291,7 +291,8 @@ async def _receive(channel: SecureChannel, landing: Landing) -> None:
             sink.write(record)
             return True
 
-        flusher = DiskFlusher([target.staged])  # written back as it arrives: the final fsync has little left
+        # written back as it arrives (never waited for): the final fsync has little left
+        flusher = DiskFlusher([target.staged], wait=False)
         flusher.start()
         try:
             record = await receive_run(channel, write, idle=IDLE_TIMEOUT, stop=threading.Event())
