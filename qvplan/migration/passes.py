@@ -169,6 +169,17 @@ class PassHistory:
                 return p.dirty_rate
         return last.dirty_rate
 
+    def dirtied_since_sync(self, now: float) -> int:
+        """Bytes the guest has dirtied since the open pass's sync, at the latest measured dirty
+        rate (0 before one was measured). `remaining` counts only what that sync found: late in
+        a pass it reads near 0 while the guest has re-dirtied its working set, and a stop then
+        sends both (its final sync finds these)."""
+        current, rate = self.current, self.dirty_rate()
+        if current is None or not rate or current.paused:
+            return 0
+        until = now if self.stop_time is None else min(now, self.stop_time)  # a stopped guest dirties nothing
+        return int(rate * max(0.0, until - current.started))
+
     def expected_downtime(self) -> float | None:
         """Seconds a stop at the next sync would need: the last pass's dirtied bytes at its rate."""
         last = self.last_closed

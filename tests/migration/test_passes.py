@@ -114,3 +114,20 @@ def test_syncs_seen_together_make_one_record_and_the_late_event_fixes_its_end():
     assert h.passes[0].ended == 1.2
     h.synced(3, 1.0)  # the event of sync 3 arrives after the poll
     assert h.passes[0].ended == 1.0 and h.passes[0].dirty_rate == pytest.approx(200 * PAGE / 1.0)
+
+
+def test_what_the_guest_dirtied_since_the_last_sync_counts_on_top_of_remaining():
+    """Late in a pass `remaining` reads near 0 while the guest has re-dirtied pages the next sync
+    (and a stop's final one) will find: the forced stop's fit check adds them (live/source.py)."""
+    h = PassHistory()
+    assert h.dirtied_since_sync(100.0) == 0  # nothing measured
+    h.synced(1, 100.0)
+    h.observe(info(1, 1000, 0), 100.1)
+    h.synced(2, 101.0)
+    h.observe(info(2, 500, 1000), 101.1)  # 500 pages re-dirtied in a second of pass 1
+    assert h.dirtied_since_sync(101.0) == 0  # right at the sync: all of it is in `remaining`
+    assert h.dirtied_since_sync(101.5) == 250 * PAGE  # half a second on at 500 pages/s
+    h.stopped(101.6)
+    h.synced(3, 102.0)
+    h.observe(info(3, 10, 1500), 102.0)
+    assert h.dirtied_since_sync(102.5) == 0  # paused: the guest dirties nothing

@@ -344,7 +344,9 @@ class SourceMigration(MigrationJob):
         says why the passes go on. Without it, at once (the spec's forced stop-and-copy)."""
         if not self.flags.auto_converge:
             return True
+        # what a stop now sends: the bitmap's remainder and what the guest dirtied since its sync
         remaining = int((info.get("ram") or {}).get("remaining", 0))
+        remaining += self.status.history.dirtied_since_sync(time.time())
         if self.budget.fits(remaining):
             return True
         if not self.status.waiting_to_fit:
