@@ -17,7 +17,7 @@ from qvplan.migration.status import MigrationStatus
 
 from ..agents import guest_vm, mutual_trust
 from .helpers import wait_outcome
-from .test_downtime import MAX, RecordingQMP, _info
+from .test_downtime import EXACT, MAX, RecordingQMP, _info
 
 MiB = 1 << 20
 
@@ -95,7 +95,7 @@ async def test_the_budget_keeps_the_expected_flush_back_and_does_not_learn_it(mo
     monkeypatch.setattr(downtime.time, "monotonic", lambda: 100.0)
     costs = CommitCosts(prior=0.05)
     flush = [0.08]
-    b = DowntimeBudget(MAX, 30, lambda: 0, lambda: 0, costs, flush=lambda: flush[0])
+    b = DowntimeBudget(MAX, 30, lambda: 0, lambda: 0, costs, flush=lambda: flush[0], overruns=EXACT())
     qmp = RecordingQMP()
     await b.update(qmp, _info())
     kept = MAX * (1 - MARGIN) - 0.05 - 0.08  # margin, prior commit cost, the flush
