@@ -42,7 +42,7 @@ class DirectWriter:
         for i in range(BUFFERS):
             self._free.put(i)
         self._work: queue.SimpleQueue[tuple[int, int, int] | None] = queue.SimpleQueue()
-        self._error: OSError | None = None
+        self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name="disk-direct", daemon=True)
         self._thread.start()
 
@@ -100,7 +100,7 @@ class DirectWriter:
             try:
                 if self._error is None:  # after an error, buffers only go back: the sink fails anyway
                     self._write_all(index, offset, length)
-            except OSError as err:
+            except Exception as err:  # kept for the sink to raise; the buffer still goes back below
                 self._error = err
             finally:
                 self._free.put(index)
