@@ -23,6 +23,7 @@ import pytest
 from pydantic import ValidationError
 
 from qvplan.contract.flags import MigrateFlags
+from qvplan.migration.live.source import FIT_PASSES
 
 from .helpers import migrate, runs_only_on, start_guest, wait_outcome
 
@@ -155,6 +156,26 @@ def test_past_max_iterations_auto_converge_stops_the_guest_only_once_the_pause_f
     held = [e for e in events if e.get("waiting_to_fit")]
     assert held and all(e["iteration"] >= budget for e in held), events
     assert not status["waiting_to_fit"], status
+    runs_only_on(b, a, "vm-1")
+
+
+def test_a_guest_that_never_fits_gets_the_forced_stop_after_a_bounded_wait(pair):
+    """The same budget of 4 passes, but a guest that sweeps 12 MiB at full speed (pace 0): even at
+    the 99 % throttle it re-dirties more than 8 MiB/s, so no stop can fit 100 ms. The wait for a
+    fit ends after max(4, FIT_PASSES) passes more and the spec's forced stop-and-copy runs (its
+    pause, over --max-downtime, is the documented exception), instead of passes until --timeout."""
+    a, b = pair
+    start_guest(a, memory="128M", working_set="12M")
+    budget = 4
+    status, events = migrate_watched(a, b, "vm-1", **{**FLAGS, "max_iterations": budget}, auto_converge=True)
+    show_passes(events)
+
+    assert status["state"] == "COMPLETED", status
+    assert status["forced_stop_and_copy"] and status["cpu_throttle"] == 99, status
+    assert status["iteration"] >= budget + FIT_PASSES, status  # it did wait for a fit first…
+    assert any(e.get("waiting_to_fit") for e in events), events
+    assert status["elapsed"] < 90, status  # …but not until the 300 s --timeout
+    assert status["pause"] > 0.1, status  # all of the working set at 8 MiB/s
     runs_only_on(b, a, "vm-1")
 
 
