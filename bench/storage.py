@@ -152,7 +152,8 @@ def row(path: str, size: int, runs: list[tuple[float, float]], anchor: float, ch
     spread = f"{min(r[0] for r in runs):.2f}–{max(r[0] for r in runs):.2f}s"
     return {"group": "offline", "path": path, "MB/s": f"{rate:.0f}", "time": f"{t:.2f}s", "spread": spread,
             "vs anchor": f"{rate / anchor:.2f}", "vs channel": f"{rate / channel:.2f}", "CPU s": f"{cpu:.2f}",
-            "CPU ns/B": f"{cpu / size * 1e9:.2f}", "MB per CPU s": f"{size / cpu / 1e6:.0f}",
+            "CPU ns/B": f"{cpu / size * 1e9:.2f}",
+            "MB per CPU s": f"{size / cpu / 1e6:.0f}" if cpu > 0 else "–",  # 0: a tiny disk, under one clock tick
             "on wire": format_size(wire) if wire is not None else "", "note": note}
 
 

@@ -174,7 +174,7 @@ def test_a_guest_that_never_fits_gets_the_forced_stop_after_a_bounded_wait(pair)
     assert status["forced_stop_and_copy"] and status["cpu_throttle"] == 99, status
     assert status["iteration"] >= budget + FIT_PASSES, status  # it did wait for a fit first…
     assert any(e.get("waiting_to_fit") for e in events), events
-    assert status["elapsed"] < 90, status  # …but not until the 300 s --timeout
+    assert status["elapsed"] < 150, status  # …but not until the 300 s --timeout
     assert status["pause"] > 0.1, status  # all of the working set at 8 MiB/s
     runs_only_on(b, a, "vm-1")
 

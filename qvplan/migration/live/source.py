@@ -39,7 +39,7 @@ DISCARD_WAIT = 3.0  # seconds a rollback waits for the destination to confirm it
 ENDINGS = {"completed", "failed", "cancelled"}
 # Past a small --max-iterations, passes a stop may still wait to fit --max-downtime (the throttle
 # reaches its ceiling only then, and its effect lags a pass or two: up to ~1 s of sleep at 99 %)
-FIT_PASSES = 10
+FIT_PASSES = 20
 
 
 def _ms(seconds: float | None) -> str:
