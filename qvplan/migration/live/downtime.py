@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 
 MARGIN = 0.1  # of max-downtime, kept for the noise of a loaded host
 FLOOR = 0.1  # never ask QEMU for less than this share of max-downtime: below it nothing converges
-PRIOR_OVERHEAD = 0.03  # seconds of commit assumed beyond QEMU's downtime before this host measured one
+PRIOR_OVERHEAD = 0.06  # seconds of commit assumed beyond QEMU's downtime before this host measured one
 PRIOR_OVERRUN = 1.5  # QEMU's downtime ÷ its limit assumed before this host measured one (1.33–1.48 seen)
 INFORMATIVE = 0.8  # a QEMU downtime under this share of its limit says nothing of QEMU's estimate…
 OVERRUN_MIN_LIMIT = 0.1  # …nor one under a limit this small (seconds): QEMU's fixed costs dominate it
