@@ -23,7 +23,7 @@ import pytest
 from pydantic import ValidationError
 
 from qvplan.contract.flags import MigrateFlags
-from qvplan.migration.live.source import FIT_PASSES
+from qvplan.migration.live.downtime import FIT_PASSES
 
 from .helpers import migrate, runs_only_on, start_guest, wait_outcome
 

@@ -6,14 +6,19 @@ from typing import Any
 
 import pytest
 
+from qvplan.contract.flags import THROTTLE_MAX
 from qvplan.migration.live import downtime
 from qvplan.migration.live.downtime import (
+    CEILING,
+    FIT_PASSES,
+    FIT_SECONDS,
     FLOOR,
     MARGIN,
     PRIOR_OVERRUN,
     RAMP,
     CommitCosts,
     DowntimeBudget,
+    FitWait,
     QemuOverruns,
     RamCheckCosts,
     budget,
@@ -218,3 +223,19 @@ async def test_the_limit_leaves_room_for_qemu_s_overrun_and_learns_it(monkeypatc
     await b.update(qmp, _info())
     learned = (MAX * (1 - MARGIN) - 0.005) / 2  # the commit's 5 ms kept back, then QEMU's 2×
     assert qmp.calls[-1] == ("migrate-set-parameters", {"downtime-limit": round(learned * 1000)})
+
+
+def test_the_wait_for_a_fit_counts_passes_at_the_throttle_s_ceiling_only() -> None:
+    # QEMU raises the throttle every ~2 s whatever the passes last: 60 short passes at 20–74 % are
+    # no reason to give up; the count starts at the first pass seen at the ceiling.
+    wait = FitWait(since=100.0)
+    assert not any(wait.over(pass_, 47, 100.0 + 0.1 * (pass_ - 30)) for pass_ in range(30, 90))
+    assert not wait.over(90, THROTTLE_MAX, 106.0)
+    assert not wait.over(90 + FIT_PASSES - 1, THROTTLE_MAX, 107.0)
+    assert wait.over(90 + FIT_PASSES, THROTTLE_MAX, 108.0)
+    # a throttle QEMU never raised (the guest dirties less than half of what is sent): time bounds it
+    idle = FitWait(since=100.0)
+    assert not idle.over(40, 20, 100.0 + FIT_SECONDS - 0.1)
+    assert idle.over(41, 20, 100.0 + FIT_SECONDS)
+    # the next raise goes straight to the ceiling, from a first raise or any later one
+    assert CEILING == {"cpu-throttle-initial": THROTTLE_MAX, "cpu-throttle-increment": THROTTLE_MAX}

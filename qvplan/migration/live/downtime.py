@@ -59,6 +59,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ...contract.flags import THROTTLE_MAX
+
 log = logging.getLogger(__name__)
 
 MARGIN = 0.1  # of max-downtime, kept for the noise of a loaded host
@@ -73,6 +75,15 @@ RATE_WINDOW = 1.0  # seconds the carried-bytes rate is averaged over
 LAST_PASSES = 3  # passes before --max-iterations in which QEMU gets the whole max-downtime
 PRIOR_RAM_CHECK = 0.5e-9  # seconds per byte of RAM compared (2 GB/s) before this host measured one
 RAMP = (0.15, 0.35, 0.6)  # share of the budget QEMU gets in passes 1, 2, 3 (1 = the bulk pass); then all
+
+
+# Past --max-iterations a stop waits for the pause to fit (FitWait): at most FIT_PASSES passes with
+# the throttle at its ceiling (its effect lags a pass or two: up to ~1 s of sleep at 99 %), or
+# FIT_SECONDS if QEMU never raises it that far.
+FIT_PASSES = 10
+FIT_SECONDS = 10.0
+# QEMU's next throttle raise goes straight to the ceiling (its default max-cpu-throttle, 99 %)
+CEILING = {"cpu-throttle-initial": THROTTLE_MAX, "cpu-throttle-increment": THROTTLE_MAX}
 
 
 class QMP(Protocol):
@@ -161,6 +172,29 @@ class RamCheckCosts(_Worst):
 
 
 RAM_CHECKS = RamCheckCosts()
+
+
+class FitWait:
+    """How long a stop past --max-iterations waits for its pause to fit --max-downtime.
+
+    QEMU raises the throttle at most once per two dirty-sync periods of at least 1 s each, however
+    short the passes: with its steps a wait counted in passes alone ended before the guest ever
+    felt the ceiling (20 → 74 % in 60 passes of 100 ms). So the waiting source sends QEMU's next
+    raise straight to the ceiling (CEILING), and the wait is over once FIT_PASSES passes at the
+    ceiling still did not fit — the guest dirties faster than the link carries whatever it waits —
+    or after FIT_SECONDS if QEMU never raises it that far."""
+
+    def __init__(self, since: float) -> None:
+        self.since = since  # monotonic seconds
+        self.ceiling_pass: int | None = None  # the first pass of the wait seen at the ceiling
+
+    def over(self, iteration: int, throttle: int, now: float) -> bool:
+        """After this poll (QEMU's pass count, throttle %, monotonic now): stop anyway?"""
+        if self.ceiling_pass is None and throttle >= THROTTLE_MAX:
+            self.ceiling_pass = iteration
+        if self.ceiling_pass is not None:
+            return iteration - self.ceiling_pass >= FIT_PASSES
+        return now - self.since >= FIT_SECONDS
 
 
 def budget(max_downtime: float, *, in_flight: int, rate: float, overhead: float, passes: int = len(RAMP) + 1,

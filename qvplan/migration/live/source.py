@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ... import gcpause
 from ...contract import wire
 from ...contract.errors import MigrationError, failure
-from ...contract.flags import THROTTLE_MAX, MigrateFlags
+from ...contract.flags import MigrateFlags
 from ...contract.reasons import Reason
 from ...contract.rules import Policies
 from ...pqc import PQCError, SecureChannel
@@ -25,7 +25,7 @@ from ..status import MigrationStatus
 from ..storage.mirror import DiskMirrors, StorageProgress, describe_disks
 from ..streams.carrier import MIGRATE_DATA, STORAGE_DATA, StreamCarrier
 from . import ramcheck, recovery
-from .downtime import DowntimeBudget
+from .downtime import CEILING, DowntimeBudget, FitWait
 
 if TYPE_CHECKING:
     from ...host.context import Host
@@ -37,11 +37,6 @@ STALL_LIMIT = 15.0  # seconds without a byte moving = the network is gone
 COMMIT_WAIT = 10.0  # seconds for "running" after commit, before asking the destination on a fresh channel
 DISCARD_WAIT = 3.0  # seconds a rollback waits for the destination to confirm it removed its side
 ENDINGS = {"completed", "failed", "cancelled"}
-# Past --max-iterations, a stop waits for the pause to fit --max-downtime: at most FIT_PASSES passes
-# with the throttle at its ceiling (its effect lags a pass or two: up to ~1 s of sleep at 99 %), or
-# FIT_SECONDS if QEMU never raises it that far (it raises at most every ~2 s, see _stop_fits).
-FIT_PASSES = 10
-FIT_SECONDS = 10.0
 
 
 def _ms(seconds: float | None) -> str:
@@ -73,7 +68,7 @@ class SourceMigration(MigrationJob):
         self._watch_stop: asyncio.Future[None] | None = None
         self._watch_passes: asyncio.Future[None] | None = None
         self._passes_published = 0
-        self._fit_wait: tuple[float, int | None] = (0.0, None)  # waiting to fit since (monotonic), ceiling from pass
+        self._fit_wait: FitWait | None = None  # past --max-iterations, once a stop did not fit
         self._from_dest: asyncio.Future[Any] | None = None
         self._stop_at: float | None = None
         self._gc_held = False  # the garbage collector paused since the guest stopped (gcpause.py)
@@ -350,15 +345,9 @@ class SourceMigration(MigrationJob):
 
     async def _stop_fits(self, qmp: Any, info: dict[str, Any]) -> bool:
         """Past --max-iterations: stop now? With auto-converge, only once the pause would stay
-        within --max-downtime (downtime.py); until then the throttle rises and the status says why
-        the passes go on. Without it, at once (the spec's forced stop-and-copy).
-
-        QEMU raises the throttle at most once per two dirty-sync periods of at least 1 s each,
-        however short the passes: with its steps a wait could end before the guest ever felt the
-        ceiling (20 → 74 % in 60 passes of 100 ms, measured). So the wait sets the next raise to go
-        straight to the ceiling, and it ends, forcing the stop over --max-downtime, once FIT_PASSES
-        passes at the ceiling still did not fit (the guest dirties faster than the link carries
-        whatever it waits), or after FIT_SECONDS if QEMU never raises it that far."""
+        within --max-downtime (downtime.py) or the wait for that is over (FitWait); meanwhile the
+        throttle goes to its ceiling and the status says why the passes go on. Without it, at
+        once (the spec's forced stop-and-copy)."""
         if not self.flags.auto_converge:
             return True
         # what a stop now sends: the bitmap's remainder and what the guest dirtied since its sync
@@ -366,31 +355,24 @@ class SourceMigration(MigrationJob):
         remaining += self.status.history.dirtied_since_sync(time.time())
         if self.budget.fits(remaining):
             return True
-        if not self.status.waiting_to_fit:
+        if self._fit_wait is None:
+            self._fit_wait = FitWait(time.monotonic())
             self.status.waiting_to_fit = True
-            self._fit_wait = (time.monotonic(), None)
             try:
-                await qmp.execute("migrate-set-parameters", {"cpu-throttle-initial": THROTTLE_MAX,
-                                                             "cpu-throttle-increment": THROTTLE_MAX})
+                await qmp.execute("migrate-set-parameters", CEILING)
             except Exception as err:  # a throttle not raised is no reason to fail: the wait is bounded anyway
                 log.debug("%s: throttle not sent to its ceiling: %s", self.vm.spec.name, err)
             log.info("%s: past --max-iterations with %d bytes dirty (a stop now would pause ~%s ms): raising "
                      "the throttle to its ceiling until the pause fits --max-downtime", self.vm.spec.name,
                      remaining, _ms(self.budget.expected_pause(remaining)))
             self._publish("progress")
-        since, ceiling_pass = self._fit_wait
-        if ceiling_pass is None and int(info.get("cpu-throttle-percentage", 0)) >= THROTTLE_MAX:
-            ceiling_pass = self.status.iteration
-            self._fit_wait = (since, ceiling_pass)
-        if ceiling_pass is not None:
-            waited_out = self.status.iteration - ceiling_pass >= FIT_PASSES
-        else:
-            waited_out = time.monotonic() - since >= FIT_SECONDS
-        if waited_out:
-            log.warning("%s: %d passes and a stop would still pause ~%s ms: forcing stop-and-copy over "
-                        "--max-downtime", self.vm.spec.name, self.status.iteration,
-                        _ms(self.budget.expected_pause(remaining)))
-        return waited_out
+        throttle = int(info.get("cpu-throttle-percentage", 0))
+        if not self._fit_wait.over(self.status.iteration, throttle, time.monotonic()):
+            return False
+        log.warning("%s: %d passes and a stop would still pause ~%s ms: forcing stop-and-copy over "
+                    "--max-downtime", self.vm.spec.name, self.status.iteration,
+                    _ms(self.budget.expected_pause(remaining)))
+        return True
 
     def _received(self) -> bool:
         assert self._from_dest is not None
