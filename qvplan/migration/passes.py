@@ -28,6 +28,10 @@ MAX_PASSES = 1000  # passes kept per migration (a pathological one may run many 
 # A pass in which the guest ran less than this says little about its rate: a few pages either
 # way, and a sync may hold the vCPU for a millisecond or two. Its figures are kept, not shown live.
 MIN_WINDOW = 0.010
+# The guest outpaces pre-copy when, in each of the last OUTPACED_PASSES passes after the bulk pass,
+# it re-dirtied at least OUTPACED_SHARE of what the pass sent: the dirty set is not shrinking.
+OUTPACED_PASSES = 2
+OUTPACED_SHARE = 0.9
 
 
 @dataclass
@@ -168,6 +172,12 @@ class PassHistory:
             if p.ended is not None and p.measured:
                 return p.dirty_rate
         return last.dirty_rate
+
+    def outpaced(self) -> bool:
+        """Is the guest re-dirtying memory as fast as pre-copy sends it (OUTPACED_SHARE)?"""
+        closed = [p for p in self.passes if p.ended is not None and p.number >= 2 and not p.paused]
+        last = closed[-OUTPACED_PASSES:]
+        return len(last) == OUTPACED_PASSES and all(0 < p.sent <= p.dirtied / OUTPACED_SHARE for p in last)
 
     def dirtied_since_sync(self, now: float) -> int:
         """Bytes the guest has dirtied since the open pass's sync, at the latest measured dirty

@@ -131,3 +131,20 @@ def test_what_the_guest_dirtied_since_the_last_sync_counts_on_top_of_remaining()
     h.synced(3, 102.0)
     h.observe(info(3, 10, 1500), 102.0)
     assert h.dirtied_since_sync(102.5) == 0  # paused: the guest dirties nothing
+
+
+def test_a_guest_that_re_dirties_what_each_pass_sends_outpaces_pre_copy():
+    def history(remaining_at_each_sync: list[int]) -> PassHistory:
+        h, sent = PassHistory(), 0
+        for n, remaining in enumerate(remaining_at_each_sync, start=1):
+            h.synced(n, float(n))
+            h.observe(info(n, remaining, sent), n + 0.001)
+            sent += remaining  # the pass sends what its sync found
+        return h
+
+    # the bulk pass shrinks the dirty set whatever the guest does: it never counts
+    assert not history([1000, 100, 100]).outpaced()  # one pass after it closed: too soon to say
+    assert history([1000, 100, 100, 100]).outpaced()  # passes 2 and 3 each found all of it dirty again
+    assert history([1000, 100, 95, 92]).outpaced()  # 95 and 97 % re-dirtied: the set is barely shrinking
+    assert not history([1000, 100, 50, 25]).outpaced()  # halving each pass: pre-copy gains on it
+    assert not history([1000, 100, 100, 50]).outpaced()  # the latest pass gained

@@ -330,7 +330,8 @@ class SourceMigration(MigrationJob):
             self._publish("progress")
             self._check_limits()
             if (self.flags.auto_converge and state == "active" and not self._at_ceiling
-                    and self.status.iteration >= max(1, self.flags.max_iterations // 3)):
+                    and (self.status.iteration >= max(1, self.flags.max_iterations // 3)
+                         or self.status.history.outpaced())):
                 await self._throttle_to_ceiling(qmp)
             if (self.status.iteration >= self.flags.max_iterations and not self.status.forced_stop_and_copy
                     and state == "active" and await self._stop_fits(qmp, info) and await run_state(qmp) == "running"):
@@ -380,8 +381,10 @@ class SourceMigration(MigrationJob):
         """Send auto-converge's next raise straight to its ceiling (once). flags.py sizes the steps
         to reach it by pass max_iterations / 3, but QEMU raises at most every ~2 s whatever the
         passes last: with passes of 100 ms a write-heavy 256 MiB guest was at 47 % by pass 30
-        (4 s) and at the ceiling only at pass 42. So from pass max_iterations / 3 on (or once a
-        stop waits to fit, FitWait, if that comes first) the next raise goes to the ceiling."""
+        (4 s) and at the ceiling only at pass 42. So from pass max_iterations / 3 on the next
+        raise goes to the ceiling — sooner once the guest outpaces pre-copy (passes.py: its dirty
+        set stopped shrinking, so QEMU's gentler steps would only make the migration, and the
+        throttling, last longer; a 1 GiB guest's steps took 12 s), or once a stop waits to fit."""
         self._at_ceiling = True
         try:
             await qmp.execute("migrate-set-parameters", CEILING)
