@@ -136,8 +136,9 @@ class MigrateFlags(BaseModel):
         """cpu-throttle-increment so auto-converge reaches full throttle in the first third of the budget.
 
         QEMU raises the throttle at most every second dirty-sync pass, from the third on (passes
-        3, 5, 7, ...), counting only periods of at least 1 s (shorter passes merge into one: past
-        --max-iterations live/source.py then sends the next raise straight to the ceiling).
+        3, 5, 7, ...), counting only periods of at least 1 s (shorter passes merge into one, so
+        live/source.py sends the next raise straight to the ceiling from pass max_iterations / 3
+        on, or as soon as the guest outpaces pre-copy).
         With its default +10 % the 99 % ceiling takes 19 passes, so any smaller
         --max-iterations forces stop-and-copy (a long pause) before auto-converge has had its
         effect. The step is sized so 99 % is reached by pass max_iterations / 3, leaving two thirds

@@ -175,9 +175,13 @@ class PassHistory:
 
     def outpaced(self) -> bool:
         """Is the guest re-dirtying memory as fast as pre-copy sends it (OUTPACED_SHARE)?"""
-        closed = [p for p in self.passes if p.ended is not None and p.number >= 2 and not p.paused]
-        last = closed[-OUTPACED_PASSES:]
-        return len(last) == OUTPACED_PASSES and all(0 < p.sent <= p.dirtied / OUTPACED_SHARE for p in last)
+        last: list[Pass] = []
+        for p in reversed(self.passes):  # asked every poll: only the latest passes are read
+            if p.ended is not None and p.number >= 2 and not p.paused:
+                last.append(p)
+                if len(last) == OUTPACED_PASSES:
+                    return all(0 < q.sent <= q.dirtied / OUTPACED_SHARE for q in last)
+        return False
 
     def dirtied_since_sync(self, now: float) -> int:
         """Bytes the guest has dirtied since the open pass's sync, at the latest measured dirty
