@@ -4,6 +4,8 @@ Live migration, on the control channel (source → destination unless marked ←
   MigrateRequest                 ← SetupReply (ok, or a refusal with {error, fix, code})
   ← Received                     QEMU loaded everything and waits paused
   Commit                         ← Running once the guest resumed there
+                                 (after Received, or — to a destination whose SetupReply said
+                                 commit_ahead — as soon as the source's QEMU sent everything)
   Abort (or EOF before Commit)   ← Discarded once nothing is left there
   ← Failed                       the destination gave up (a refusal's {error, fix, code})
 On a fresh channel, from either side: SessionQuery → SessionAnswer (the journal's word on a
@@ -52,6 +54,8 @@ class MigrateRequest(Message):
 class SetupReply(Message):
     ok: bool
     exports: list[str] | None = None  # with --storage-migrate: the NBD export of each disk, in disk order
+    # the destination takes a Commit that comes before its Received (older ones take it after only)
+    commit_ahead: bool = False
     error: str | None = None
     fix: str | None = None
     code: str | None = None

@@ -18,3 +18,12 @@ def test_a_ram_key_is_256_bits_in_hex_or_absent() -> None:
     for bad in ("zz" * 32, "ab" * 16, "AB" * 32 + "00", "ab" * 32 + "\n", 42):
         with pytest.raises(wire.WireError):
             wire.parse({**REQUEST, "ram_key": bad}, wire.MigrateRequest)
+
+
+def test_only_a_destination_that_says_so_takes_the_commit_ahead_of_received() -> None:
+    older = wire.parse({"ok": True}, wire.SetupReply)  # a destination from before commit_ahead
+    assert isinstance(older, wire.SetupReply) and older.commit_ahead is False
+    newer = wire.parse(wire.SetupReply(ok=True, commit_ahead=True).dump(), wire.SetupReply)
+    assert isinstance(newer, wire.SetupReply) and newer.commit_ahead is True
+    with pytest.raises(wire.WireError):
+        wire.parse({"ok": True, "commit_ahead": "maybe"}, wire.SetupReply)

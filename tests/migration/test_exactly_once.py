@@ -80,6 +80,42 @@ def test_source_agent_killed_in_phase_4_rolls_back_on_restart(make_agent):
     exactly_one(a, b)
 
 
+def test_the_commit_goes_ahead_of_received(make_agent):
+    """The source commits as soon as its own QEMU sent everything, not once "received" came back:
+    held where its QEMU loaded it all but "received" is not sent, the destination finds the commit
+    already there, sends no "received" and resumes the guest."""
+    a, b = two_agents(make_agent, b_at="dest-loaded")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(b, "dest-loaded")
+    wait_state(a, "committed")  # no "received" has left the destination
+    release_point(b, "dest-loaded")
+    status = wait_outcome(a, "vm-1")
+    assert status["state"] == "COMPLETED", status
+    (path,) = (b.state / "migrations").glob("*.jsonl")
+    states = [json.loads(line)["state"] for line in path.read_text().strip("\0\n").splitlines()]
+    assert states == ["loading", "committing", "running"], states  # never "loaded": no "received" sent
+    exactly_one(b, a)
+
+
+def test_a_commit_ahead_is_void_while_the_destination_has_not_acted_on_it(make_agent):
+    """The source committed ahead, then the destination QEMU dies before the destination took the
+    commit: the guest never ran there, the destination discards the session by itself and the
+    source, told "discarded" when it asks, resumes its own copy (no operator)."""
+    a, b = two_agents(make_agent, b_at="dest-loaded")
+    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
+    wait_point(b, "dest-loaded")
+    wait_state(a, "committed")
+    (pid,) = qemu_pids(b, "vm-1")
+    os.kill(pid, signal.SIGKILL)
+    while pid in qemu_pids(b, "vm-1"):
+        time.sleep(0.02)
+    release_point(b, "dest-loaded")
+    status = wait_outcome(a, "vm-1", timeout=60)
+    assert status["state"] == "FAILED" and journal(a)[-1]["state"] == "rolled-back", status
+    assert journal(b)[-1]["state"] == "discarded", journal(b)[-1]
+    exactly_one(a, b)
+
+
 def test_source_agent_killed_right_after_commit_releases_on_restart(make_agent):
     a, b = two_agents(make_agent, a_at="source-after-commit")
     a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
@@ -92,11 +128,21 @@ def test_source_agent_killed_right_after_commit_releases_on_restart(make_agent):
     assert a.api("GET", "vms/vm-1/migrate")["state"] == "COMPLETED"  # the journal's word after the restart
 
 
-def test_destination_killed_between_received_and_commit(make_agent):
-    a, b = two_agents(make_agent, b_at="dest-after-received")
+def hold_commit_until_received(make_agent):
+    """Both agents at the window "loaded there, no commit read": the source holds its commit
+    (which it would send ahead, as soon as its QEMU sent everything) until the destination sent
+    "received", so the destination cannot take the commit while it still loads."""
+    a, b = two_agents(make_agent, a_at="source-before-commit", b_at="dest-after-received")
     a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
     wait_point(b, "dest-after-received")
+    wait_point(a, "source-before-commit")
+    return a, b
+
+
+def test_destination_killed_between_received_and_commit(make_agent):
+    a, b = hold_commit_until_received(make_agent)
     b.kill()
+    release_point(a, "source-before-commit")  # the commit leaves into a dead agent's channel
     status = wait_doubt(a, "paused on this host")
     assert "paused on this host" in status["doubt"] and "migrate-settle" in status["doubt"]
     assert len(qemu_pids(a, "vm-1")) == 1 and a.vm("vm-1")["state"] == "migrating"
@@ -165,10 +211,9 @@ def test_sigterm_of_the_destination_rolls_back_in_order(make_agent):
 
 
 def test_operator_settles_a_migration_in_doubt(make_agent):
-    a, b = two_agents(make_agent, b_at="dest-after-received")
-    a.api("POST", "vms/vm-1/migrate", {"dest": b.migration, "flags": FAST})
-    wait_point(b, "dest-after-received")
+    a, b = hold_commit_until_received(make_agent)
     b.kill()
+    release_point(a, "source-before-commit")
     deadline = time.monotonic() + 30
     while "In Doubt:" not in (shown := a.cli("vm", "migrate-status", "vm-1").stdout):
         assert time.monotonic() < deadline, shown

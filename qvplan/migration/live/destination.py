@@ -4,7 +4,8 @@ The control messages are contract/wire.py's. Every session is journaled (journal
 destination's states, each written before it takes effect:
   loading    the request passed phase 1; QEMU -incoming is being fed       (guest never ran here)
   loaded     QEMU loaded everything, waits paused; "received" sent          (guest never ran here)
-  committing the source's commit arrived: `cont` is under way               (guest may run here)
+  committing QEMU loaded everything and the source's commit is here (it may come ahead, while
+             QEMU still loads: then no "received"): `cont` is under way     (guest may run here)
   running    the guest resumed here; "running" sent                         (ended: ours)
   discarded  abort, EOF or a fence before commit: QEMU and files removed    (ended: never ran)
   lost       QEMU died after commit                                         (ended: operator settles)
@@ -194,7 +195,7 @@ async def handle_migrate(host: Host, journal: Journal, sessions: dict[str, Incom
         await configure(vm.proc.qmp, flags)
         uri = f"unix:{vm.proc.qemu_path(incoming.sockets[MIGRATE_DATA])}"  # by name in QEMU's run dir
         await vm.proc.qmp.execute("migrate-incoming", {"uri": uri})
-        await channel.send_json(wire.SetupReply(ok=True, exports=export_names).dump())
+        await channel.send_json(wire.SetupReply(ok=True, exports=export_names, commit_ahead=True).dump())
         replied = True
         await _follow(host, journal, channel, incoming)
     except Exception as err:
@@ -241,7 +242,12 @@ def check_images(incoming: Incoming) -> None:
 
 
 async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming: Incoming) -> None:
-    """Wait for QEMU to load everything, then for the source's verdict; resume on commit."""
+    """Wait for QEMU to load everything and for the source's verdict; resume on commit.
+
+    The commit may come before QEMU has loaded it all: a source sends it as soon as its own QEMU
+    sent everything (SetupReply.commit_ahead), so it travels beside the data's tail and is here
+    when the load completes; "received" is then not sent, and the guest's pause holds no round
+    trip to the source. A commit is acted on only once QEMU loaded everything."""
     vm = incoming.vm
     assert vm.proc is not None
     qmp = vm.proc.qmp
@@ -252,20 +258,30 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
     aborted = asyncio.ensure_future(incoming.aborted.wait())
     try:
         done, _ = await asyncio.wait({loaded, verdict, aborted}, return_when=asyncio.FIRST_COMPLETED)
-        if verdict in done or aborted in done:  # abort, EOF or a fence before QEMU finished loading
+        if aborted in done or (verdict in done and not _is_commit(verdict)):  # abort, EOF or a fence
             raise failure(Reason.CANCELLED, f"source ended the migration: {_said(verdict)}")
+        if loaded not in done:  # the commit came ahead: it waits for the load
+            done, _ = await asyncio.wait({loaded, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            if loaded not in done:
+                raise failure(Reason.CANCELLED, "migration fenced or the agent is stopping")
         loaded.result()
         marks = [("loaded", time.monotonic())]  # the switchover's steps, logged once the guest runs
+        await pause_at(host.state_dir, "dest-loaded")
+        if aborted.done():
+            raise failure(Reason.CANCELLED, "migration fenced or the agent is stopping")
         gcpause.hold()  # the guest's pause is on: no full collection until it runs (released by handle_migrate)
         incoming.gc_held = True
         check_images(incoming)
-        digest = await ramcheck.digest(ram, incoming.ram_key) if ram and incoming.ram_key else None
-        await channel.send_json(wire.Received(ram_digest=digest).dump())
-        marks.append(("received sent", time.monotonic()))
-        journal.set(incoming.session, "loaded", sync=False)  # not needed durable: loading/loaded alike never ran
-        await pause_at(host.state_dir, "dest-after-received")
-        done, _ = await asyncio.wait({verdict, aborted}, return_when=asyncio.FIRST_COMPLETED)
-        marks.append(("commit read", time.monotonic()))
+        if verdict.done():
+            done = {verdict}
+        else:
+            digest = await ramcheck.digest(ram, incoming.ram_key) if ram and incoming.ram_key else None
+            await channel.send_json(wire.Received(ram_digest=digest).dump())
+            marks.append(("received sent", time.monotonic()))
+            journal.set(incoming.session, "loaded", sync=False)  # not needed durable: loading/loaded alike never ran
+            await pause_at(host.state_dir, "dest-after-received")
+            done, _ = await asyncio.wait({verdict, aborted}, return_when=asyncio.FIRST_COMPLETED)
+            marks.append(("commit read", time.monotonic()))
     finally:
         loaded.cancel()
         aborted.cancel()
@@ -276,7 +292,7 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
         message = wire.parse(verdict.result())
     except (wire.WireError, Exception) as err:
         raise failure(Reason.CONNECTION_RESET, f"source did not commit: {err}") from None
-    if not isinstance(message, wire.Commit) or incoming.state(journal) != "loaded":
+    if not isinstance(message, wire.Commit) or incoming.state(journal) not in ("loading", "loaded"):
         raise failure(Reason.CONNECTION_RESET, f"source did not commit: {message}")
     check_images(incoming)  # the last moment it can still be refused (the source will be told "discarded")
     if not vm.running:
@@ -295,6 +311,12 @@ async def _follow(host: Host, journal: Journal, channel: SecureChannel, incoming
         f"{name} +{(at - marks[0][1]) * 1000:.1f} ms" for name, at in marks[1:]))
     host.events.publish(vm.name, Inbound.LANDED, source=channel.peer_name)
     await channel.send_json(wire.Running(resumed_at=resumed_at, host=host.config.host.name).dump())
+
+
+def _is_commit(verdict: asyncio.Future[Any]) -> bool:
+    with contextlib.suppress(Exception):
+        return isinstance(wire.parse(verdict.result()), wire.Commit)
+    return False
 
 
 def _said(verdict: asyncio.Future[Any]) -> Any:

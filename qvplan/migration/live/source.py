@@ -76,7 +76,9 @@ class SourceMigration(MigrationJob):
         self._ended = False  # _run is over: a late STOP event holds nothing
         self._ram_key: bytes | None = None  # our QEMU may lose guest writes: compare RAM before the commit
         self._ram_digest: asyncio.Future[str] | None = None  # ours, taken once our QEMU completed
+        self._qemu_done: asyncio.Future[None] | None = None  # our QEMU's MIGRATION event "completed"
         self._qemu_completed = 0.0  # monotonic time our QEMU reported the migration completed
+        self._commit_ahead = False  # commit once our QEMU completed, not once "received" (_commit_due)
 
     # -- phases --------------------------------------------------------------------------
 
@@ -147,11 +149,13 @@ class SourceMigration(MigrationJob):
         if not reply.ok:
             raise MigrationError.from_dict(reply.dump(), Reason.DESTINATION_FAILED)
         self._from_dest = asyncio.ensure_future(self.control.recv_json())
+        self._commit_ahead = reply.commit_ahead and not self._ram_key  # the digest needs "received"
         await self.carrier.serve(self.vm.run_dir / "migrate.sock", MIGRATE_DATA)
         self.vm.proc.share(self.vm.run_dir / "migrate.sock")  # QEMU (its own user) connects to it
         await configure(qmp, self.flags)
         self._watch_stop = asyncio.ensure_future(self._record_stop())
         self._watch_passes = asyncio.ensure_future(self._follow_passes())
+        self._qemu_done = asyncio.ensure_future(self._until_qemu_completed())
         if self._ram_key:
             ram = await ramcheck.locate(self.vm.proc, self.vm.spec.memory_bytes)
             self._ram_digest = asyncio.ensure_future(self._digest_once_completed(ram, self._ram_key))
@@ -293,21 +297,20 @@ class SourceMigration(MigrationJob):
     async def _transfer(self) -> dict[str, Any]:
         """Phases 2–4: follow QEMU's pre-copy; enforce iterations, timeout, stalls and cancel.
 
-        Ends as soon as the destination reports it has loaded everything (the fastest signal
-        that stop-and-copy is over), or when QEMU reports an end here.
+        Ends once the commit may leave (_commit_due): our QEMU sent everything, or the
+        destination reports it loaded everything, whichever we learn first.
         """
-        assert self.control is not None and self._from_dest is not None
+        assert self.control is not None and self._from_dest is not None and self._qemu_done is not None
         qmp = self.vm.proc.qmp
         last_moved, last_move_time = 0, time.monotonic()
         info: dict[str, Any] = {}
+        wakers = {self._from_dest, self._qemu_done}
         while True:
-            if self._from_dest.done():
-                if self._received():
-                    return info  # "received" woke us: commit at once, figures after
-                self._check_destination()
+            if self._commit_due():
+                return info  # commit at once, figures after
             query = asyncio.ensure_future(qmp.execute("query-migrate"))
-            await asyncio.wait({query, self._from_dest}, return_when=asyncio.FIRST_COMPLETED)
-            if self._from_dest.done() and self._received():
+            await asyncio.wait({query, *wakers}, return_when=asyncio.FIRST_COMPLETED)
+            if self._commit_due():
                 query.add_done_callback(_ignore)  # its answer no longer matters: commit comes first
                 return info
             info = await query
@@ -346,7 +349,7 @@ class SourceMigration(MigrationJob):
                 last_moved, last_move_time = self.status.transferred, time.monotonic()
             elif time.monotonic() - last_move_time > STALL_LIMIT:
                 raise self._reset(f"no progress for {STALL_LIMIT:.0f}s")
-            await asyncio.wait({self._from_dest}, timeout=POLL)
+            await asyncio.wait(wakers, timeout=POLL, return_when=asyncio.FIRST_COMPLETED)
 
     async def _stop_fits(self, qmp: Any, info: dict[str, Any]) -> bool:
         """Past --max-iterations: stop now? With auto-converge, only once the pause would stay
@@ -391,6 +394,19 @@ class SourceMigration(MigrationJob):
         except Exception as err:  # a throttle not raised is no reason to fail: the wait is bounded anyway
             log.debug("%s: throttle not sent to its ceiling: %s", self.vm.spec.name, err)
 
+    def _commit_due(self) -> bool:
+        """May the commit leave now? Once the destination loaded everything ("received"); with a
+        destination that takes it ahead (SetupReply.commit_ahead), already once our QEMU sent
+        everything: the commit then travels beside the data's tail, and the destination resumes
+        the guest as soon as it has loaded it, with no round trip to us in the guest's pause
+        (live/destination.py). Raises when the destination gave up meanwhile."""
+        assert self._from_dest is not None and self._qemu_done is not None
+        if self._from_dest.done():
+            if self._received():
+                return True
+            self._check_destination()
+        return self._commit_ahead and self._qemu_done.done() and not self._qemu_done.cancelled()
+
     def _received(self) -> bool:
         assert self._from_dest is not None
         if self._from_dest.cancelled() or self._from_dest.exception() is not None:
@@ -429,7 +445,7 @@ class SourceMigration(MigrationJob):
         """Phase 5: journal `committed`, send commit; the source VM is released only once the
         destination confirms it runs the guest (or says it discarded it: then the guest resumes here)."""
         assert self.control is not None
-        marks = [("received", time.time())]  # the switchover's steps after STOP, logged at the end
+        marks = [("commit due", time.time())]  # the switchover's steps after STOP, logged at the end
         if self._ram_key:
             await self._compare_ram()
         self.journal.set(self.session, "awaiting-commit", sync=False)  # like transferring for recovery
@@ -444,8 +460,7 @@ class SourceMigration(MigrationJob):
             marks.append(("commit sent", time.time()))
             await pause_at(self.host.state_dir, "source-after-commit")
             self._publish("phase", phase=5)
-            raw = await asyncio.wait_for(self.control.recv_json(), COMMIT_WAIT)
-            running = wire.parse(raw)
+            running = await self._confirmation()
         except (TimeoutError, PQCError, OSError, asyncio.IncompleteReadError, wire.WireError) as err:
             log.warning("%s: no confirmation after commit (%s): asking %s", self.vm.name, err or "timeout", self.dest)
         if not isinstance(running, wire.Running):
@@ -477,15 +492,30 @@ class SourceMigration(MigrationJob):
         self.journal.set(self.session, "released")
         self._completed()
 
-    async def _digest_once_completed(self, ram: ramcheck.GuestRam, key: bytes) -> str:
-        """Our RAM's digest, taken as soon as QEMU completed (the guest is paused for good then),
-        while the destination takes its own. Started before `migrate`: only this migration's
-        MIGRATION event counts (query-migrate may still say "completed" of a rolled-back one)."""
+    async def _confirmation(self) -> wire.Message:
+        """The destination's answer to the commit: Running (or Failed). A "received" it sent
+        before our commit (ahead) reached it is passed over."""
+        assert self._from_dest is not None and self.control is not None
+        async with asyncio.timeout(COMMIT_WAIT):
+            message = wire.parse(await self._from_dest)
+            while isinstance(message, wire.Received):
+                message = wire.parse(await self.control.recv_json())
+        return message
+
+    async def _until_qemu_completed(self) -> None:
+        """Until our QEMU's MIGRATION event says completed: it sent everything, the guest is
+        paused for good. Started before `migrate`: only this migration's event counts
+        (query-migrate may still say "completed" of a rolled-back one)."""
         assert self.vm.proc is not None
         with self.vm.proc.qmp.listener(("MIGRATION",)) as listener:
             while (await listener.get()).get("data", {}).get("status") != "completed":
                 pass
         self._qemu_completed = time.monotonic()
+
+    async def _digest_once_completed(self, ram: ramcheck.GuestRam, key: bytes) -> str:
+        """Our RAM's digest, taken as soon as QEMU completed, while the destination takes its own."""
+        assert self._qemu_done is not None
+        await asyncio.shield(self._qemu_done)
         return await ramcheck.digest(ram, key)
 
     async def _compare_ram(self) -> None:
@@ -586,7 +616,7 @@ class SourceMigration(MigrationJob):
     async def _teardown(self) -> None:
         if self._from_dest is not None:
             self._from_dest.cancel()
-        for watcher in (self._watch_stop, self._watch_passes, self._ram_digest):
+        for watcher in (self._watch_stop, self._watch_passes, self._ram_digest, self._qemu_done):
             if watcher is not None:
                 watcher.cancel()
         if self.mirrors is not None:
