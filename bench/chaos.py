@@ -43,8 +43,13 @@ from tests.migration.invariant import exactly_one, journal, lost_session, qemu_p
 from tests.migration.proxy import TapProxy
 
 POINT = "QUANTAVIRT_TEST_PAUSE_AT"
-HOOKS = {"source-before-commit": "source", "source-after-commit": "source", "dest-after-received": "dest",
-         "dest-before-cont": "dest", "dest-after-cont": "dest"}
+# phase → the fault points (by role) that hold a migration there. "dest-after-received", loaded there
+# with no commit read: the source holds its commit (which it sends ahead, as soon as its QEMU sent
+# everything) until the destination sent "received", or the destination might take it still loading.
+HOOKS = {"source-before-commit": {"source": "source-before-commit"},
+         "source-after-commit": {"source": "source-after-commit"},
+         "dest-after-received": {"dest": "dest-after-received", "source": "source-before-commit"},
+         "dest-before-cont": {"dest": "dest-before-cont"}, "dest-after-cont": {"dest": "dest-after-cont"}}
 LIVE_KINDS = ("kill-source", "kill-dest", "sigterm-source", "sigterm-dest", "cut-link", "freeze-dest-qemu",
               "kill-dest-qemu")
 OFFLINE_KINDS = ("kill-source", "kill-dest", "sigterm-source", "sigterm-dest", "cut-link")
@@ -193,8 +198,8 @@ def check(here: AgentProc, there: AgentProc, mode: str, name: str, before: str |
 def one_run(pair: Pair, mode: str, kind: str, phase: str) -> str:
     name = VMS[mode]
     src, dst = pair.where(mode)
-    hook_on = {"source": src, "dest": dst}.get(HOOKS.get(phase, ""))
-    pair.restart_with({hook_on.name: phase} if hook_on else {})
+    holds = {(src if role == "source" else dst): point for role, point in HOOKS.get(phase, {}).items()}
+    pair.restart_with({agent.name: point for agent, point in holds.items()})
     for agent in (src, dst):  # a point an agent was killed at stays marked: never mistake it for this run's
         for stale in (agent.state / "faults").glob("*") if (agent.state / "faults").exists() else []:
             stale.unlink(missing_ok=True)
@@ -202,13 +207,13 @@ def one_run(pair: Pair, mode: str, kind: str, phase: str) -> str:
     tap = TapProxy(src.address, (host, int(port)))
     before = sha256_file(src.root / "images" / f"{name}.qcow2") if mode == "offline" else None
     src.api("POST", f"vms/{name}/migrate", {"dest": tap.address, "flags": flags_for(mode, phase)})
-    if hook_on is not None:
-        if not wait_reached(hook_on, phase):
+    for agent, point in holds.items():
+        if not wait_reached(agent, point):
             if src.api("GET", f"vms/{name}/migrate").get("code") == "ram-mismatch":
                 # QEMU lost guest writes and the source refused the stale copy before any later point
                 return check(src, dst, mode, name, before, "refused")
-            return f"VIOLATION: never reached {phase}"
-    else:
+            return f"VIOLATION: never reached {point}"
+    if not holds:
         deadline = time.monotonic() + 30
         while not (journal(src) and journal(src)[-1].get("state") == "transferring") and mode != "offline":
             if time.monotonic() > deadline:
@@ -216,15 +221,20 @@ def one_run(pair: Pair, mode: str, kind: str, phase: str) -> str:
             time.sleep(0.05)
         time.sleep(1.0)
     dest_pid = next(iter(qemu_pids(dst, name)), None)
-    release = (lambda: release_point(hook_on, phase)) if hook_on is not None else (lambda: None)
+
+    def release(but: AgentProc | None = None) -> None:
+        for agent, point in holds.items():
+            if agent is not but:
+                release_point(agent, point)
+
     if kind == "kill-source":
         src.kill()
-        release() if hook_on is dst else None
+        release(but=src)
         src.env = {}
         src.start()
     elif kind == "kill-dest":
         dst.kill()
-        release() if hook_on is src else None
+        release(but=dst)
         time.sleep(1)
         dst.env = {}
         dst.start()
